@@ -1,0 +1,69 @@
+//! Command-line surface: one subcommand per module in [`crate::commands`].
+
+use crate::commands;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// The error type at the CLI boundary; every module below returns its own typed error.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "koodrive-operator",
+    version,
+    about = "Provision users into Huawei Cloud KooDrive from declarative UserBatch resources",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller: watch UserBatches and provision their users into KooDrive.
+    Run(commands::run::Args),
+    /// Print the UserBatch CustomResourceDefinition as YAML.
+    Crd(commands::crd::Args),
+    /// Check UserBatch manifests offline against the CRD schema and CEL rules.
+    Validate(commands::validate::Args),
+    /// Sign and send a UserBatch manifest's users straight to KooDrive (no cluster needed).
+    Submit(commands::submit::Args),
+    /// Query a KooDrive batch provisioning task and print its results.
+    Task(commands::task::Args),
+    /// Run a local KooDrive simulator that verifies every request's signature.
+    Simulator(commands::simulator::Args),
+    /// Run a local Kubernetes API emulator (UserBatch, Secret, Event, Lease) for experiments.
+    Emulator(commands::emulator::Args),
+    /// Run the whole flow locally: emulator + simulator + controller, until the example is Ready.
+    Demo(commands::demo::Args),
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Run(args) => commands::run::run(args).await,
+        Command::Crd(args) => commands::crd::run(args),
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Submit(args) => commands::submit::run(args).await,
+        Command::Task(args) => commands::task::run(args).await,
+        Command::Simulator(args) => commands::simulator::run(args).await,
+        Command::Emulator(args) => commands::emulator::run(args).await,
+        Command::Demo(args) => commands::demo::run(args).await,
+    }
+}
+
+/// Renders an error and its sources on one line: `outer: inner: root cause`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Many errors already embed their source's text; don't print it twice.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,11 @@
+//! `koodrive-operator demo`.
+
+use crate::cli::CliError;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> Result<ExitCode, CliError> {
+    Err("`demo` is not implemented yet".into())
+}

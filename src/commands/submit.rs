@@ -1,0 +1,11 @@
+//! `koodrive-operator submit`.
+
+use crate::cli::CliError;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> Result<ExitCode, CliError> {
+    Err("`submit` is not implemented yet".into())
+}

@@ -1,0 +1,1 @@
+//! An in-process emulator of the Kubernetes API subset the operator uses.

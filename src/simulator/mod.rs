@@ -1,0 +1,1 @@
+//! A local KooDrive simulator that verifies every request's signature.
