@@ -38,6 +38,9 @@ pub struct Args {
     /// How often to poll KooDrive for the results of unfinished tasks.
     #[arg(long, env = "KOODRIVE_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Timeout of one KooDrive HTTP request (connection included).
+    #[arg(long, env = "KOODRIVE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
     /// First delay before retrying a UserBatch after a failure; doubles per failure.
     #[arg(long, env = "KOODRIVE_RETRY_BASE_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub retry_base_delay: Duration,
@@ -94,6 +97,7 @@ impl Args {
         settings.poll_interval = self.poll_interval;
         settings.allow_insecure_endpoints = self.allow_insecure_endpoints;
         settings.koodrive.allow_insecure_endpoints = self.allow_insecure_endpoints;
+        settings.koodrive.request_timeout = self.request_timeout;
         settings.retry_base_delay = self.retry_base_delay;
         settings.retry_max_delay = self.retry_max_delay;
         settings.instance = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
