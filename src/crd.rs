@@ -405,9 +405,16 @@ pub fn crd() -> CustomResourceDefinition {
     UserBatch::crd()
 }
 
+/// The shell command that regenerates the committed copies of the CRD.
+pub const REGENERATE_CRD_COMMAND: &str = "cargo run -- crd > crds/userbatch.yaml && cp crds/userbatch.yaml charts/koodrive-operator/crds/userbatch.yaml";
+
 /// The CRD as the YAML document committed in `crds/userbatch.yaml` and the Helm chart.
 pub fn crd_yaml() -> String {
     // Serialising a value built from our own types cannot fail at runtime short of a bug in
     // the serializer; a panic here is caught by the drift test long before a release.
-    serde_saphyr::to_string(&crd()).expect("the CRD serializes to YAML")
+    let body = serde_saphyr::to_string(&crd()).expect("the CRD serializes to YAML");
+    format!(
+        "# Generated from src/crd.rs by `koodrive-operator crd`: do not edit.\n\
+         # Regenerate with: {REGENERATE_CRD_COMMAND}\n{body}"
+    )
 }

@@ -193,6 +193,73 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
     out
 }
 
+/// One document of a manifest file, and what validation made of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    /// A UserBatch (by `apiVersion` group or `kind`), checked; empty `violations` means valid.
+    UserBatch {
+        /// `namespace/name`, or just the name, or `<unnamed>`.
+        name: String,
+        violations: Vec<Violation>,
+    },
+    /// Another kind of object, or something that is not an object at all: not checked.
+    Skipped { what: String },
+}
+
+/// Why a manifest could not be checked at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not valid YAML: {0}")]
+    Yaml(#[from] serde_saphyr::Error),
+}
+
+/// Parses a (multi-document) YAML manifest and validates every UserBatch in it; other
+/// documents are reported as skipped, empty documents are left out.
+pub fn validate_manifests(yaml: &str) -> Result<Vec<Document>, ManifestError> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml)?;
+    Ok(documents
+        .iter()
+        .filter(|document| !document.is_null())
+        .map(classify_and_validate)
+        .collect())
+}
+
+fn classify_and_validate(document: &Value) -> Document {
+    let text = |field: &str| document.get(field).and_then(Value::as_str);
+    let kind = text("kind");
+    let api_version = text("apiVersion");
+    let group = api_version.and_then(|v| v.split_once('/')).map(|(group, _)| group);
+    if kind == Some("UserBatch") || group == Some(crate::crd::GROUP) {
+        let metadata = document.get("metadata");
+        let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str);
+        let namespace = metadata
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str);
+        let name = match (namespace, name) {
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+            (None, Some(name)) => name.to_owned(),
+            _ => "<unnamed>".to_owned(),
+        };
+        return Document::UserBatch {
+            name,
+            violations: validate_userbatch(document),
+        };
+    }
+    let what = match (api_version, kind) {
+        (_, Some(kind)) => {
+            let name = document
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("<unnamed>");
+            format!("{} {kind} {name}", api_version.unwrap_or("<no apiVersion>"))
+        }
+        (Some(api_version), None) => format!("{api_version} object without a kind"),
+        (None, None) => format!("a document that is not a Kubernetes object ({})", quoted_type(document)),
+    };
+    Document::Skipped { what }
+}
+
 fn check_constant(value: Option<&Value>, path: &str, expected: &str, out: &mut Vec<Violation>) {
     match value {
         None | Some(Value::Null) => out.push(Violation::new(path, Kind::Required, "")),

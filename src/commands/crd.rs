@@ -6,9 +6,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Regenerate the committed copies with:\n  cargo run -- crd > crds/userbatch.yaml && cp crds/userbatch.yaml charts/koodrive-operator/crds/userbatch.yaml"
-)]
+#[command(after_help = format!(
+    "Install with `koodrive-operator crd | kubectl apply --server-side -f -`.\n\
+     Regenerate the committed copies with:\n  {}",
+    crate::crd::REGENERATE_CRD_COMMAND
+))]
 pub struct Args {}
 
 pub fn run(_args: Args) -> Result<ExitCode, CliError> {
