@@ -632,6 +632,10 @@ fn check_enum(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation
 /// then, so the user sees the cause rather than its echo.
 fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
     let compiled = &*COMPILED_RULES;
+    // The API server runs no rule on a null value (and prunes nulls of non-nullable fields),
+    // so neither does this; kube-cel would otherwise fail the rule on the null.
+    let object = without_nulls(object);
+    let object = &object;
     let Err(errors) = Validator::new().validate_compiled(compiled, object, None) else {
         return;
     };
@@ -656,6 +660,20 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
             )
         };
         out.push(Violation::new(path, Kind::Invalid, detail));
+    }
+}
+
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
     }
 }
 
