@@ -4,8 +4,8 @@
 //! committed `crds/userbatch.yaml` is checked against that output by a test. Schema
 //! annotations here are what the API server enforces at `kubectl apply` time.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -48,12 +48,15 @@ pub const PHONE_PATTERN: &str = r"^\+?[0-9]{5,20}$";
 /// Deliberately loose: one `@`, no whitespace, a dot in the domain. KooDrive decides the rest.
 pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+\.[^@\s]+$";
 /// An object name in the UserBatch's namespace (RFC 1123 subdomain).
-pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A key in a Secret's `data`.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// The desired state of a UserBatch: whose credentials to use and which people to provision.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+// Clippy reads the repeated `type_ = …` of separate `printcolumn(…)` entries as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "koodrive.io",
     version = "v1alpha1",
@@ -117,12 +120,12 @@ pub struct UserBatchSpec {
 /// sentence instead of a regular expression.
 pub const ENDPOINT_RULE: &str = r"self.matches('^https://[^/?#@[:space:]]+([/?#][^[:space:]]*)?$') || self.matches('^http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]{1,5})?([/?#][^[:space:]]*)?$')";
 /// What a user reads when [`ENDPOINT_RULE`] fails.
-pub const ENDPOINT_RULE_MESSAGE: &str = "endpoint must be an https:// URL (http:// is accepted only for localhost, 127.0.0.1 or [::1])";
+pub const ENDPOINT_RULE_MESSAGE: &str =
+    "endpoint must be an https:// URL (http:// is accepted only for localhost, 127.0.0.1 or [::1])";
 /// CEL rule making a user's two password sources mutually exclusive.
 pub const PASSWORD_EXCLUSIVE_RULE: &str = "!(has(self.password) && has(self.passwordSecretRef))";
 /// What a user reads when [`PASSWORD_EXCLUSIVE_RULE`] fails.
-pub const PASSWORD_EXCLUSIVE_MESSAGE: &str =
-    "password and passwordSecretRef are mutually exclusive: set at most one (passwordSecretRef is preferred)";
+pub const PASSWORD_EXCLUSIVE_MESSAGE: &str = "password and passwordSecretRef are mutually exclusive: set at most one (passwordSecretRef is preferred)";
 
 /// Reference to the credentials Secret. Key names can be overridden for Secrets managed by
 /// other tools (External Secrets, Sealed Secrets, …).

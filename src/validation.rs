@@ -228,7 +228,9 @@ fn classify_and_validate(document: &Value) -> Document {
     let text = |field: &str| document.get(field).and_then(Value::as_str);
     let kind = text("kind");
     let api_version = text("apiVersion");
-    let group = api_version.and_then(|v| v.split_once('/')).map(|(group, _)| group);
+    let group = api_version
+        .and_then(|v| v.split_once('/'))
+        .map(|(group, _)| group);
     if kind == Some("UserBatch") || group == Some(crate::crd::GROUP) {
         let metadata = document.get("metadata");
         let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str);
@@ -255,7 +257,10 @@ fn classify_and_validate(document: &Value) -> Document {
             format!("{} {kind} {name}", api_version.unwrap_or("<no apiVersion>"))
         }
         (Some(api_version), None) => format!("{api_version} object without a kind"),
-        (None, None) => format!("a document that is not a Kubernetes object ({})", quoted_type(document)),
+        (None, None) => format!(
+            "a document that is not a Kubernetes object ({})",
+            quoted_type(document)
+        ),
     };
     Document::Skipped { what }
 }
@@ -267,7 +272,10 @@ fn check_constant(value: Option<&Value>, path: &str, expected: &str, out: &mut V
         Some(other) => out.push(Violation::new(
             path,
             Kind::Unsupported,
-            format!("{}: supported values: \"{expected}\"", display_value(path, other)),
+            format!(
+                "{}: supported values: \"{expected}\"",
+                display_value(path, other)
+            ),
         )),
     }
 }
@@ -389,7 +397,11 @@ fn check_node(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(value.is_string() || is_integer(value)) {
             out.push(type_violation(path, value, "integer or string"));
         }
@@ -440,13 +452,15 @@ fn check_object_fields(
         }
     }
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-    let preserve_unknown =
-        schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
+    let preserve_unknown = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true);
     for (name, value) in fields {
         let child_path = join(path, name);
         match properties.and_then(|p| p.get(name)) {
             Some(child) => {
-                if !(value.is_null() && !is_nullable(child)) {
+                if !value.is_null() || is_nullable(child) {
                     check_node(child, value, &child_path, out);
                 }
             }
@@ -650,7 +664,11 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
             error.field_path.clone()
         };
         let detail = if failed_rule {
-            format!("{}: {}", quoted_type(value_at(object, &path)), error.message)
+            format!(
+                "{}: {}",
+                quoted_type(value_at(object, &path)),
+                error.message
+            )
         } else {
             format!(
                 "{}: rule `{}` could not be evaluated: {}",

@@ -105,127 +105,341 @@ fn case(
 fn malformed_cases() -> Vec<Case> {
     let long = |n: usize| Value::String("x".repeat(n));
     vec![
-        case("missing firstname", |o| remove(o, "/spec/users/1/firstname"),
-            &[("spec.users[1].firstname", "Required value")]),
-        case("missing phone", |o| remove(o, "/spec/users/0/phone"),
-            &[("spec.users[0].phone", "Required value")]),
-        case("empty firstname", |o| set(o, "/spec/users/0/firstname", json!("")),
-            &[("spec.users[0].firstname", "at least 1 character")]),
-        case("firstname too long", |o| set(o, "/spec/users/2/firstname", long(129)),
-            &[("spec.users[2].firstname", "Too long: may not be longer than 128")]),
-        case("surname too long", |o| set(o, "/spec/users/0/surname", long(129)),
-            &[("spec.users[0].surname", "Too long")]),
-        case("email too long", |o| {
-            set(o, "/spec/users/0/email", json!(format!("{}@example.com", "a".repeat(250))))
-        }, &[("spec.users[0].email", "Too long")]),
-        case("password too long", |o| set(o, "/spec/users/1/password", long(129)),
-            &[("spec.users[1].password", "Too long")]),
-        case("duplicate phones", |o| set(o, "/spec/users/2/phone", json!("8613800000001")),
-            &[("spec.users[2]", r#"Duplicate value: {"phone":"8613800000001"}"#)]),
-        case("phone with letters", |o| set(o, "/spec/users/0/phone", json!("86138abc0001")),
-            &[("spec.users[0].phone", r"should match '^\+?[0-9]{5,20}$'")]),
-        case("phone too short", |o| set(o, "/spec/users/0/phone", json!("1234")),
-            &[("spec.users[0].phone", "at least 5 character"),
-              ("spec.users[0].phone", "should match")]),
-        case("phone with 21 digits", |o| set(o, "/spec/users/0/phone", json!("123456789012345678901")),
-            &[("spec.users[0].phone", "should match")]),
-        case("phone with inner plus", |o| set(o, "/spec/users/0/phone", json!("86+13800000001")),
-            &[("spec.users[0].phone", "should match")]),
-        case("phone with spaces", |o| set(o, "/spec/users/0/phone", json!("+86 138 0000 0001")),
-            &[("spec.users[0].phone", "should match")]),
-        case("phone as a number", |o| set(o, "/spec/users/0/phone", json!(8613800000001_u64)),
-            &[("spec.users[0].phone", r#"Invalid value: "integer": must be of type string"#)]),
-        case("email without @", |o| set(o, "/spec/users/0/email", json!("ada.example.com")),
-            &[("spec.users[0].email", "should match")]),
-        case("email without domain dot", |o| set(o, "/spec/users/0/email", json!("ada@localhost")),
-            &[("spec.users[0].email", "should match")]),
-        case("email with spaces", |o| set(o, "/spec/users/0/email", json!("ada lovelace@example.com")),
-            &[("spec.users[0].email", "should match")]),
-        case("both password forms", |o| set(o, "/spec/users/0/password", json!("inline")),
-            &[("spec.users[0]", "password and passwordSecretRef are mutually exclusive")]),
-        case("http endpoint", |o| set(o, "/spec/endpoint", json!("http://intl.myhuaweicloud-koodrive.com")),
-            &[("spec.endpoint", "endpoint must be an https:// URL")]),
-        case("http endpoint posing as loopback", |o| set(o, "/spec/endpoint", json!("http://localhost.evil.example")),
-            &[("spec.endpoint", "endpoint must be an https:// URL")]),
-        case("endpoint without scheme", |o| set(o, "/spec/endpoint", json!("intl.myhuaweicloud-koodrive.com")),
-            &[("spec.endpoint", "endpoint must be an https:// URL")]),
-        case("endpoint without host", |o| set(o, "/spec/endpoint", json!("https://")),
-            &[("spec.endpoint", "endpoint must be an https:// URL")]),
-        case("endpoint too long", |o| {
-            set(o, "/spec/endpoint", json!(format!("https://example.com/{}", "p".repeat(2048))))
-        }, &[("spec.endpoint", "Too long")]),
-        case("empty users", |o| set(o, "/spec/users", json!([])),
-            &[("spec.users", "must have at least 1 item")]),
-        case("missing users", |o| remove(o, "/spec/users"),
-            &[("spec.users", "Required value")]),
-        case("users is a map", |o| set(o, "/spec/users", json!({"ada": {"phone": "8613800000001"}})),
-            &[("spec.users", "must be of type array")]),
-        case("user is a string", |o| set(o, "/spec/users/1", json!("Grace Hopper")),
-            &[("spec.users[1]", "must be of type object")]),
-        case("missing credentialsRef", |o| remove(o, "/spec/credentialsRef"),
-            &[("spec.credentialsRef", "Required value")]),
-        case("credentialsRef without name", |o| remove(o, "/spec/credentialsRef/name"),
-            &[("spec.credentialsRef.name", "Required value")]),
-        case("credentialsRef name not a DNS name", |o| set(o, "/spec/credentialsRef/name", json!("KooDrive_Creds")),
-            &[("spec.credentialsRef.name", "should match")]),
-        case("credentials key name with a slash", |o| set(o, "/spec/credentialsRef/secretKeyKey", json!("a/b")),
-            &[("spec.credentialsRef.secretKeyKey", "should match")]),
-        case("passwordSecretRef without key", |o| remove(o, "/spec/users/0/passwordSecretRef/key"),
-            &[("spec.users[0].passwordSecretRef.key", "Required value")]),
-        case("unknown spec field", |o| set(o, "/spec/dryRun", json!(true)),
-            &[("spec.dryRun", "Unknown field")]),
-        case("unknown user field (typo)", |o| set(o, "/spec/users/0/lastname", json!("Lovelace")),
-            &[("spec.users[0].lastname", "Unknown field")]),
-        case("unknown top-level field", |o| set(o, "/specs", json!({})),
-            &[("specs", "Unknown field")]),
-        case("missing spec", |o| remove(o, "/spec"), &[("spec", "Required value")]),
-        case("spec is a list", |o| set(o, "/spec", json!([])), &[("spec", "must be of type object")]),
-        case("firstname is a number", |o| set(o, "/spec/users/0/firstname", json!(42)),
-            &[("spec.users[0].firstname", "must be of type string")]),
-        case("wrong apiVersion", |o| set(o, "/apiVersion", json!("koodrive.io/v1")),
-            &[("apiVersion", r#"Unsupported value: "koodrive.io/v1""#)]),
-        case("wrong kind", |o| set(o, "/kind", json!("UserBatches")),
-            &[("kind", "Unsupported value")]),
-        case("missing metadata", |o| remove(o, "/metadata"), &[("metadata", "Required value")]),
-        case("missing name", |o| remove(o, "/metadata/name"),
-            &[("metadata.name", "Required value")]),
-        case("uppercase name", |o| set(o, "/metadata/name", json!("Onboarding")),
-            &[("metadata.name", "RFC 1123 subdomain")]),
-        case("name too long", |o| set(o, "/metadata/name", long(254)),
-            &[("metadata.name", "Too long")]),
-        case("namespace with a dot", |o| set(o, "/metadata/namespace", json!("team.a")),
-            &[("metadata.namespace", "RFC 1123 label")]),
-        case("label value not a string", |o| set(o, "/metadata/labels", json!({"team": 7})),
-            &[("metadata.labels.team", "must be of type string")]),
-        case("unknown metadata field", |o| set(o, "/metadata/nmae", json!("x")),
-            &[("metadata.nmae", "Unknown field")]),
-        case("status with unknown phase", |o| {
-            set(o, "/status", status());
-            set(o, "/status/phase", json!("Done"));
-        }, &[("status.phase", "Unsupported value: \"Done\"")]),
-        case("status with a negative count", |o| {
-            set(o, "/status", status());
-            set(o, "/status/summary/failed", json!(-1));
-        }, &[("status.summary.failed", "greater than or equal to 0")]),
-        case("status with a bad timestamp", |o| {
-            set(o, "/status", status());
-            set(o, "/status/tasks/0/submittedAt", json!("yesterday"));
-        }, &[("status.tasks[0].submittedAt", "RFC 3339")]),
-        case("status with too many failures", |o| {
-            set(o, "/status", status());
-            let failures: Vec<Value> =
-                (0..101).map(|i| json!({"phone": format!("86138{i:08}")})).collect();
-            set(o, "/status/failures", Value::Array(failures));
-        }, &[("status.failures", "Too many: 101: must have at most 100 items")]),
-        case("status with duplicate condition types", |o| {
-            set(o, "/status", status());
-            let condition = o["status"]["conditions"][0].clone();
-            o["status"]["conditions"].as_array_mut().unwrap().push(condition);
-        }, &[("status.conditions[1]", r#"Duplicate value: {"type":"Ready"}"#)]),
-        case("condition without reason", |o| {
-            set(o, "/status", status());
-            remove(o, "/status/conditions/0/reason");
-        }, &[("status.conditions[0].reason", "Required value")]),
+        case(
+            "missing firstname",
+            |o| remove(o, "/spec/users/1/firstname"),
+            &[("spec.users[1].firstname", "Required value")],
+        ),
+        case(
+            "missing phone",
+            |o| remove(o, "/spec/users/0/phone"),
+            &[("spec.users[0].phone", "Required value")],
+        ),
+        case(
+            "empty firstname",
+            |o| set(o, "/spec/users/0/firstname", json!("")),
+            &[("spec.users[0].firstname", "at least 1 character")],
+        ),
+        case(
+            "firstname too long",
+            |o| set(o, "/spec/users/2/firstname", long(129)),
+            &[(
+                "spec.users[2].firstname",
+                "Too long: may not be longer than 128",
+            )],
+        ),
+        case(
+            "surname too long",
+            |o| set(o, "/spec/users/0/surname", long(129)),
+            &[("spec.users[0].surname", "Too long")],
+        ),
+        case(
+            "email too long",
+            |o| {
+                set(
+                    o,
+                    "/spec/users/0/email",
+                    json!(format!("{}@example.com", "a".repeat(250))),
+                )
+            },
+            &[("spec.users[0].email", "Too long")],
+        ),
+        case(
+            "password too long",
+            |o| set(o, "/spec/users/1/password", long(129)),
+            &[("spec.users[1].password", "Too long")],
+        ),
+        case(
+            "duplicate phones",
+            |o| set(o, "/spec/users/2/phone", json!("8613800000001")),
+            &[(
+                "spec.users[2]",
+                r#"Duplicate value: {"phone":"8613800000001"}"#,
+            )],
+        ),
+        case(
+            "phone with letters",
+            |o| set(o, "/spec/users/0/phone", json!("86138abc0001")),
+            &[("spec.users[0].phone", r"should match '^\+?[0-9]{5,20}$'")],
+        ),
+        case(
+            "phone too short",
+            |o| set(o, "/spec/users/0/phone", json!("1234")),
+            &[
+                ("spec.users[0].phone", "at least 5 character"),
+                ("spec.users[0].phone", "should match"),
+            ],
+        ),
+        case(
+            "phone with 21 digits",
+            |o| set(o, "/spec/users/0/phone", json!("123456789012345678901")),
+            &[("spec.users[0].phone", "should match")],
+        ),
+        case(
+            "phone with inner plus",
+            |o| set(o, "/spec/users/0/phone", json!("86+13800000001")),
+            &[("spec.users[0].phone", "should match")],
+        ),
+        case(
+            "phone with spaces",
+            |o| set(o, "/spec/users/0/phone", json!("+86 138 0000 0001")),
+            &[("spec.users[0].phone", "should match")],
+        ),
+        case(
+            "phone as a number",
+            |o| set(o, "/spec/users/0/phone", json!(8613800000001_u64)),
+            &[(
+                "spec.users[0].phone",
+                r#"Invalid value: "integer": must be of type string"#,
+            )],
+        ),
+        case(
+            "email without @",
+            |o| set(o, "/spec/users/0/email", json!("ada.example.com")),
+            &[("spec.users[0].email", "should match")],
+        ),
+        case(
+            "email without domain dot",
+            |o| set(o, "/spec/users/0/email", json!("ada@localhost")),
+            &[("spec.users[0].email", "should match")],
+        ),
+        case(
+            "email with spaces",
+            |o| set(o, "/spec/users/0/email", json!("ada lovelace@example.com")),
+            &[("spec.users[0].email", "should match")],
+        ),
+        case(
+            "both password forms",
+            |o| set(o, "/spec/users/0/password", json!("inline")),
+            &[(
+                "spec.users[0]",
+                "password and passwordSecretRef are mutually exclusive",
+            )],
+        ),
+        case(
+            "http endpoint",
+            |o| {
+                set(
+                    o,
+                    "/spec/endpoint",
+                    json!("http://intl.myhuaweicloud-koodrive.com"),
+                )
+            },
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "http endpoint posing as loopback",
+            |o| set(o, "/spec/endpoint", json!("http://localhost.evil.example")),
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "endpoint without scheme",
+            |o| {
+                set(
+                    o,
+                    "/spec/endpoint",
+                    json!("intl.myhuaweicloud-koodrive.com"),
+                )
+            },
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "endpoint without host",
+            |o| set(o, "/spec/endpoint", json!("https://")),
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "endpoint too long",
+            |o| {
+                set(
+                    o,
+                    "/spec/endpoint",
+                    json!(format!("https://example.com/{}", "p".repeat(2048))),
+                )
+            },
+            &[("spec.endpoint", "Too long")],
+        ),
+        case(
+            "empty users",
+            |o| set(o, "/spec/users", json!([])),
+            &[("spec.users", "must have at least 1 item")],
+        ),
+        case(
+            "missing users",
+            |o| remove(o, "/spec/users"),
+            &[("spec.users", "Required value")],
+        ),
+        case(
+            "users is a map",
+            |o| set(o, "/spec/users", json!({"ada": {"phone": "8613800000001"}})),
+            &[("spec.users", "must be of type array")],
+        ),
+        case(
+            "user is a string",
+            |o| set(o, "/spec/users/1", json!("Grace Hopper")),
+            &[("spec.users[1]", "must be of type object")],
+        ),
+        case(
+            "missing credentialsRef",
+            |o| remove(o, "/spec/credentialsRef"),
+            &[("spec.credentialsRef", "Required value")],
+        ),
+        case(
+            "credentialsRef without name",
+            |o| remove(o, "/spec/credentialsRef/name"),
+            &[("spec.credentialsRef.name", "Required value")],
+        ),
+        case(
+            "credentialsRef name not a DNS name",
+            |o| set(o, "/spec/credentialsRef/name", json!("KooDrive_Creds")),
+            &[("spec.credentialsRef.name", "should match")],
+        ),
+        case(
+            "credentials key name with a slash",
+            |o| set(o, "/spec/credentialsRef/secretKeyKey", json!("a/b")),
+            &[("spec.credentialsRef.secretKeyKey", "should match")],
+        ),
+        case(
+            "passwordSecretRef without key",
+            |o| remove(o, "/spec/users/0/passwordSecretRef/key"),
+            &[("spec.users[0].passwordSecretRef.key", "Required value")],
+        ),
+        case(
+            "unknown spec field",
+            |o| set(o, "/spec/dryRun", json!(true)),
+            &[("spec.dryRun", "Unknown field")],
+        ),
+        case(
+            "unknown user field (typo)",
+            |o| set(o, "/spec/users/0/lastname", json!("Lovelace")),
+            &[("spec.users[0].lastname", "Unknown field")],
+        ),
+        case(
+            "unknown top-level field",
+            |o| set(o, "/specs", json!({})),
+            &[("specs", "Unknown field")],
+        ),
+        case(
+            "missing spec",
+            |o| remove(o, "/spec"),
+            &[("spec", "Required value")],
+        ),
+        case(
+            "spec is a list",
+            |o| set(o, "/spec", json!([])),
+            &[("spec", "must be of type object")],
+        ),
+        case(
+            "firstname is a number",
+            |o| set(o, "/spec/users/0/firstname", json!(42)),
+            &[("spec.users[0].firstname", "must be of type string")],
+        ),
+        case(
+            "wrong apiVersion",
+            |o| set(o, "/apiVersion", json!("koodrive.io/v1")),
+            &[("apiVersion", r#"Unsupported value: "koodrive.io/v1""#)],
+        ),
+        case(
+            "wrong kind",
+            |o| set(o, "/kind", json!("UserBatches")),
+            &[("kind", "Unsupported value")],
+        ),
+        case(
+            "missing metadata",
+            |o| remove(o, "/metadata"),
+            &[("metadata", "Required value")],
+        ),
+        case(
+            "missing name",
+            |o| remove(o, "/metadata/name"),
+            &[("metadata.name", "Required value")],
+        ),
+        case(
+            "uppercase name",
+            |o| set(o, "/metadata/name", json!("Onboarding")),
+            &[("metadata.name", "RFC 1123 subdomain")],
+        ),
+        case(
+            "name too long",
+            |o| set(o, "/metadata/name", long(254)),
+            &[("metadata.name", "Too long")],
+        ),
+        case(
+            "namespace with a dot",
+            |o| set(o, "/metadata/namespace", json!("team.a")),
+            &[("metadata.namespace", "RFC 1123 label")],
+        ),
+        case(
+            "label value not a string",
+            |o| set(o, "/metadata/labels", json!({"team": 7})),
+            &[("metadata.labels.team", "must be of type string")],
+        ),
+        case(
+            "unknown metadata field",
+            |o| set(o, "/metadata/nmae", json!("x")),
+            &[("metadata.nmae", "Unknown field")],
+        ),
+        case(
+            "status with unknown phase",
+            |o| {
+                set(o, "/status", status());
+                set(o, "/status/phase", json!("Done"));
+            },
+            &[("status.phase", "Unsupported value: \"Done\"")],
+        ),
+        case(
+            "status with a negative count",
+            |o| {
+                set(o, "/status", status());
+                set(o, "/status/summary/failed", json!(-1));
+            },
+            &[("status.summary.failed", "greater than or equal to 0")],
+        ),
+        case(
+            "status with a bad timestamp",
+            |o| {
+                set(o, "/status", status());
+                set(o, "/status/tasks/0/submittedAt", json!("yesterday"));
+            },
+            &[("status.tasks[0].submittedAt", "RFC 3339")],
+        ),
+        case(
+            "status with too many failures",
+            |o| {
+                set(o, "/status", status());
+                let failures: Vec<Value> = (0..101)
+                    .map(|i| json!({"phone": format!("86138{i:08}")}))
+                    .collect();
+                set(o, "/status/failures", Value::Array(failures));
+            },
+            &[(
+                "status.failures",
+                "Too many: 101: must have at most 100 items",
+            )],
+        ),
+        case(
+            "status with duplicate condition types",
+            |o| {
+                set(o, "/status", status());
+                let condition = o["status"]["conditions"][0].clone();
+                o["status"]["conditions"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(condition);
+            },
+            &[(
+                "status.conditions[1]",
+                r#"Duplicate value: {"type":"Ready"}"#,
+            )],
+        ),
+        case(
+            "condition without reason",
+            |o| {
+                set(o, "/status", status());
+                remove(o, "/status/conditions/0/reason");
+            },
+            &[("status.conditions[0].reason", "Required value")],
+        ),
         Case {
             name: "5001 users",
             object: with_users(5001),
@@ -257,12 +471,19 @@ fn every_malformed_manifest_is_rejected_with_its_field_path() {
                 None => failures.push(format!(
                     "{}: expected `{path}: …{fragment}…`, got {:?}",
                     case.name,
-                    violations.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    violations
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
                 )),
             }
         }
         if !unmatched.is_empty() {
-            failures.push(format!("{}: unexpected {:?}", case.name, paths(&violations)));
+            failures.push(format!(
+                "{}: unexpected {:?}",
+                case.name,
+                paths(&violations)
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -335,18 +556,29 @@ fn every_example_is_valid_and_they_reference_each_other() {
             }
         }
     }
-    assert!(userbatches.len() >= 1);
+    assert!(!userbatches.is_empty());
     let batch = userbatches
         .iter()
         .find(|b| b["metadata"]["name"] == "onboarding-2026-11")
         .expect("examples/userbatch.yaml");
     assert_eq!(batch["metadata"]["namespace"], "default");
-    assert!(batch["spec"].get("endpoint").is_none(), "the demo supplies the endpoint");
+    assert!(
+        batch["spec"].get("endpoint").is_none(),
+        "the demo supplies the endpoint"
+    );
     let users = batch["spec"]["users"].as_array().unwrap();
     assert_eq!(users.len(), 3);
     assert!(users.iter().all(|u| u.get("passwordSecretRef").is_some()));
-    assert!(secrets.iter().any(|s| s.contains("Secret koodrive-credentials")));
-    assert!(secrets.iter().any(|s| s.contains("Secret onboarding-passwords")));
+    assert!(
+        secrets
+            .iter()
+            .any(|s| s.contains("Secret koodrive-credentials"))
+    );
+    assert!(
+        secrets
+            .iter()
+            .any(|s| s.contains("Secret onboarding-passwords"))
+    );
 }
 
 #[test]
@@ -373,8 +605,12 @@ spec:
 "#;
     let documents = validate_manifests(yaml).unwrap();
     assert_eq!(documents.len(), 3, "{documents:?}");
-    assert!(matches!(&documents[0], Document::Skipped { what } if what.contains("ConfigMap settings")));
-    assert!(matches!(&documents[1], Document::UserBatch { name, violations } if name == "a" && violations.is_empty()));
+    assert!(
+        matches!(&documents[0], Document::Skipped { what } if what.contains("ConfigMap settings"))
+    );
+    assert!(
+        matches!(&documents[1], Document::UserBatch { name, violations } if name == "a" && violations.is_empty())
+    );
     match &documents[2] {
         Document::UserBatch { name, violations } => {
             assert_eq!(name, "team-b/b");
@@ -408,11 +644,21 @@ fn to_yaml(object: &Value) -> String {
 fn the_binary_accepts_the_examples_directory() {
     let output = validate_cmd(&[&examples_dir()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "stdout: {}\nstderr: {stderr}",
-        String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert!(output.stdout.is_empty());
-    assert!(stderr.contains("skipped v1 Secret koodrive-credentials (not a UserBatch)"), "{stderr}");
-    assert!(stderr.contains("UserBatch default/onboarding-2026-11 is valid"), "{stderr}");
+    assert!(
+        stderr.contains("skipped v1 Secret koodrive-credentials (not a UserBatch)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("UserBatch default/onboarding-2026-11 is valid"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -427,7 +673,15 @@ fn the_binary_prints_file_path_and_problem_and_exits_1() {
     let bad_file = nested.join("bad.yml");
     std::fs::write(&bad_file, to_yaml(&bad)).unwrap();
     let good_file = dir.path().join("good.yaml");
-    std::fs::write(&good_file, format!("{}---\n{}", to_yaml(&valid()), "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")).unwrap();
+    std::fs::write(
+        &good_file,
+        format!(
+            "{}---\n{}",
+            to_yaml(&valid()),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n"
+        ),
+    )
+    .unwrap();
     // Not YAML by extension: a directory walk must ignore it.
     std::fs::write(dir.path().join("notes.txt"), "kind: UserBatch\n").unwrap();
 
@@ -439,16 +693,26 @@ fn the_binary_prints_file_path_and_problem_and_exits_1() {
     assert_eq!(
         lines,
         [
-            format!("{shown}: spec.users[0].email: Invalid value: \"nope\": should match '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'"),
+            format!(
+                "{shown}: spec.users[0].email: Invalid value: \"nope\": should match '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'"
+            ),
             format!("{shown}: spec.users[2]: Duplicate value: {{\"phone\":\"8613800000001\"}}"),
         ]
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("checked 2 UserBatch(es) in 2 file(s): 1 invalid"), "{stderr}");
+    assert!(
+        stderr.contains("checked 2 UserBatch(es) in 2 file(s): 1 invalid"),
+        "{stderr}"
+    );
 
     // The valid file alone passes.
     let output = validate_cmd(&[&good_file]);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
 
 #[test]
@@ -461,8 +725,14 @@ fn the_binary_fails_on_unreadable_and_unparsable_input() {
     let output = validate_cmd(&[&missing, &broken]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains(&format!("{}: cannot read file:", missing.display())), "{stdout}");
-    assert!(stdout.contains(&format!("{}: not valid YAML:", broken.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}: cannot read file:", missing.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}: not valid YAML:", broken.display())),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -475,6 +745,9 @@ fn the_binary_handles_a_5001_user_manifest() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert_eq!(
         stdout.trim(),
-        format!("{}: spec.users: Too many: 5001: must have at most 5000 items", file.display())
+        format!(
+            "{}: spec.users: Too many: 5001: must have at most 5000 items",
+            file.display()
+        )
     );
 }

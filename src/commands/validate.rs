@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Exit status: 0 if every UserBatch is valid, 1 otherwise.\n\
-Example:\n  koodrive-operator validate -f examples/ -f team-a/onboarding.yaml")]
+#[command(
+    after_help = "Exit status: 0 if every UserBatch is valid, 1 otherwise.\n\
+Example:\n  koodrive-operator validate -f examples/ -f team-a/onboarding.yaml"
+)]
 pub struct Args {
     /// Manifest file or directory to check (repeatable). Directories are searched
     /// recursively for `*.yaml` and `*.yml`; `-` reads standard input. Files may hold several
