@@ -116,9 +116,18 @@ pub struct UserBatchSpec {
     pub users: Vec<User>,
 }
 
-/// CEL rule for `spec.endpoint`. A CEL rule rather than a `pattern` so a violation reads as a
-/// sentence instead of a regular expression.
-pub const ENDPOINT_RULE: &str = r"self.matches('^https://[^/?#@[:space:]]+([/?#][^[:space:]]*)?$') || self.matches('^http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]{1,5})?([/?#][^[:space:]]*)?$')";
+/// CEL rule for `spec.endpoint`: `https://` and a host, or plain `http://` to a loopback host
+/// only (followed by the end, a port or a path, so `http://localhost.example` does not pass).
+/// A CEL rule rather than a `pattern` so a violation reads as a sentence; string functions
+/// rather than `matches()` because a regex is recompiled on every evaluation.
+pub const ENDPOINT_RULE: &str = concat!(
+    "!self.contains(' ') && (",
+    "(self.startsWith('https://') && size(self) > 8 && !(self.charAt(8) in ['/', ':', '?', '#', '@']))",
+    " || self == 'http://localhost' || self.startsWith('http://localhost:') || self.startsWith('http://localhost/')",
+    " || self == 'http://127.0.0.1' || self.startsWith('http://127.0.0.1:') || self.startsWith('http://127.0.0.1/')",
+    " || self == 'http://[::1]' || self.startsWith('http://[::1]:') || self.startsWith('http://[::1]/')",
+    ")"
+);
 /// What a user reads when [`ENDPOINT_RULE`] fails.
 pub const ENDPOINT_RULE_MESSAGE: &str =
     "endpoint must be an https:// URL (http:// is accepted only for localhost, 127.0.0.1 or [::1])";

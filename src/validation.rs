@@ -124,6 +124,9 @@ static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
 /// The schema's CEL rules, compiled once.
 static COMPILED_RULES: LazyLock<CompiledSchema> = LazyLock::new(|| compile_schema(&SCHEMA));
 
+/// The CEL environment with Kubernetes' extension functions, built once.
+static CEL: LazyLock<Validator> = LazyLock::new(Validator::new);
+
 /// Every `pattern` in the schema, compiled once. A pattern that does not compile maps to
 /// `None` and is reported as a violation rather than silently passing.
 static PATTERNS: LazyLock<BTreeMap<String, Option<Regex>>> = LazyLock::new(|| {
@@ -650,7 +653,7 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
     // so neither does this; kube-cel would otherwise fail the rule on the null.
     let object = without_nulls(object);
     let object = &object;
-    let Err(errors) = Validator::new().validate_compiled(compiled, object, None) else {
+    let Err(errors) = CEL.validate_compiled(compiled, object, None) else {
         return;
     };
     for error in errors {

@@ -249,6 +249,32 @@ fn malformed_cases() -> Vec<Case> {
             &[("spec.endpoint", "endpoint must be an https:// URL")],
         ),
         case(
+            "endpoint with an empty host and a port",
+            |o| set(o, "/spec/endpoint", json!("https://:443")),
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "endpoint with an empty host and a path",
+            |o| set(o, "/spec/endpoint", json!("https:///koodrive")),
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "endpoint with a space",
+            |o| {
+                set(
+                    o,
+                    "/spec/endpoint",
+                    json!("https://intl.myhuaweicloud-koodrive.com /x"),
+                )
+            },
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
+            "http endpoint on a loopback-looking port",
+            |o| set(o, "/spec/endpoint", json!("http://127.0.0.1.example:80")),
+            &[("spec.endpoint", "endpoint must be an https:// URL")],
+        ),
+        case(
             "endpoint too long",
             |o| {
                 set(
