@@ -402,7 +402,8 @@ pub struct Summary {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserFailure {
-    #[schemars(length(max = 21))]
+    /// The phone as KooDrive reported it; KooDrive's formatting is not ours to bound tightly.
+    #[schemars(length(max = MAX_ID_LEN))]
     pub phone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ID_LEN))]

@@ -100,7 +100,9 @@ impl Kind {
             Kind::Duplicate => "FieldValueDuplicate",
             Kind::TooLong => "FieldValueTooLong",
             Kind::TooMany => "FieldValueTooMany",
-            Kind::Unknown => "FieldValueUnknown",
+            // The API server has no cause type of its own for this (strict decoding reports it
+            // as a 400 with the message only); "invalid" is what clients expect to handle.
+            Kind::Unknown => "FieldValueInvalid",
         }
     }
 }

@@ -777,3 +777,30 @@ fn the_binary_handles_a_5001_user_manifest() {
         )
     );
 }
+
+#[test]
+fn the_binary_reads_standard_input_for_dash() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+        .args(["validate", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bad = valid();
+    bad["spec"]["users"][0]["firstname"] = json!("");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(to_yaml(&bad).as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "-: spec.users[0].firstname: Invalid value: \"\": must be at least 1 character(s) long"
+    );
+}
