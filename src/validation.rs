@@ -186,12 +186,13 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
     }
 
     // The CRD's root schema describes spec and status; the API server owns the other three.
-    let root = &*SCHEMA;
-    let mut body = fields.clone();
-    for owned in ["apiVersion", "kind", "metadata"] {
-        body.remove(owned);
-    }
-    check_object_fields(root, &body, "", &mut out);
+    check_object_fields(
+        &SCHEMA,
+        fields,
+        "",
+        &["apiVersion", "kind", "metadata"],
+        &mut out,
+    );
 
     let schema_clean = out.is_empty();
     check_cel(object, schema_clean, &mut out);
@@ -316,7 +317,7 @@ fn check_metadata(metadata: &Value, out: &mut Vec<Violation>) {
     };
     for key in fields.keys() {
         if !OBJECT_META_FIELDS.contains(&key.as_str()) {
-            out.push(unknown_field(&join(ROOT_METADATA, key)));
+            out.push(unknown_field(&join("metadata", key)));
         }
     }
     match (fields.get("name"), fields.get("generateName")) {
@@ -353,7 +354,7 @@ fn check_metadata(metadata: &Value, out: &mut Vec<Violation>) {
         Some(other) => out.push(type_violation("metadata.namespace", other, "string")),
     }
     for map in ["labels", "annotations"] {
-        let path = join(ROOT_METADATA, map);
+        let path = join("metadata", map);
         match fields.get(map) {
             None | Some(Value::Null) => {}
             Some(Value::Object(entries)) => {
@@ -367,8 +368,6 @@ fn check_metadata(metadata: &Value, out: &mut Vec<Violation>) {
         }
     }
 }
-
-const ROOT_METADATA: &str = "metadata";
 
 fn check_name(
     path: &str,
@@ -414,7 +413,7 @@ fn check_node(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation
     }
     match schema_type(schema) {
         "object" => match value.as_object() {
-            Some(fields) => check_object_fields(schema, fields, path, out),
+            Some(fields) => check_object_fields(schema, fields, path, &[], out),
             None => out.push(type_violation(path, value, "object")),
         },
         "array" => match value.as_array() {
@@ -435,10 +434,13 @@ fn check_node(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation
     check_enum(schema, value, path, out);
 }
 
+/// Checks an object's fields; `checked_elsewhere` names fields that are neither walked nor
+/// reported as unknown (the root's `apiVersion`/`kind`/`metadata`).
 fn check_object_fields(
     schema: &Value,
     fields: &serde_json::Map<String, Value>,
     path: &str,
+    checked_elsewhere: &[&str],
     out: &mut Vec<Violation>,
 ) {
     let properties = schema.get("properties").and_then(Value::as_object);
@@ -462,6 +464,9 @@ fn check_object_fields(
         .and_then(Value::as_bool)
         == Some(true);
     for (name, value) in fields {
+        if checked_elsewhere.contains(&name.as_str()) {
+            continue;
+        }
         let child_path = join(path, name);
         match properties.and_then(|p| p.get(name)) {
             Some(child) => {
@@ -653,8 +658,13 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
     let compiled = &*COMPILED_RULES;
     // The API server runs no rule on a null value (and prunes nulls of non-nullable fields),
     // so neither does this; kube-cel would otherwise fail the rule on the null.
-    let object = without_nulls(object);
-    let object = &object;
+    let pruned;
+    let object = if contains_null(object) {
+        pruned = without_nulls(object);
+        &pruned
+    } else {
+        object
+    };
     let Err(errors) = CEL.validate_compiled(compiled, object, None) else {
         return;
     };
@@ -683,6 +693,15 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
             )
         };
         out.push(Violation::new(path, Kind::Invalid, detail));
+    }
+}
+
+fn contains_null(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(fields) => fields.values().any(contains_null),
+        Value::Array(items) => items.iter().any(contains_null),
+        _ => false,
     }
 }
 
