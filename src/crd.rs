@@ -4,8 +4,9 @@
 //! committed `crds/userbatch.yaml` is checked against that output by a test. Schema
 //! annotations here are what the API server enforces at `kubectl apply` time.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +21,42 @@ pub const DEFAULT_ACCESS_KEY_KEY: &str = "accessKey";
 pub const DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
 pub const DEFAULT_USER_ID_KEY: &str = "userId";
 
-/// A list of people to provision into KooDrive, and what happened when the operator did.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+// Bounds the schema enforces. Public so the controller can truncate what it writes to status
+// instead of having the API server reject the whole status update.
+
+/// Most users one UserBatch may list.
+pub const MAX_USERS: usize = 5000;
+/// Most entries in `status.tasks`: one per request, so a batch sent one user at a time, with
+/// every user resent once, still fits.
+pub const MAX_TASKS: usize = 10_000;
+/// Most phones one task record carries (KooDrive's per-request limit).
+pub const MAX_PHONES_PER_TASK: usize = 1000;
+/// Most entries in `status.failures`.
+pub const MAX_FAILURES: usize = 100;
+/// Most entries in `status.conditions`.
+pub const MAX_CONDITIONS: usize = 10;
+/// Longest `status.message`, task message or condition message (the Kubernetes limit for
+/// condition messages).
+pub const MAX_MESSAGE_LEN: usize = 32_768;
+/// Longest failure reason kept per user.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Longest KooDrive code, task ID or trace ID.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Phone numbers: digits with an optional leading `+`, 5 to 20 digits.
+pub const PHONE_PATTERN: &str = r"^\+?[0-9]{5,20}$";
+/// Deliberately loose: one `@`, no whitespace, a dot in the domain. KooDrive decides the rest.
+pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+\.[^@\s]+$";
+/// An object name in the UserBatch's namespace (RFC 1123 subdomain).
+pub const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key in a Secret's `data`.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// The desired state of a UserBatch: whose credentials to use and which people to provision.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+// Clippy reads the repeated `type_ = …` of separate `printcolumn(…)` entries as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "koodrive.io",
     version = "v1alpha1",
@@ -30,19 +65,76 @@ pub const DEFAULT_USER_ID_KEY: &str = "userId";
     shortname = "ub",
     category = "koodrive",
     namespaced,
-    status = "UserBatchStatus"
+    status = "UserBatchStatus",
+    doc = "A list of people to provision into Huawei Cloud KooDrive, and what happened when the operator did.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    // The API server's JSONPath has no length(); the operator records the count in the summary.
+    printcolumn(
+        name = "Users",
+        type_ = "integer",
+        json_path = ".status.summary.requested",
+        description = "Users listed in spec.users"
+    ),
+    printcolumn(name = "Submitted", type_ = "integer", json_path = ".status.summary.submitted"),
+    printcolumn(name = "Succeeded", type_ = "integer", json_path = ".status.summary.succeeded"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.summary.failed"),
+    printcolumn(
+        name = "Task",
+        type_ = "string",
+        json_path = ".status.taskId",
+        description = "The latest KooDrive task ID"
+    ),
+    printcolumn(
+        name = "Code",
+        type_ = "string",
+        json_path = ".status.code",
+        description = "The latest KooDrive response code"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct UserBatchSpec {
     /// The Secret, in this UserBatch's namespace, holding the KooDrive AK/SK and user ID.
     pub credentials_ref: CredentialsRef,
     /// KooDrive endpoint, e.g. `https://intl.myhuaweicloud-koodrive.com`. Defaults to the
-    /// operator's `--default-endpoint`.
+    /// operator's `--default-endpoint`. Must be `https://`; `http://` is accepted only for
+    /// loopback hosts (`localhost`, `127.0.0.1`, `[::1]`), and the operator additionally
+    /// refuses it unless started with `--allow-insecure-endpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_RULE_MESSAGE))]
     pub endpoint: Option<String>,
-    /// The users to provision, unique by phone.
+    /// The users to provision, unique by phone (1 to 5000).
+    #[schemars(length(min = 1, max = MAX_USERS))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["phone".into()]))]
     pub users: Vec<User>,
 }
+
+/// CEL rule for `spec.endpoint`: `https://` and a host, or plain `http://` to a loopback host
+/// only (followed by the end, a port or a path, so `http://localhost.example` does not pass).
+/// A CEL rule rather than a `pattern` so a violation reads as a sentence; string functions
+/// rather than `matches()` because a regex is recompiled on every evaluation.
+pub const ENDPOINT_RULE: &str = concat!(
+    "!self.contains(' ') && (",
+    "(self.startsWith('https://') && size(self) > 8 && !(self.charAt(8) in ['/', ':', '?', '#', '@']))",
+    " || self == 'http://localhost' || self.startsWith('http://localhost:') || self.startsWith('http://localhost/')",
+    " || self == 'http://127.0.0.1' || self.startsWith('http://127.0.0.1:') || self.startsWith('http://127.0.0.1/')",
+    " || self == 'http://[::1]' || self.startsWith('http://[::1]:') || self.startsWith('http://[::1]/')",
+    ")"
+);
+/// What a user reads when [`ENDPOINT_RULE`] fails.
+pub const ENDPOINT_RULE_MESSAGE: &str =
+    "endpoint must be an https:// URL (http:// is accepted only for localhost, 127.0.0.1 or [::1])";
+/// CEL rule making a user's two password sources mutually exclusive.
+pub const PASSWORD_EXCLUSIVE_RULE: &str = "!(has(self.password) && has(self.passwordSecretRef))";
+/// What a user reads when [`PASSWORD_EXCLUSIVE_RULE`] fails.
+pub const PASSWORD_EXCLUSIVE_MESSAGE: &str = "password and passwordSecretRef are mutually exclusive: set at most one (passwordSecretRef is preferred)";
 
 /// Reference to the credentials Secret. Key names can be overridden for Secrets managed by
 /// other tools (External Secrets, Sealed Secrets, …).
@@ -50,32 +142,49 @@ pub struct UserBatchSpec {
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsRef {
     /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), pattern(OBJECT_NAME_PATTERN))]
     pub name: String,
     /// Key holding the access key (AK / AppId). Default `accessKey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_KEY_PATTERN))]
     pub access_key_key: Option<String>,
     /// Key holding the secret key (SK / AppSecret). Default `secretKey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_KEY_PATTERN))]
     pub secret_key_key: Option<String>,
     /// Key holding the KooDrive user ID the credentials belong to. Default `userId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_KEY_PATTERN))]
     pub user_id_key: Option<String>,
 }
 
 /// One person to provision. `phone` is the user's identity within the batch.
-#[derive(Deserialize, Serialize, Clone, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, PartialEq)]
+#[x_kube(validation = Rule::new(PASSWORD_EXCLUSIVE_RULE).message(PASSWORD_EXCLUSIVE_MESSAGE))]
 #[serde(rename_all = "camelCase")]
 pub struct User {
+    /// Given name (required).
+    #[schemars(length(min = 1, max = 128))]
     pub firstname: String,
+    /// Family name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
     pub surname: Option<String>,
+    /// Mobile number, the user's identity within the batch: digits with an optional leading
+    /// `+`, 5 to 20 digits, e.g. `"8613800000001"` (quote it in YAML).
+    #[schemars(length(min = 5, max = 21), pattern(PHONE_PATTERN))]
     pub phone: String,
+    /// E-mail address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254), pattern(EMAIL_PATTERN))]
     pub email: Option<String>,
-    /// Initial password, inline. Discouraged: prefer `passwordSecretRef`.
+    /// Initial password, inline. Discouraged: prefer `passwordSecretRef`. Mutually exclusive
+    /// with `passwordSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
     pub password: Option<String>,
-    /// Initial password read from a Secret in this UserBatch's namespace.
+    /// Initial password read from a Secret in this UserBatch's namespace. Mutually exclusive
+    /// with `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
 }
@@ -97,7 +206,11 @@ impl std::fmt::Debug for User {
 /// A key in a Secret of the same namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), pattern(OBJECT_NAME_PATTERN))]
     pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_KEY_PATTERN))]
     pub key: String,
 }
 
@@ -121,35 +234,46 @@ pub enum Phase {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserBatchStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The latest KooDrive task ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub task_id: Option<String>,
     /// The latest KooDrive response code, as a string (`"0"` is success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub code: Option<String>,
     /// The latest KooDrive message, or the operator's own error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MESSAGE_LEN))]
     pub message: Option<String>,
     /// One entry per request sent to KooDrive, oldest first. An entry without `taskId` is a
     /// request whose outcome is not recorded yet: the at-most-once intent record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TASKS))]
     pub tasks: Vec<TaskRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
     /// Users whose registration failed, at most 100.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FAILURES))]
     pub failures: Vec<UserFailure>,
+    /// `Ready`, `Submitted`, `Reconciling`, `Stalled`, following Kubernetes API conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     /// The `koodrive.io/resubmit-in-doubt` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ANNOTATION_VALUE_LEN))]
     pub resubmitted_in_doubt: Option<String>,
     /// The `koodrive.io/retry-failed` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ANNOTATION_VALUE_LEN))]
     pub retried_failed: Option<String>,
     /// `<reason>/<digest>`: the condition reason of the last permanent refusal and a digest of
     /// the inputs it was seen with (generation, endpoint, referenced Secrets' versions).
@@ -158,21 +282,87 @@ pub struct UserBatchStatus {
     pub stalled_inputs: Option<String>,
 }
 
+/// Longest annotation value the operator remembers having acted on.
+pub const MAX_ANNOTATION_VALUE_LEN: usize = 1024;
+
+/// `metav1.Condition`'s schema with the bounds its kubebuilder markers give it upstream
+/// (k8s-openapi's generated schema has none, which would leave the CRD unbounded), as a
+/// list-map keyed by `type`.
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "description": "Ready, Submitted, Reconciling and Stalled, following Kubernetes API conventions.",
+        "maxItems": MAX_CONDITIONS,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {
+                    "type": "string",
+                    "description": "Type of condition in CamelCase.",
+                    "maxLength": 316,
+                    "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+                },
+                "status": {
+                    "type": "string",
+                    "description": "True, False or Unknown.",
+                    "enum": ["True", "False", "Unknown"]
+                },
+                "observedGeneration": {
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0,
+                    "description": "The metadata.generation this condition was set for."
+                },
+                "lastTransitionTime": {
+                    "type": "string",
+                    "format": "date-time",
+                    "maxLength": 64,
+                    "description": "When the condition last changed status."
+                },
+                "reason": {
+                    "type": "string",
+                    "description": "Programmatic identifier for the condition's last transition, in CamelCase.",
+                    "minLength": 1,
+                    "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+                },
+                "message": {
+                    "type": "string",
+                    "description": "Human-readable details about the last transition.",
+                    "maxLength": MAX_MESSAGE_LEN
+                }
+            }
+        }
+    })
+}
+
 /// One request sent to KooDrive.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
     /// KooDrive's task ID; absent while the request's outcome is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub task_id: Option<String>,
+    /// KooDrive's response code, as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub code: Option<String>,
+    /// KooDrive's response message, or the operator's own error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MESSAGE_LEN))]
     pub message: Option<String>,
     /// The `X-Traceid` sent with the request (58 characters).
+    #[schemars(length(min = 1, max = MAX_ID_LEN))]
     pub trace_id: String,
+    /// When the request was sent.
+    #[schemars(length(max = 64))]
     pub submitted_at: Time,
     /// Phones of the users this request carried.
+    #[schemars(length(max = MAX_PHONES_PER_TASK), inner(length(max = 21)))]
     pub phones: Vec<String>,
     /// Digest of the non-secret fields of the users as sent, to notice later edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,10 +375,15 @@ pub struct TaskRecord {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskResult {
+    #[schemars(range(min = 0))]
     pub total: i64,
+    #[schemars(range(min = 0))]
     pub succeeded: i64,
+    #[schemars(range(min = 0))]
     pub failed: i64,
+    #[schemars(range(min = 0))]
     pub skipped: i64,
+    /// Whether every user of the task has a result.
     pub finished: bool,
 }
 
@@ -196,10 +391,18 @@ pub struct TaskResult {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
+    /// Users listed in `spec.users`.
+    #[schemars(range(min = 0))]
     pub requested: i64,
+    /// Users sent to KooDrive.
+    #[schemars(range(min = 0))]
     pub submitted: i64,
+    #[schemars(range(min = 0))]
     pub succeeded: i64,
+    #[schemars(range(min = 0))]
     pub failed: i64,
+    /// Users KooDrive skipped (most likely because they already existed).
+    #[schemars(range(min = 0))]
     pub skipped: i64,
 }
 
@@ -207,9 +410,32 @@ pub struct Summary {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserFailure {
+    /// The phone as KooDrive reported it; KooDrive's formatting is not ours to bound tightly.
+    #[schemars(length(max = MAX_ID_LEN))]
     pub phone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_REASON_LEN))]
     pub reason: Option<String>,
+}
+
+/// The `UserBatch` CustomResourceDefinition, as generated from these types.
+pub fn crd() -> CustomResourceDefinition {
+    UserBatch::crd()
+}
+
+/// The shell command that regenerates the committed copies of the CRD.
+pub const REGENERATE_CRD_COMMAND: &str = "cargo run -- crd > crds/userbatch.yaml && cp crds/userbatch.yaml charts/koodrive-operator/crds/userbatch.yaml";
+
+/// The CRD as the YAML document committed in `crds/userbatch.yaml` and the Helm chart.
+pub fn crd_yaml() -> String {
+    // Serialising a value built from our own types cannot fail at runtime short of a bug in
+    // the serializer; a panic here is caught by the drift test long before a release.
+    let body = serde_saphyr::to_string(&crd()).expect("the CRD serializes to YAML");
+    format!(
+        "# Generated from src/crd.rs by `koodrive-operator crd`: do not edit.\n\
+         # Regenerate with: {REGENERATE_CRD_COMMAND}\n{body}"
+    )
 }

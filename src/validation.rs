@@ -1,5 +1,20 @@
 //! Offline validation of UserBatch objects against the CRD's OpenAPI schema and CEL rules,
 //! shared by `koodrive-operator validate` and the API emulator's admission.
+//!
+//! The schema is not restated here: [`validate_userbatch`] walks the `openAPIV3Schema` of the
+//! CRD generated from [`crate::crd`] (so this check and the API server can never disagree about
+//! what is allowed) and evaluates its `x-kubernetes-validations` with kube's local CEL engine.
+//! The walker covers the structural-schema subset the CRD uses: `type`, `nullable`,
+//! `properties`/`required`, `additionalProperties`, `items`, string length, `pattern`, `enum`,
+//! `format: date-time`, item counts, numeric bounds, and `x-kubernetes-list-type` map/set
+//! uniqueness. Messages follow the API server's wording (`Required value`, `Too long: …`,
+//! `Duplicate value: …`) so they read the same offline and at `kubectl apply`.
+
+use kube::core::cel::{CompiledSchema, ErrorKind as CelErrorKind, Validator, compile_schema};
+use regex::Regex;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
 
 /// One problem found in a manifest, located by its field path (e.g. `spec.users[3].phone`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +29,876 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// Path reported for a problem with the object as a whole.
+pub const ROOT_PATH: &str = "<root>";
+
+impl Violation {
+    fn new(path: impl Into<String>, kind: Kind, detail: impl AsRef<str>) -> Self {
+        let detail = detail.as_ref();
+        let problem = if detail.is_empty() {
+            kind.label().to_owned()
+        } else {
+            format!("{}: {detail}", kind.label())
+        };
+        Violation {
+            path: path.into(),
+            problem,
+        }
+    }
+
+    /// The API server's `StatusCause.reason` for this violation (`FieldValueRequired`,
+    /// `FieldValueInvalid`, …), for an emulator answering `422 Invalid`.
+    pub fn reason(&self) -> &'static str {
+        Kind::ALL
+            .iter()
+            .find(|kind| self.problem.starts_with(kind.label()))
+            .map_or("FieldValueInvalid", |kind| kind.reason())
+    }
+}
+
+/// The API server's field error types (`k8s.io/apimachinery/pkg/util/validation/field`), plus
+/// unknown fields, which strict field validation rejects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Required,
+    Invalid,
+    Unsupported,
+    Duplicate,
+    TooLong,
+    TooMany,
+    Unknown,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Required,
+        Kind::Invalid,
+        Kind::Unsupported,
+        Kind::Duplicate,
+        Kind::TooLong,
+        Kind::TooMany,
+        Kind::Unknown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Required => "Required value",
+            Kind::Invalid => "Invalid value",
+            Kind::Unsupported => "Unsupported value",
+            Kind::Duplicate => "Duplicate value",
+            Kind::TooLong => "Too long",
+            Kind::TooMany => "Too many",
+            Kind::Unknown => "Unknown field",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Kind::Required => "FieldValueRequired",
+            Kind::Invalid => "FieldValueInvalid",
+            Kind::Unsupported => "FieldValueNotSupported",
+            Kind::Duplicate => "FieldValueDuplicate",
+            Kind::TooLong => "FieldValueTooLong",
+            Kind::TooMany => "FieldValueTooMany",
+            // The API server has no cause type of its own for this (strict decoding reports it
+            // as a 400 with the message only); "invalid" is what clients expect to handle.
+            Kind::Unknown => "FieldValueInvalid",
+        }
+    }
+}
+
+/// The generated CRD's `openAPIV3Schema`, as JSON.
+static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    let crd = crate::crd::crd();
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|version| version.schema.as_ref())
+        .and_then(|schema| schema.open_api_v3_schema.as_ref());
+    // The CRD comes from our own derive, which always emits a schema; an empty one would make
+    // every field unknown, which the tests would notice at once.
+    schema
+        .and_then(|schema| serde_json::to_value(schema).ok())
+        .unwrap_or(Value::Null)
+});
+
+/// The schema's CEL rules, compiled once.
+static COMPILED_RULES: LazyLock<CompiledSchema> = LazyLock::new(|| compile_schema(&SCHEMA));
+
+/// The CEL environment with Kubernetes' extension functions, built once.
+static CEL: LazyLock<Validator> = LazyLock::new(Validator::new);
+
+/// Every `pattern` in the schema, compiled once. A pattern that does not compile maps to
+/// `None` and is reported as a violation rather than silently passing.
+static PATTERNS: LazyLock<BTreeMap<String, Option<Regex>>> = LazyLock::new(|| {
+    let mut patterns = BTreeMap::new();
+    collect_patterns(&SCHEMA, &mut patterns);
+    patterns
+});
+
+fn collect_patterns(schema: &Value, out: &mut BTreeMap<String, Option<Regex>>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::String(pattern)) = map.get("pattern") {
+                out.entry(pattern.clone())
+                    .or_insert_with(|| Regex::new(pattern).ok());
+            }
+            map.values().for_each(|child| collect_patterns(child, out));
+        }
+        Value::Array(items) => items.iter().for_each(|child| collect_patterns(child, out)),
+        _ => {}
+    }
+}
+
+/// The UserBatch CRD's `openAPIV3Schema` as JSON: the document [`validate_userbatch`] walks.
+pub fn userbatch_schema() -> &'static Value {
+    &SCHEMA
+}
+
 /// Validates one UserBatch object (as JSON) the way the API server would at admission.
 /// Returns every violation found; empty means valid.
-pub fn validate_userbatch(_object: &serde_json::Value) -> Vec<Violation> {
-    Vec::new()
+///
+/// The object is a whole resource: `apiVersion` and `kind` must name `koodrive.io/v1alpha1`
+/// `UserBatch`, `metadata.name` (or `generateName`) must be a DNS subdomain, `spec` must
+/// satisfy the schema and its CEL rules, and `status`, if present, must too.
+pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let Some(fields) = object.as_object() else {
+        out.push(Violation::new(
+            ROOT_PATH,
+            Kind::Invalid,
+            format!("{}: must be of type object", quoted_type(object)),
+        ));
+        return out;
+    };
+
+    check_constant(
+        fields.get("apiVersion"),
+        "apiVersion",
+        &format!("{}/v1alpha1", crate::crd::GROUP),
+        &mut out,
+    );
+    check_constant(fields.get("kind"), "kind", "UserBatch", &mut out);
+    match fields.get("metadata") {
+        None | Some(Value::Null) => out.push(Violation::new("metadata", Kind::Required, "")),
+        Some(metadata) => check_metadata(metadata, &mut out),
+    }
+
+    // The CRD's root schema describes spec and status; the API server owns the other three.
+    check_object_fields(
+        &SCHEMA,
+        fields,
+        "",
+        &["apiVersion", "kind", "metadata"],
+        &mut out,
+    );
+
+    let schema_clean = out.is_empty();
+    check_cel(object, schema_clean, &mut out);
+    out
+}
+
+/// One document of a manifest file, and what validation made of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    /// A UserBatch (by `apiVersion` group or `kind`), checked; empty `violations` means valid.
+    UserBatch {
+        /// `namespace/name`, or just the name, or `<unnamed>`.
+        name: String,
+        violations: Vec<Violation>,
+    },
+    /// Another kind of object, or something that is not an object at all: not checked.
+    Skipped { what: String },
+}
+
+/// Why a manifest could not be checked at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not valid YAML: {0}")]
+    Yaml(#[from] serde_saphyr::Error),
+}
+
+/// Parses a (multi-document) YAML manifest and validates every UserBatch in it; other
+/// documents are reported as skipped, empty documents are left out.
+pub fn validate_manifests(yaml: &str) -> Result<Vec<Document>, ManifestError> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml)?;
+    Ok(documents
+        .iter()
+        .filter(|document| !document.is_null())
+        .map(classify_and_validate)
+        .collect())
+}
+
+fn classify_and_validate(document: &Value) -> Document {
+    let text = |field: &str| document.get(field).and_then(Value::as_str);
+    let kind = text("kind");
+    let api_version = text("apiVersion");
+    let group = api_version
+        .and_then(|v| v.split_once('/'))
+        .map(|(group, _)| group);
+    if kind == Some("UserBatch") || group == Some(crate::crd::GROUP) {
+        let metadata = document.get("metadata");
+        let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str);
+        let namespace = metadata
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str);
+        let name = match (namespace, name) {
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+            (None, Some(name)) => name.to_owned(),
+            _ => "<unnamed>".to_owned(),
+        };
+        return Document::UserBatch {
+            name,
+            violations: validate_userbatch(document),
+        };
+    }
+    let what = match (api_version, kind) {
+        (_, Some(kind)) => {
+            let name = document
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("<unnamed>");
+            format!("{} {kind} {name}", api_version.unwrap_or("<no apiVersion>"))
+        }
+        (Some(api_version), None) => format!("{api_version} object without a kind"),
+        (None, None) => format!(
+            "a document that is not a Kubernetes object ({})",
+            quoted_type(document)
+        ),
+    };
+    Document::Skipped { what }
+}
+
+fn check_constant(value: Option<&Value>, path: &str, expected: &str, out: &mut Vec<Violation>) {
+    match value {
+        None | Some(Value::Null) => out.push(Violation::new(path, Kind::Required, "")),
+        Some(Value::String(actual)) if actual == expected => {}
+        Some(other) => out.push(Violation::new(
+            path,
+            Kind::Unsupported,
+            format!(
+                "{}: supported values: \"{expected}\"",
+                display_value(path, other)
+            ),
+        )),
+    }
+}
+
+/// ObjectMeta's fields: anything else in `metadata` is unknown to the API server.
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+static DNS_SUBDOMAIN: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(crate::crd::OBJECT_NAME_PATTERN).ok());
+static DNS_LABEL: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").ok());
+
+fn check_metadata(metadata: &Value, out: &mut Vec<Violation>) {
+    let Some(fields) = metadata.as_object() else {
+        out.push(type_violation("metadata", metadata, "object"));
+        return;
+    };
+    for key in fields.keys() {
+        if !OBJECT_META_FIELDS.contains(&key.as_str()) {
+            out.push(unknown_field(&join("metadata", key)));
+        }
+    }
+    match (fields.get("name"), fields.get("generateName")) {
+        (Some(Value::String(name)), _) => check_name(
+            "metadata.name",
+            name,
+            253,
+            &DNS_SUBDOMAIN,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+             '-' or '.', and must start and end with an alphanumeric character",
+            out,
+        ),
+        (Some(other), _) if !other.is_null() => {
+            out.push(type_violation("metadata.name", other, "string"))
+        }
+        (_, Some(Value::String(_))) => {}
+        _ => out.push(Violation::new(
+            "metadata.name",
+            Kind::Required,
+            "name or generateName is required",
+        )),
+    }
+    match fields.get("namespace") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(namespace)) => check_name(
+            "metadata.namespace",
+            namespace,
+            63,
+            &DNS_LABEL,
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
+             '-', and must start and end with an alphanumeric character",
+            out,
+        ),
+        Some(other) => out.push(type_violation("metadata.namespace", other, "string")),
+    }
+    for map in ["labels", "annotations"] {
+        let path = join("metadata", map);
+        match fields.get(map) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(entries)) => {
+                for (key, value) in entries {
+                    if !value.is_string() {
+                        out.push(type_violation(&join(&path, key), value, "string"));
+                    }
+                }
+            }
+            Some(other) => out.push(type_violation(&path, other, "object")),
+        }
+    }
+}
+
+fn check_name(
+    path: &str,
+    name: &str,
+    max: usize,
+    pattern: &Option<Regex>,
+    rule: &str,
+    out: &mut Vec<Violation>,
+) {
+    if name.len() > max {
+        out.push(Violation::new(
+            path,
+            Kind::TooLong,
+            format!("may not be longer than {max} characters"),
+        ));
+    }
+    if !pattern.as_ref().is_some_and(|re| re.is_match(name)) {
+        out.push(Violation::new(
+            path,
+            Kind::Invalid,
+            format!("{}: {rule}", json_quote(name)),
+        ));
+    }
+}
+
+/// Checks `value` against one schema node and, recursively, its children.
+fn check_node(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
+    if value.is_null() {
+        if !is_nullable(schema) {
+            out.push(type_violation(path, value, schema_type(schema)));
+        }
+        return;
+    }
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        if !(value.is_string() || is_integer(value)) {
+            out.push(type_violation(path, value, "integer or string"));
+        }
+        return;
+    }
+    match schema_type(schema) {
+        "object" => match value.as_object() {
+            Some(fields) => check_object_fields(schema, fields, path, &[], out),
+            None => out.push(type_violation(path, value, "object")),
+        },
+        "array" => match value.as_array() {
+            Some(items) => check_array(schema, items, path, out),
+            None => out.push(type_violation(path, value, "array")),
+        },
+        "string" => match value.as_str() {
+            Some(text) => check_string(schema, text, path, out),
+            None => out.push(type_violation(path, value, "string")),
+        },
+        "integer" if is_integer(value) => check_number(schema, value, path, out),
+        "number" if value.is_number() => check_number(schema, value, path, out),
+        "boolean" if value.is_boolean() => {}
+        // An untyped node is only legal where unknown fields are preserved: anything goes.
+        "" => {}
+        expected => out.push(type_violation(path, value, expected)),
+    }
+    check_enum(schema, value, path, out);
+}
+
+/// Checks an object's fields; `checked_elsewhere` names fields that are neither walked nor
+/// reported as unknown (the root's `apiVersion`/`kind`/`metadata`).
+fn check_object_fields(
+    schema: &Value,
+    fields: &serde_json::Map<String, Value>,
+    path: &str,
+    checked_elsewhere: &[&str],
+    out: &mut Vec<Violation>,
+) {
+    let properties = schema.get("properties").and_then(Value::as_object);
+    // A `null` for a field that is not nullable is pruned by the API server, i.e. absent.
+    let present = |name: &str| match (fields.get(name), properties.and_then(|p| p.get(name))) {
+        (None, _) => false,
+        (Some(Value::Null), Some(child)) => is_nullable(child),
+        (Some(Value::Null), None) => false,
+        (Some(_), _) => true,
+    };
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for name in required.iter().filter_map(Value::as_str) {
+            if !present(name) {
+                out.push(Violation::new(join(path, name), Kind::Required, ""));
+            }
+        }
+    }
+    let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+    let preserve_unknown = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true);
+    for (name, value) in fields {
+        if checked_elsewhere.contains(&name.as_str()) {
+            continue;
+        }
+        let child_path = join(path, name);
+        match properties.and_then(|p| p.get(name)) {
+            Some(child) => {
+                if !value.is_null() || is_nullable(child) {
+                    check_node(child, value, &child_path, out);
+                }
+            }
+            None => match additional {
+                Some(child) => check_node(child, value, &child_path, out),
+                None if preserve_unknown => {}
+                None => out.push(unknown_field(&child_path)),
+            },
+        }
+    }
+}
+
+fn check_array(schema: &Value, items: &[Value], path: &str, out: &mut Vec<Violation>) {
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && items.len() as u64 > max
+    {
+        out.push(Violation::new(
+            path,
+            Kind::TooMany,
+            format!("{}: must have at most {max} items", items.len()),
+        ));
+    }
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+        && (items.len() as u64) < min
+    {
+        out.push(Violation::new(
+            path,
+            Kind::Invalid,
+            format!("{}: must have at least {min} item(s)", items.len()),
+        ));
+    }
+    if let Some(item_schema) = schema.get("items") {
+        for (index, item) in items.iter().enumerate() {
+            check_node(item_schema, item, &format!("{path}[{index}]"), out);
+        }
+    }
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("map") => check_map_keys(schema, items, path, out),
+        Some("set") => {
+            let mut seen = HashSet::new();
+            for (index, item) in items.iter().enumerate() {
+                if !seen.insert(item.to_string()) {
+                    out.push(Violation::new(
+                        format!("{path}[{index}]"),
+                        Kind::Duplicate,
+                        item.to_string(),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A list-map's items must be unique by their key fields, like the API server enforces.
+fn check_map_keys(schema: &Value, items: &[Value], path: &str, out: &mut Vec<Violation>) {
+    let keys: Vec<&str> = schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for (index, item) in items.iter().enumerate() {
+        let Some(fields) = item.as_object() else {
+            continue;
+        };
+        let key: serde_json::Map<String, Value> = keys
+            .iter()
+            .filter_map(|k| fields.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect();
+        // An item missing a key field is already reported as `Required value`.
+        if key.len() != keys.len() {
+            continue;
+        }
+        let key = Value::Object(key).to_string();
+        if !seen.insert(key.clone()) {
+            out.push(Violation::new(
+                format!("{path}[{index}]"),
+                Kind::Duplicate,
+                key,
+            ));
+        }
+    }
+}
+
+fn check_string(schema: &Value, text: &str, path: &str, out: &mut Vec<Violation>) {
+    // OpenAPI lengths count characters, as the API server does, not bytes.
+    let length = text.chars().count() as u64;
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && length > max
+    {
+        out.push(Violation::new(
+            path,
+            Kind::TooLong,
+            format!("may not be longer than {max} characters"),
+        ));
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && length < min
+    {
+        out.push(Violation::new(
+            path,
+            Kind::Invalid,
+            format!(
+                "{}: must be at least {min} character(s) long",
+                display_str(path, text)
+            ),
+        ));
+    }
+    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+        match PATTERNS.get(pattern) {
+            Some(Some(re)) if re.is_match(text) => {}
+            Some(Some(_)) => out.push(Violation::new(
+                path,
+                Kind::Invalid,
+                format!("{}: should match '{pattern}'", display_str(path, text)),
+            )),
+            _ => out.push(Violation::new(
+                path,
+                Kind::Invalid,
+                format!("the schema's pattern '{pattern}' is not a valid regular expression"),
+            )),
+        }
+    }
+    if schema.get("format").and_then(Value::as_str) == Some("date-time")
+        && text.parse::<jiff::Timestamp>().is_err()
+    {
+        out.push(Violation::new(
+            path,
+            Kind::Invalid,
+            format!(
+                "{}: must be an RFC 3339 date-time, e.g. \"2026-11-29T10:00:00Z\"",
+                display_str(path, text)
+            ),
+        ));
+    }
+}
+
+fn check_number(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
+    let Some(number) = value.as_f64() else {
+        return;
+    };
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+        && number < min
+    {
+        out.push(Violation::new(
+            path,
+            Kind::Invalid,
+            format!("{value}: must be greater than or equal to {min}"),
+        ));
+    }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+        && number > max
+    {
+        out.push(Violation::new(
+            path,
+            Kind::Invalid,
+            format!("{value}: must be less than or equal to {max}"),
+        ));
+    }
+}
+
+fn check_enum(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>) {
+    let Some(allowed) = schema.get("enum").and_then(Value::as_array) else {
+        return;
+    };
+    if !allowed.contains(value) {
+        let supported: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        out.push(Violation::new(
+            path,
+            Kind::Unsupported,
+            format!(
+                "{}: supported values: {}",
+                display_value(path, value),
+                supported.join(", ")
+            ),
+        ));
+    }
+}
+
+/// Evaluates the schema's `x-kubernetes-validations`. When the object already broke the
+/// schema, rules may fail to evaluate on ill-typed data; only genuine rule failures are kept
+/// then, so the user sees the cause rather than its echo.
+fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
+    let compiled = &*COMPILED_RULES;
+    // The API server runs no rule on a null value (and prunes nulls of non-nullable fields),
+    // so neither does this; kube-cel would otherwise fail the rule on the null.
+    let pruned;
+    let object = if contains_null(object) {
+        pruned = without_nulls(object);
+        &pruned
+    } else {
+        object
+    };
+    let Err(errors) = CEL.validate_compiled(compiled, object, None) else {
+        return;
+    };
+    for error in errors {
+        let failed_rule = error.kind == CelErrorKind::ValidationFailure;
+        if !schema_clean && !failed_rule {
+            continue;
+        }
+        let path = if error.field_path.is_empty() {
+            ROOT_PATH.to_owned()
+        } else {
+            error.field_path.clone()
+        };
+        let detail = if failed_rule {
+            format!(
+                "{}: {}",
+                quoted_type(value_at(object, &path)),
+                error.message
+            )
+        } else {
+            format!(
+                "{}: rule `{}` could not be evaluated: {}",
+                quoted_type(value_at(object, &path)),
+                error.rule,
+                error.message
+            )
+        };
+        out.push(Violation::new(path, Kind::Invalid, detail));
+    }
+}
+
+fn contains_null(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(fields) => fields.values().any(contains_null),
+        Value::Array(items) => items.iter().any(contains_null),
+        _ => false,
+    }
+}
+
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Resolves an API-server style path (`spec.users[3].phone`) in `object`.
+fn value_at<'a>(object: &'a Value, path: &str) -> &'a Value {
+    let mut current = object;
+    for segment in path.split('.') {
+        let (name, indices) = match segment.find('[') {
+            Some(at) => segment.split_at(at),
+            None => (segment, ""),
+        };
+        if !name.is_empty() {
+            current = current.get(name).unwrap_or(&Value::Null);
+        }
+        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
+            current = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| current.get(i))
+                .unwrap_or(&Value::Null);
+        }
+    }
+    current
+}
+
+fn schema_type(schema: &Value) -> &str {
+    schema.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+fn is_nullable(schema: &Value) -> bool {
+    schema.get("nullable").and_then(Value::as_bool) == Some(true)
+}
+
+fn is_integer(value: &Value) -> bool {
+    value.is_i64() || value.is_u64()
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn unknown_field(path: &str) -> Violation {
+    Violation::new(path, Kind::Unknown, "field not declared in the schema")
+}
+
+fn type_violation(path: &str, value: &Value, expected: &str) -> Violation {
+    Violation::new(
+        path,
+        Kind::Invalid,
+        format!("{}: must be of type {expected}", quoted_type(value)),
+    )
+}
+
+/// The JSON type name, quoted, as the API server shows it in type errors.
+fn quoted_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "\"null\"",
+        Value::Bool(_) => "\"boolean\"",
+        Value::Number(n) if n.is_f64() => "\"number\"",
+        Value::Number(_) => "\"integer\"",
+        Value::String(_) => "\"string\"",
+        Value::Array(_) => "\"array\"",
+        Value::Object(_) => "\"object\"",
+    }
+}
+
+/// Passwords are never echoed back, not even in an error about their length or shape.
+fn is_secret_path(path: &str) -> bool {
+    path == "password" || path.ends_with(".password")
+}
+
+fn display_str(path: &str, text: &str) -> String {
+    if is_secret_path(path) {
+        "<redacted>".to_owned()
+    } else {
+        json_quote(text)
+    }
+}
+
+fn display_value(path: &str, value: &Value) -> String {
+    if is_secret_path(path) {
+        "<redacted>".to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+fn json_quote(text: &str) -> String {
+    Value::String(text.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({
+            "apiVersion": "koodrive.io/v1alpha1",
+            "kind": "UserBatch",
+            "metadata": {"name": "onboarding", "namespace": "default"},
+            "spec": {
+                "credentialsRef": {"name": "koodrive-credentials"},
+                "users": [
+                    {"firstname": "Ada", "phone": "8613800000001",
+                     "passwordSecretRef": {"name": "pw", "key": "ada"}},
+                ],
+            },
+        })
+    }
+
+    #[test]
+    fn the_schema_is_the_generated_crds() {
+        assert_eq!(schema_type(userbatch_schema()), "object");
+        assert!(userbatch_schema()["properties"]["spec"].is_object());
+    }
+
+    #[test]
+    fn every_cel_rule_compiles() {
+        fn walk(node: &CompiledSchema, path: &str) {
+            assert!(
+                !node.has_errors(),
+                "{path}: {:?}",
+                node.compilation_errors()
+            );
+            for (name, child) in &node.properties {
+                walk(child, &format!("{path}.{name}"));
+            }
+            if let Some(items) = &node.items {
+                walk(items, &format!("{path}[]"));
+            }
+        }
+        walk(&COMPILED_RULES, "");
+    }
+
+    #[test]
+    fn every_schema_pattern_compiles() {
+        assert!(PATTERNS.len() >= 4);
+        for (pattern, compiled) in PATTERNS.iter() {
+            assert!(compiled.is_some(), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn a_valid_object_has_no_violations() {
+        assert_eq!(validate_userbatch(&valid()), vec![]);
+    }
+
+    #[test]
+    fn reasons_follow_the_problem_kind() {
+        let mut object = valid();
+        object["spec"]["users"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("phone");
+        let violations = validate_userbatch(&object);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].path, "spec.users[0].phone");
+        assert_eq!(violations[0].reason(), "FieldValueRequired");
+    }
+
+    #[test]
+    fn value_at_follows_fields_and_indices() {
+        let object = valid();
+        assert_eq!(
+            value_at(&object, "spec.users[0].phone"),
+            &json!("8613800000001")
+        );
+        assert_eq!(value_at(&object, "spec.users[7]"), &Value::Null);
+    }
+
+    #[test]
+    fn a_too_long_password_is_not_echoed() {
+        let mut object = valid();
+        let user = object["spec"]["users"][0].as_object_mut().unwrap();
+        user.remove("passwordSecretRef");
+        user.insert("password".into(), json!(""));
+        let violations = validate_userbatch(&object);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].problem.contains("<redacted>"));
+    }
 }
