@@ -151,6 +151,11 @@ pub struct UserBatchStatus {
     /// The `koodrive.io/retry-failed` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_failed: Option<String>,
+    /// `<reason>/<digest>`: the condition reason of the last permanent refusal and a digest of
+    /// the inputs it was seen with (generation, endpoint, referenced Secrets' versions).
+    /// Nothing is resent until those inputs change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_inputs: Option<String>,
 }
 
 /// One request sent to KooDrive.
@@ -169,6 +174,9 @@ pub struct TaskRecord {
     pub submitted_at: Time,
     /// Phones of the users this request carried.
     pub phones: Vec<String>,
+    /// Digest of the non-secret fields of the users as sent, to notice later edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
 }

@@ -1,9 +1,15 @@
 //! `koodrive-operator run`: the controller.
 
 use crate::cli::CliError;
+use crate::controller::{self, Settings};
+use crate::health::{self, Readiness};
+use crate::leader::{self, Election};
+use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Every flag has an environment fallback so the Helm chart can set it with `env:`.
 #[derive(clap::Args, Debug, Clone)]
@@ -32,6 +38,12 @@ pub struct Args {
     /// How often to poll KooDrive for the results of unfinished tasks.
     #[arg(long, env = "KOODRIVE_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// First delay before retrying a UserBatch after a failure; doubles per failure.
+    #[arg(long, env = "KOODRIVE_RETRY_BASE_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+    /// Longest delay between retries of one UserBatch.
+    #[arg(long, env = "KOODRIVE_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "KOODRIVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -71,8 +83,136 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         })
 }
 
-pub async fn run(_args: Args) -> Result<ExitCode, CliError> {
-    Err("`run` is not implemented yet".into())
+impl Args {
+    /// The controller settings these flags describe.
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings::new(self.default_endpoint.clone());
+        settings.watch_namespace = Some(self.watch_namespace.clone()).filter(|ns| !ns.is_empty());
+        settings.max_batch_size = usize::from(self.max_batch_size);
+        settings.max_in_flight = self.max_in_flight as usize;
+        settings.requests_per_second = self.requests_per_second;
+        settings.poll_interval = self.poll_interval;
+        settings.allow_insecure_endpoints = self.allow_insecure_endpoints;
+        settings.koodrive.allow_insecure_endpoints = self.allow_insecure_endpoints;
+        settings.retry_base_delay = self.retry_base_delay;
+        settings.retry_max_delay = self.retry_max_delay;
+        settings.instance = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
+        settings
+    }
+}
+
+pub async fn run(args: Args) -> Result<ExitCode, CliError> {
+    crate::telemetry::init(args.log_format, &args.log_level)?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {e}")
+    })?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let bound = health::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot listen on {} for metrics and health: {e}",
+            args.metrics_addr
+        )
+    })?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+
+    let settings = args.settings();
+    let synced = readiness.clone();
+    let on_synced = move || {
+        synced.set_synced(true);
+        tracing::info!("watches synced; ready");
+    };
+
+    if !args.leader_elect {
+        controller::run(
+            client,
+            settings,
+            metrics,
+            shutdown.cancelled_owned(),
+            on_synced,
+        )
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let identity = leader::identity();
+    let mut election = Election::start(
+        client.clone(),
+        &args.lease_namespace,
+        &args.lease_name,
+        &identity,
+        args.lease_duration,
+    )
+    .await?;
+    readiness.set_standby(true);
+    tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            election.release().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        acquired = election.acquired() => if !acquired {
+            return Err("leader election stopped before this process became leader".into());
+        }
+    }
+    readiness.set_standby(false);
+    tracing::info!(identity = %identity, "became leader; starting the controller");
+
+    // Stop reconciling the moment leadership is lost: another replica may already act.
+    let lost = CancellationToken::new();
+    let stop = shutdown.clone();
+    let lost_flag = lost.clone();
+    let leader_rx = election.is_leader.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = Election::lost(leader_rx) => lost_flag.cancel(),
+            _ = stop.cancelled() => {}
+        }
+    });
+    let either = {
+        let (a, b) = (shutdown.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                _ = a.cancelled() => {}
+                _ = b.cancelled() => {}
+            }
+        }
+    };
+    controller::run(client, settings, metrics, either, on_synced).await?;
+    if lost.is_cancelled() && !shutdown.is_cancelled() {
+        // Exiting lets the Deployment restart this replica as a clean standby.
+        return Err("lost the leader Lease; stopped reconciling and exiting".into());
+    }
+    election.release().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `token` on SIGTERM (Kubernetes' stop signal) or SIGINT (Ctrl-C).
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight reconciles");
+    token.cancel();
 }
 
 #[cfg(test)]

@@ -1,0 +1,164 @@
+//! Condition types, reasons and the rules for updating them.
+//!
+//! Conditions follow the Kubernetes API conventions and kstatus, so `kubectl wait`, Flux and
+//! Argo CD read them without custom code: `Ready` is the summary, `Reconciling=True` means work
+//! is in progress, `Stalled=True` means nothing will change without a human.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub mod types {
+    pub const READY: &str = "Ready";
+    pub const SUBMITTED: &str = "Submitted";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Reasons are stable API: tooling and alerts match on them.
+pub mod reasons {
+    pub const READY: &str = "Ready";
+    pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
+    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+    pub const PASSWORD_NOT_FOUND: &str = "PasswordNotFound";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SUBMITTING: &str = "Submitting";
+    pub const AWAITING_RESULTS: &str = "AwaitingResults";
+    pub const USERS_FAILED: &str = "UsersFailed";
+    pub const KOODRIVE_REJECTED: &str = "KooDriveRejected";
+    pub const KOODRIVE_UNAVAILABLE: &str = "KooDriveUnavailable";
+    pub const SUBMISSION_IN_DOUBT: &str = "SubmissionInDoubt";
+    pub const ALL_SUBMITTED: &str = "AllSubmitted";
+    pub const USERS_PENDING: &str = "UsersPending";
+    pub const IDLE: &str = "Idle";
+    pub const NOT_STALLED: &str = "NotStalled";
+}
+
+/// A condition as computed by the controller, before timestamps are attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Desired {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+fn status_str(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
+}
+
+/// Builds the new condition list. `lastTransitionTime` is carried over from `previous` unless
+/// the condition's status flipped, so an unchanged situation never produces a new timestamp
+/// (and never a status write).
+pub fn merge(
+    previous: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    desired
+        .iter()
+        .map(|want| {
+            let status = status_str(want.status);
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == want.type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: want.type_.to_string(),
+                status: status.to_string(),
+                reason: want.reason.to_string(),
+                message: want.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// Finds a condition by type.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when the condition of that type exists with status `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let first = merge(
+            &[],
+            &[Desired::new(
+                types::READY,
+                false,
+                reasons::SUBMITTING,
+                "sending",
+            )],
+            Some(1),
+            &time(100),
+        );
+        assert_eq!(first[0].last_transition_time, time(100));
+
+        // Same status, new reason and message: the transition time stays.
+        let second = merge(
+            &first,
+            &[Desired::new(
+                types::READY,
+                false,
+                reasons::AWAITING_RESULTS,
+                "waiting",
+            )],
+            Some(2),
+            &time(200),
+        );
+        assert_eq!(second[0].last_transition_time, time(100));
+        assert_eq!(second[0].reason, "AwaitingResults");
+        assert_eq!(second[0].observed_generation, Some(2));
+
+        // Status flips: the transition time moves.
+        let third = merge(
+            &second,
+            &[Desired::new(types::READY, true, reasons::READY, "done")],
+            Some(2),
+            &time(300),
+        );
+        assert_eq!(third[0].last_transition_time, time(300));
+        assert_eq!(third[0].status, "True");
+    }
+
+    #[test]
+    fn unchanged_conditions_are_identical() {
+        let desired = [
+            Desired::new(types::READY, true, reasons::READY, "done"),
+            Desired::new(types::STALLED, false, reasons::NOT_STALLED, ""),
+        ];
+        let first = merge(&[], &desired, Some(1), &time(100));
+        let again = merge(&first, &desired, Some(1), &time(999));
+        assert_eq!(first, again);
+    }
+}

@@ -1,0 +1,93 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease (via `kube-lease-manager`): with
+//! several replicas only the holder reconciles, so two processes never race to submit.
+
+use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("cannot set up leader election on Lease {namespace}/{name}: {source}")]
+    Setup {
+        namespace: String,
+        name: String,
+        #[source]
+        source: LeaseManagerError,
+    },
+}
+
+/// The holder identity: the pod name when the chart provides it, else host name plus a
+/// random suffix so two processes on one host never share an identity.
+pub fn identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        return pod;
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "koodrive-operator".to_string());
+    let suffix: String = crate::koodrive::new_trace_id().chars().take(8).collect();
+    format!("{host}-{suffix}")
+}
+
+/// A running election: `is_leader` flips as the Lease is won or lost. Dropping it releases
+/// the Lease so a standby can take over without waiting for expiry.
+pub struct Election {
+    pub is_leader: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+}
+
+impl Election {
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        lease_duration: Duration,
+    ) -> Result<Election, LeaderError> {
+        let duration = lease_duration.as_secs().max(2);
+        // Renew well before expiry: a third of the duration, at least one second.
+        let grace = (duration / 3).max(1);
+        let manager = LeaseManagerBuilder::new(client, name)
+            .with_namespace(namespace)
+            .with_identity(identity)
+            .with_duration(duration)
+            .with_grace(grace)
+            .build()
+            .await
+            .map_err(|source| LeaderError::Setup {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                source,
+            })?;
+        let (is_leader, task) = manager.watch().await;
+        Ok(Election { is_leader, task })
+    }
+
+    /// Resolves once this process holds the Lease.
+    pub async fn acquired(&mut self) -> bool {
+        self.is_leader.wait_for(|leader| *leader).await.is_ok()
+    }
+
+    /// Resolves when leadership is lost after having been acquired.
+    pub async fn lost(mut rx: watch::Receiver<bool>) {
+        let _ = rx.wait_for(|leader| !*leader).await;
+    }
+
+    /// Releases the Lease (closing the channel makes the manager release it) and waits.
+    pub async fn release(self) {
+        drop(self.is_leader);
+        match self.task.await {
+            Ok(Ok(_)) => tracing::info!("released the leader Lease"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not release the leader Lease"),
+            Err(err) => tracing::warn!(error = %err, "leader election task failed"),
+        }
+    }
+}
