@@ -100,10 +100,7 @@ fn run_ok(command: &mut Command) -> String {
 }
 
 fn values_file(values: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .unwrap();
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     file.write_all(values.as_bytes()).unwrap();
     file
 }
@@ -167,7 +164,12 @@ impl Rendered {
 
     fn one<T: DeserializeOwned>(&self, kind: &str) -> T {
         let found = self.of_kind(kind);
-        assert_eq!(found.len(), 1, "expected exactly one {kind}, found {}", found.len());
+        assert_eq!(
+            found.len(),
+            1,
+            "expected exactly one {kind}, found {}",
+            found.len()
+        );
         found[0].typed()
     }
 
@@ -292,7 +294,10 @@ fn operator_pod_is_hardened() {
         let resources = container
             .resources
             .unwrap_or_else(|| panic!("{variant}: container has no resources"));
-        for (what, list) in [("requests", resources.requests), ("limits", resources.limits)] {
+        for (what, list) in [
+            ("requests", resources.requests),
+            ("limits", resources.limits),
+        ] {
             let list = list.unwrap_or_default();
             for resource in ["cpu", "memory"] {
                 assert!(
@@ -357,8 +362,18 @@ fn workload_grants(scope: &str) -> BTreeSet<Grant> {
     grants(
         scope,
         &[
-            ("koodrive.io", "userbatches", &["get", "list", "watch"], None),
-            ("koodrive.io", "userbatches/status", &["get", "patch", "update"], None),
+            (
+                "koodrive.io",
+                "userbatches",
+                &["get", "list", "watch"],
+                None,
+            ),
+            (
+                "koodrive.io",
+                "userbatches/status",
+                &["get", "patch", "update"],
+                None,
+            ),
             ("", "secrets", &["get", "list", "watch"], None),
             ("events.k8s.io", "events", &["create", "patch"], None),
             ("", "events", &["create", "patch"], None),
@@ -383,7 +398,12 @@ fn lease_grants(lease: &str) -> BTreeSet<Grant> {
         RELEASE_NAMESPACE,
         &[
             ("coordination.k8s.io", "leases", &["create"], None),
-            ("coordination.k8s.io", "leases", &["get", "update", "patch"], Some(lease)),
+            (
+                "coordination.k8s.io",
+                "leases",
+                &["get", "update", "patch"],
+                Some(lease),
+            ),
         ],
     )
 }
@@ -456,7 +476,10 @@ fn effective_grants(rendered: &Rendered) -> BTreeSet<Grant> {
             .unwrap_or_else(|| {
                 panic!("Role {namespace}/{} is not rendered", binding.role_ref.name)
             });
-        all.extend(expand(&namespace, role.rules.as_deref().unwrap_or_default()));
+        all.extend(expand(
+            &namespace,
+            role.rules.as_deref().unwrap_or_default(),
+        ));
     }
     all
 }
@@ -469,7 +492,11 @@ fn assert_no_wildcards(rendered: &Rendered, variant: &str) {
     {
         let rules: Vec<PolicyRule> =
             serde_json::from_value(manifest.value["rules"].clone()).unwrap_or_default();
-        assert!(!rules.is_empty(), "{variant}: {} has no rules", manifest.name());
+        assert!(
+            !rules.is_empty(),
+            "{variant}: {} has no rules",
+            manifest.name()
+        );
         for rule in rules {
             let fields = [
                 rule.verbs.clone(),
@@ -550,11 +577,7 @@ fn watch_namespace_confines_permissions_to_that_namespace() {
         .into_iter()
         .filter(|r| r.namespace() == Some(WATCHED_NAMESPACE))
         .collect();
-    assert_eq!(
-        workload_roles.len(),
-        1,
-        "one Role in the watched namespace"
-    );
+    assert_eq!(workload_roles.len(), 1, "one Role in the watched namespace");
 }
 
 #[test]
@@ -562,7 +585,9 @@ fn disabling_leader_election_drops_the_lease_role() {
     let rendered = render(Some("leaderElection:\n  enabled: false\n"));
     let granted = effective_grants(&rendered);
     assert!(
-        granted.iter().all(|(_, _, resource, _, _)| resource != "leases"),
+        granted
+            .iter()
+            .all(|(_, _, resource, _, _)| resource != "leases"),
         "no Lease permissions without leader election: {granted:#?}"
     );
     let strategy = rendered
@@ -624,7 +649,10 @@ fn field_ref(var: &EnvVar) -> Option<String> {
 
 /// Feeds the Deployment's env to clap the way the binary would read it, so a flag added to
 /// `run` without a chart value, or a value the flag's parser rejects, fails here.
-fn parse_run_args_from_env(env: &BTreeMap<String, EnvVar>, variant: &str) -> koodrive_operator::commands::run::Args {
+fn parse_run_args_from_env(
+    env: &BTreeMap<String, EnvVar>,
+    variant: &str,
+) -> koodrive_operator::commands::run::Args {
     let cli = Cli::command();
     let run = cli
         .find_subcommand("run")
@@ -714,10 +742,24 @@ fn every_run_flag_is_set_from_values_through_the_environment() {
 #[test]
 fn tuning_values_reach_the_operator() {
     let rendered = render(Some(
-        "koodrive:\n  maxBatchSize: 250\n  maxInFlight: 2\n  requestsPerSecond: 0.5\n  \
-         pollInterval: 2m\n  allowInsecureEndpoints: true\n  defaultEndpoint: http://simulator:9000\n\
-         logging:\n  format: text\n  level: debug\n\
-         metrics:\n  bindAddress: \"::\"\n  port: 9090\n",
+        r#"
+koodrive:
+  maxBatchSize: 250
+  maxInFlight: 2
+  requestsPerSecond: 0.5
+  pollInterval: 2m
+  allowInsecureEndpoints: true
+  defaultEndpoint: http://simulator:9000
+retry:
+  baseDelay: 1s
+  maxDelay: 1h
+logging:
+  format: text
+  level: debug
+metrics:
+  bindAddress: "::"
+  port: 9090
+"#,
     ));
     let container = operator_container(&rendered.deployment());
     let env: BTreeMap<String, EnvVar> = container
@@ -733,6 +775,12 @@ fn tuning_values_reach_the_operator() {
     assert_eq!(args.poll_interval, Duration::from_secs(120));
     assert!(args.allow_insecure_endpoints);
     assert_eq!(args.default_endpoint, "http://simulator:9000");
+    assert_eq!(args.retry_base_delay, Duration::from_secs(1));
+    assert_eq!(args.retry_max_delay, Duration::from_secs(3600));
+    assert_eq!(
+        args.log_format,
+        koodrive_operator::telemetry::LogFormat::Text
+    );
     assert_eq!(args.log_level, "debug");
     assert_eq!(args.metrics_addr, "[::]:9090".parse().unwrap());
 }
@@ -799,9 +847,11 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
             .filter(|m| m.kind() != "ServiceMonitor")
             .enumerate()
         {
-            let file = dir
-                .path()
-                .join(format!("{index:02}-{}-{}.yaml", manifest.kind(), manifest.name()));
+            let file = dir.path().join(format!(
+                "{index:02}-{}-{}.yaml",
+                manifest.kind(),
+                manifest.name()
+            ));
             std::fs::write(&file, &manifest.text).unwrap();
             files.push(file);
         }
@@ -994,7 +1044,11 @@ fn argocd_health_check_maps_every_status_fixture() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 8, "at least 8 fixtures, found {}", paths.len());
+    assert!(
+        paths.len() >= 8,
+        "at least 8 fixtures, found {}",
+        paths.len()
+    );
     let mut statuses = BTreeSet::new();
     let mut failures = Vec::new();
     for path in &paths {
