@@ -1,0 +1,150 @@
+{{/*
+Chart name, overridable with nameOverride.
+*/}}
+{{- define "koodrive-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the namespaced objects: `<release>-<chart>`, or the release name alone when it already
+contains the chart name. Truncated to 63 characters (DNS label limit).
+*/}}
+{{- define "koodrive-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of cluster-scoped objects (ClusterRoles, ClusterRoleBindings). It carries the release
+namespace so that one operator per namespace (watchNamespace mode), all with the same release
+name, don't fight over the same ClusterRole.
+*/}}
+{{- define "koodrive-operator.clusterName" -}}
+{{- printf "%s-%s" (include "koodrive-operator.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "koodrive-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "koodrive-operator.labels" -}}
+helm.sh/chart: {{ include "koodrive-operator.chart" . }}
+{{ include "koodrive-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: koodrive-operator
+{{- end }}
+
+{{/*
+Labels selecting the operator pods. Never change these: a Deployment's selector is immutable.
+*/}}
+{{- define "koodrive-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "koodrive-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "koodrive-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "koodrive-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "koodrive-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "koodrive-operator.leaseName" -}}
+{{- default (include "koodrive-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+Rules on the namespaced resources the controller works with. Granted cluster-wide by a
+ClusterRole, or in the watched namespace by a Role.
+*/}}
+{{- define "koodrive-operator.workloadRules" -}}
+- apiGroups: ["koodrive.io"]
+  resources: ["userbatches"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["koodrive.io"]
+  resources: ["userbatches/status"]
+  verbs: ["get", "patch", "update"]
+# Credentials and initial passwords; read only.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# core/v1 Events too, for older tooling reading Events the kubectl-describe way.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+The start-up check that the UserBatch CRD is installed; limited to that one CRD.
+*/}}
+{{- define "koodrive-operator.crdRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["userbatches.koodrive.io"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
+Value checks a JSON schema cannot express.
+*/}}
+{{- define "koodrive-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without a Lease every replica would reconcile" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled=true needs metrics.service.enabled=true: the ServiceMonitor scrapes that Service" }}
+{{- end }}
+{{- if .Values.podDisruptionBudget.enabled }}
+{{- $minSet := include "koodrive-operator.isSet" .Values.podDisruptionBudget.minAvailable }}
+{{- $maxSet := include "koodrive-operator.isSet" .Values.podDisruptionBudget.maxUnavailable }}
+{{- if and $minSet $maxSet }}
+{{- fail "podDisruptionBudget: set only one of minAvailable and maxUnavailable (set the other to \"\")" }}
+{{- end }}
+{{- if not (or $minSet $maxSet) }}
+{{- fail "podDisruptionBudget.enabled=true needs minAvailable or maxUnavailable" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when a value is given: not null and not "". Unlike `empty`, 0 counts as given
+(maxUnavailable: 0 is meaningful).
+*/}}
+{{- define "koodrive-operator.isSet" -}}
+{{- if not (or (kindIs "invalid" .) (eq (toString .) "")) }}true{{ end }}
+{{- end }}
+
+{{/*
+Listen address of the metrics/health server; IPv6 addresses need brackets.
+*/}}
+{{- define "koodrive-operator.metricsAddr" -}}
+{{- $host := toString .Values.metrics.bindAddress }}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}
+{{- $host = printf "[%s]" $host }}
+{{- end }}
+{{- printf "%s:%d" $host (int .Values.metrics.port) }}
+{{- end }}
