@@ -376,20 +376,7 @@ fn workload_grants(scope: &str) -> BTreeSet<Grant> {
             ),
             ("", "secrets", &["get", "list", "watch"], None),
             ("events.k8s.io", "events", &["create", "patch"], None),
-            ("", "events", &["create", "patch"], None),
         ],
-    )
-}
-
-fn crd_check_grants() -> BTreeSet<Grant> {
-    grants(
-        "cluster",
-        &[(
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            &["get"],
-            Some("userbatches.koodrive.io"),
-        )],
     )
 }
 
@@ -545,7 +532,6 @@ fn default_rbac_is_a_cluster_role_with_exactly_the_needed_permissions() {
     assert_secrets_read_only(&granted, "default values");
 
     let mut expected = workload_grants("cluster");
-    expected.extend(crd_check_grants());
     expected.extend(lease_grants(RELEASE));
     let missing: Vec<_> = expected.difference(&granted).collect();
     let extra: Vec<_> = granted.difference(&expected).collect();
@@ -563,8 +549,7 @@ fn watch_namespace_confines_permissions_to_that_namespace() {
     assert_secrets_read_only(&granted, "namespaced variant");
 
     let mut expected = workload_grants(WATCHED_NAMESPACE);
-    // CRDs are cluster-scoped: the only cluster-wide permission left is reading our own CRD.
-    expected.extend(crd_check_grants());
+    // Nothing cluster-wide is left: the CRD check lists UserBatches in the watched namespace.
     expected.extend(lease_grants("koodrive-leader"));
     let missing: Vec<_> = expected.difference(&granted).collect();
     let extra: Vec<_> = granted.difference(&expected).collect();
@@ -748,6 +733,7 @@ koodrive:
   maxInFlight: 2
   requestsPerSecond: 0.5
   pollInterval: 2m
+  requestTimeout: 10s
   allowInsecureEndpoints: true
   defaultEndpoint: http://simulator:9000
 retry:
@@ -773,6 +759,7 @@ metrics:
     assert_eq!(args.max_in_flight, 2);
     assert_eq!(args.requests_per_second, 0.5);
     assert_eq!(args.poll_interval, Duration::from_secs(120));
+    assert_eq!(args.request_timeout, Duration::from_secs(10));
     assert!(args.allow_insecure_endpoints);
     assert_eq!(args.default_endpoint, "http://simulator:9000");
     assert_eq!(args.retry_base_delay, Duration::from_secs(1));

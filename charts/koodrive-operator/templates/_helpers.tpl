@@ -92,20 +92,6 @@ ClusterRole, or in the watched namespace by a Role.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# core/v1 Events too, for older tooling reading Events the kubectl-describe way.
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-{{- end }}
-
-{{/*
-The start-up check that the UserBatch CRD is installed; limited to that one CRD.
-*/}}
-{{- define "koodrive-operator.crdRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  resourceNames: ["userbatches.koodrive.io"]
-  verbs: ["get"]
 {{- end }}
 
 {{/*
