@@ -279,6 +279,7 @@ pub struct UserBatchStatus {
     /// the inputs it was seen with (generation, endpoint, referenced Secrets' versions).
     /// Nothing is resent until those inputs change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub stalled_inputs: Option<String>,
 }
 
@@ -366,6 +367,7 @@ pub struct TaskRecord {
     pub phones: Vec<String>,
     /// Digest of the non-secret fields of the users as sent, to notice later edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
     pub users_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
