@@ -1,2 +1,158 @@
-//! KooDrive's batch-provisioning API: request signing ([`signer`]) and the HTTP client.
-//! Nothing in here knows about Kubernetes.
+//! KooDrive's batch-provisioning API: request signing ([`signer`]) and the HTTP client
+//! ([`Client`]). Nothing in here knows about Kubernetes.
+//!
+//! Secrets (the SK and users' initial passwords) only ever live in [`SecretKey`] and
+//! [`Password`], whose `Debug` output is redacted, so they cannot leak through `{:?}`.
+
+mod client;
+mod error;
+pub mod signer;
+
+pub use client::{Client, ClientConfig, CreatedTask, PreparedRequest, TaskReport, UserResult};
+pub use error::{Call, Error, ErrorClass};
+
+use rand::RngExt;
+use serde::{Serialize, Serializer};
+use std::fmt;
+
+/// KooDrive's documented limit on `userList` entries in one `batchRegister/create` request.
+pub const MAX_USERS_PER_REQUEST: usize = 1000;
+
+/// Path of "create a batch provisioning task".
+pub const CREATE_PATH: &str = "/koodrive/ose/v1/user/batchRegister/create";
+/// Path of "query a batch provisioning task".
+pub const GET_PATH: &str = "/koodrive/ose/v1/user/batchRegister/get";
+
+/// Length of an `X-Traceid` (the docs say "58 bits", meaning 58 characters).
+pub const TRACE_ID_LEN: usize = 58;
+
+/// The credentials a KooDrive request is signed with.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// The access key (AK, "AppId"). Not secret: it is sent in every `Authorization` header.
+    pub access_key: String,
+    pub secret_key: SecretKey,
+    /// The KooDrive user ID the credentials belong to, sent as `X-User-Id`.
+    pub user_id: String,
+}
+
+/// The secret key (SK, "AppSecret"). Its `Debug` prints `<redacted>`; read it only to sign.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// The raw key, for the HMAC and nothing else.
+    pub(crate) fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A user's initial password. Serializes as the plain string (KooDrive needs it), but its
+/// `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: String) -> Self {
+        Self(password)
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Password {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// One entry of `userList` (KooDrive's `RegisterUserInfo`). Absent optional fields are
+/// omitted from the JSON, as KooDrive requires (never `null` or `""`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RegisterUser {
+    pub firstname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surname: Option<String>,
+    pub phone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+}
+
+/// A fresh `X-Traceid`: 58 characters of `[0-9a-z]` from the thread-local CSPRNG, so trace
+/// IDs of different requests never collide in practice and cannot be predicted.
+pub fn new_trace_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..TRACE_ID_LEN)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_58_lowercase_alphanumerics_and_differ() {
+        let a = new_trace_id();
+        let b = new_trace_id();
+        assert_eq!(a.len(), TRACE_ID_LEN);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let credentials = Credentials {
+            access_key: "AK123".into(),
+            secret_key: SecretKey::new("super-secret-sk".into()),
+            user_id: "42".into(),
+        };
+        let user = RegisterUser {
+            firstname: "Ada".into(),
+            surname: None,
+            phone: "8613800000001".into(),
+            email: None,
+            password: Some(Password::new("hunter2-password".into())),
+        };
+        let shown = format!("{credentials:?} {user:?}");
+        assert!(!shown.contains("super-secret-sk"), "{shown}");
+        assert!(!shown.contains("hunter2-password"), "{shown}");
+        assert!(shown.contains("AK123"));
+    }
+
+    #[test]
+    fn register_user_omits_absent_fields_and_sends_the_password() {
+        let user = RegisterUser {
+            firstname: "Ada".into(),
+            surname: None,
+            phone: "1".into(),
+            email: Some("ada@example.com".into()),
+            password: Some(Password::new("pw".into())),
+        };
+        let json = serde_json::to_string(&user).unwrap();
+        assert_eq!(
+            json,
+            r#"{"firstname":"Ada","phone":"1","email":"ada@example.com","password":"pw"}"#
+        );
+    }
+}
