@@ -93,7 +93,9 @@ pub struct UserResult {
 pub struct PreparedRequest {
     pub method: &'static str,
     pub url: String,
-    /// Every header sent besides `Host` (which is the signed host) and `Content-Length`.
+    /// The `Host` header the request is signed for (sent by the HTTP stack itself).
+    pub host: String,
+    /// Every header sent besides `Host` and `Content-Length`.
     pub headers: Vec<(String, String)>,
     pub signature: Signature,
     /// May hold users' passwords: never print it.
@@ -112,6 +114,7 @@ impl fmt::Debug for PreparedRequest {
         f.debug_struct("PreparedRequest")
             .field("method", &self.method)
             .field("url", &self.url)
+            .field("host", &self.host)
             .field("headers", &self.headers)
             .field("body", &format_args!("<{} bytes>", self.body.len()))
             .finish()
@@ -288,6 +291,7 @@ impl Client {
         PreparedRequest {
             method,
             url,
+            host: inner.host.clone(),
             headers,
             signature,
             body,

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The KooDrive call an error belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One of KooDrive's two provisioning calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Call {
     Create,
     Get,
