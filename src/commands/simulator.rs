@@ -29,7 +29,11 @@ Control endpoints (for tests and experiments):
                            {\"latency\":MILLIS}, \"drop_connection\", \"drop_after_processing\", \"garbled_json\"")]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
-    #[arg(long, env = "KOODRIVE_SIMULATOR_LISTEN", default_value = "127.0.0.1:8088")]
+    #[arg(
+        long,
+        env = "KOODRIVE_SIMULATOR_LISTEN",
+        default_value = "127.0.0.1:8088"
+    )]
     pub listen: SocketAddr,
     /// Access key (AK) of an account; repeat for several accounts.
     #[arg(long = "access-key", value_name = "AK")]
@@ -95,7 +99,7 @@ pub enum SimulatorCommandError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot wait for Ctrl-C: {0}")]
+    #[error("cannot wait for Ctrl-C/SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
 }
 
@@ -108,7 +112,11 @@ struct AccountEntry {
 }
 
 fn accounts(args: &Args) -> Result<Vec<Account>, SimulatorCommandError> {
-    let (a, s, u) = (args.access_keys.len(), args.secret_keys.len(), args.user_ids.len());
+    let (a, s, u) = (
+        args.access_keys.len(),
+        args.secret_keys.len(),
+        args.user_ids.len(),
+    );
     if a != s || a != u {
         return Err(SimulatorCommandError::UnmatchedAccountFlags {
             access_keys: a,
@@ -128,11 +136,12 @@ fn accounts(args: &Args) -> Result<Vec<Account>, SimulatorCommandError> {
         })
         .collect();
     if let Some(path) = &args.credentials_file {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| SimulatorCommandError::ReadCredentials {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            SimulatorCommandError::ReadCredentials {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let entries: Vec<AccountEntry> = serde_saphyr::from_str(&text)
             .map_err(|_| SimulatorCommandError::ParseCredentials { path: path.clone() })?;
         accounts.extend(entries.into_iter().map(|e| Account {
@@ -152,6 +161,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let config = SimulatorConfig {
         accounts: accounts(&args)?,
@@ -168,11 +178,32 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         })?;
     // Tests and scripts read the URL (and so the real port) from this first stdout line.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "KooDrive simulator listening on {}", simulator.url())?;
+    writeln!(
+        stdout,
+        "KooDrive simulator listening on {}",
+        simulator.url()
+    )?;
     stdout.flush()?;
-    tokio::signal::ctrl_c()
+    shutdown_signal()
         .await
         .map_err(SimulatorCommandError::Signal)?;
     simulator.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C, or SIGTERM (how containers and process supervisors stop a process).
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }

@@ -31,7 +31,11 @@ pub struct Args {
     #[arg(long, env = "KOODRIVE_ENDPOINT")]
     pub endpoint: Option<String>,
     /// Accept an `http://` endpoint (simulator, tests). Never in production.
-    #[arg(long, env = "KOODRIVE_ALLOW_INSECURE_ENDPOINTS", default_value_t = false)]
+    #[arg(
+        long,
+        env = "KOODRIVE_ALLOW_INSECURE_ENDPOINTS",
+        default_value_t = false
+    )]
     pub allow_insecure_endpoints: bool,
     /// Most users per request (KooDrive's limit is 1000).
     #[arg(long, default_value_t = 1000,
@@ -49,7 +53,9 @@ pub enum SubmitError {
     },
     // The YAML parser's message can quote the offending line, which may hold a password:
     // only its position is kept.
-    #[error("{path} is not a UserBatch manifest ({location}); check it with `koodrive-operator validate -f {path}`")]
+    #[error(
+        "{path} is not a UserBatch manifest ({location}); check it with `koodrive-operator validate -f {path}`"
+    )]
     ParseManifest { path: PathBuf, location: String },
     #[error("{path} lists no users")]
     NoUsers { path: PathBuf },
@@ -178,8 +184,13 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             ),
             Err(source) => {
                 if let Some((server, ours)) = source.canonical_requests() {
+                    let verdict = if server == ours {
+                        "They are identical, so the secret key (KOODRIVE_SECRET_KEY) does not match the access key."
+                    } else {
+                        "They differ: the request was changed on the way (proxy, Host header) or signed differently."
+                    };
                     eprintln!(
-                        "KooDrive's canonical request:\n{server}\n\nthis client's canonical request:\n{ours}\n"
+                        "KooDrive's canonical request:\n{server}\n\nthis client's canonical request:\n{ours}\n\n{verdict}"
                     );
                 }
                 let later = &chunks[index + 1..];

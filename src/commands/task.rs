@@ -15,7 +15,11 @@ pub struct Args {
     #[arg(long, env = "KOODRIVE_ENDPOINT")]
     pub endpoint: String,
     /// Accept an `http://` endpoint (simulator, tests). Never in production.
-    #[arg(long, env = "KOODRIVE_ALLOW_INSECURE_ENDPOINTS", default_value_t = false)]
+    #[arg(
+        long,
+        env = "KOODRIVE_ALLOW_INSECURE_ENDPOINTS",
+        default_value_t = false
+    )]
     pub allow_insecure_endpoints: bool,
 }
 
@@ -44,7 +48,11 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         if report.is_finished() { "yes" } else { "no" }
     );
     // KooDrive sets `code`/`reason` only on users that were not registered.
-    for user in report.users.iter().filter(|u| u.code.is_some() || u.reason.is_some()) {
+    for user in report
+        .users
+        .iter()
+        .filter(|u| u.code.is_some() || u.reason.is_some())
+    {
         println!(
             "user {} code {} reason {}",
             user.phone,

@@ -168,7 +168,7 @@ impl Client {
             "http" if config.allow_insecure_endpoints => {}
             "http" => {
                 return Err(invalid(
-                    "plain http:// is refused; KooDrive is HTTPS only (allow insecure endpoints only for a simulator or tests)",
+                    "plain http:// is refused because KooDrive is HTTPS only; allow insecure endpoints (--allow-insecure-endpoints) only for a simulator or tests",
                 ));
             }
             other => {

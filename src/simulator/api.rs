@@ -161,7 +161,8 @@ fn authenticate(
             )));
         }
     }
-    let x_date = header(headers, "x-date").ok_or_else(|| auth_failure("x-date header not found"))?;
+    let x_date =
+        header(headers, "x-date").ok_or_else(|| auth_failure("x-date header not found"))?;
     let signed_at = signer::parse_x_date(x_date)
         .map_err(|_| auth_failure("x-date format incorrect, expected yyyyMMddTHHmmssZ"))?;
     let now = jiff::Timestamp::now();
@@ -203,7 +204,10 @@ fn authenticate(
         return Err(koodrive_error(
             StatusCode::UNAUTHORIZED,
             USER_MISMATCH,
-            &format!("not authorized: X-User-Id {user_id} does not belong to app {}", account.access_key),
+            &format!(
+                "not authorized: X-User-Id {user_id} does not belong to app {}",
+                account.access_key
+            ),
         ));
     }
     Ok(account.user_id.clone())
@@ -386,7 +390,11 @@ fn get_task(inner: &Inner, user_id: &str, raw_query: &str) -> http::Response<Bod
                 }
             })
             .collect();
-        let next = if end < total { end.to_string() } else { String::new() };
+        let next = if end < total {
+            end.to_string()
+        } else {
+            String::new()
+        };
         (page, next)
     } else {
         (Vec::new(), String::new())
@@ -412,11 +420,24 @@ mod tests {
         let err = |body: &str| validate_create_body(body.as_bytes()).unwrap_err();
         assert!(err("[]").contains("object"));
         assert!(err(r#"{"userList":[]}"#).contains("empty"));
-        assert!(err(r#"{"userList":[{"phone":"1"}]}"#).contains("userList[0].firstname is required"));
-        assert!(err(r#"{"userList":[{"firstname":"A","phone":"1","surname":null}]}"#).contains("must be a string"));
-        assert!(err(r#"{"userList":[{"firstname":"A","phone":"1"},{"firstname":"B","phone":"1"}]}"#).contains("twice"));
-        assert!(err(r#"{"userList":[{"firstname":"A","phone":"1","age":"3"}]}"#).contains("not a known field"));
-        let many: Vec<String> = (0..1001).map(|i| format!(r#"{{"firstname":"A","phone":"{i}"}}"#)).collect();
+        assert!(
+            err(r#"{"userList":[{"phone":"1"}]}"#).contains("userList[0].firstname is required")
+        );
+        assert!(
+            err(r#"{"userList":[{"firstname":"A","phone":"1","surname":null}]}"#)
+                .contains("must be a string")
+        );
+        assert!(
+            err(r#"{"userList":[{"firstname":"A","phone":"1"},{"firstname":"B","phone":"1"}]}"#)
+                .contains("twice")
+        );
+        assert!(
+            err(r#"{"userList":[{"firstname":"A","phone":"1","age":"3"}]}"#)
+                .contains("not a known field")
+        );
+        let many: Vec<String> = (0..1001)
+            .map(|i| format!(r#"{{"firstname":"A","phone":"{i}"}}"#))
+            .collect();
         assert!(err(&format!(r#"{{"userList":[{}]}}"#, many.join(","))).contains("at most 1000"));
     }
 }

@@ -308,8 +308,8 @@ async fn serve(listener: TcpListener, state: Arc<State>, router: Router, stop: C
                 let router = router.clone();
                 async move { handle_with_faults(&state, &router, request).await }
             });
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -364,7 +364,9 @@ async fn handle_with_faults(
                 "The request is throttled.",
             );
             if let Ok(value) = http::HeaderValue::from_str(&retry_after_secs.to_string()) {
-                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
             }
             Ok(response)
         }
