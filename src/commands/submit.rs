@@ -71,7 +71,7 @@ pub enum SubmitError {
         what: &'static str,
     },
     #[error(transparent)]
-    Client(#[from] koodrive::Error),
+    Client(Box<koodrive::Error>),
     #[error(
         "request {index} of {requests} ({users} users, trace {trace_id}) failed: {source}{}",
         not_sent_note(*not_sent_users, *not_sent_requests)
@@ -84,8 +84,14 @@ pub enum SubmitError {
         not_sent_users: usize,
         not_sent_requests: usize,
         #[source]
-        source: koodrive::Error,
+        source: Box<koodrive::Error>,
     },
+}
+
+impl SubmitError {
+    pub(crate) fn client(err: koodrive::Error) -> Self {
+        SubmitError::Client(Box::new(err))
+    }
 }
 
 fn not_sent_note(users: usize, requests: usize) -> String {
@@ -165,7 +171,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             ..ClientConfig::default()
         },
     )
-    .map_err(SubmitError::Client)?;
+    .map_err(SubmitError::client)?;
     let batch_size = usize::from(args.batch_size).min(MAX_USERS_PER_REQUEST);
     let chunks: Vec<&[RegisterUser]> = users.chunks(batch_size).collect();
     if args.dry_run {
@@ -203,7 +209,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                     trace_id,
                     not_sent_users: later.iter().map(|c| c.len()).sum(),
                     not_sent_requests: later.len(),
-                    source,
+                    source: Box::new(source),
                 }
                 .into());
             }
@@ -215,7 +221,9 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
 fn print_dry_run(client: &Client, chunks: &[&[RegisterUser]]) -> Result<(), SubmitError> {
     for (index, chunk) in chunks.iter().enumerate() {
         let trace_id = koodrive::new_trace_id();
-        let prepared = client.prepare_create(chunk, &trace_id, jiff::Timestamp::now())?;
+        let prepared = client
+            .prepare_create(chunk, &trace_id, jiff::Timestamp::now())
+            .map_err(SubmitError::client)?;
         println!(
             "# request {} of {}: {} users, {} body bytes (not shown: it holds passwords)",
             index + 1,

@@ -32,11 +32,11 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
             ..ClientConfig::default()
         },
     )
-    .map_err(SubmitError::Client)?;
+    .map_err(SubmitError::client)?;
     let report = client
         .get_task(&args.task_id)
         .await
-        .map_err(SubmitError::Client)?;
+        .map_err(SubmitError::client)?;
     println!(
         "task {} status {} total {} succeeded {} failed {} skipped {} finished {}",
         report.task_id,

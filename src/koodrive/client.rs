@@ -370,12 +370,12 @@ impl Client {
                 .await?;
             if let Some(info) = page.task_info {
                 report.status = info.status.or(report.status.take());
-                report.total = info.total_count.map_or(report.total, Scalar::as_count);
+                report.total = info.total_count.map_or(report.total, Scalar::into_count);
                 report.succeeded = info
                     .success_count
-                    .map_or(report.succeeded, Scalar::as_count);
-                report.failed = info.fail_count.map_or(report.failed, Scalar::as_count);
-                report.skipped = info.skip_count.map_or(report.skipped, Scalar::as_count);
+                    .map_or(report.succeeded, Scalar::into_count);
+                report.failed = info.fail_count.map_or(report.failed, Scalar::into_count);
+                report.skipped = info.skip_count.map_or(report.skipped, Scalar::into_count);
             }
             report
                 .users
@@ -562,7 +562,7 @@ impl Scalar {
         }
     }
 
-    fn as_count(self) -> i64 {
+    fn into_count(self) -> i64 {
         match self {
             Scalar::Int(n) => n,
             Scalar::Float(n) => n as i64,
@@ -995,7 +995,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(page.next_cursor.unwrap().into_string(), "abc");
-        assert_eq!(page.task_info.unwrap().total_count.unwrap().as_count(), 3);
+        assert_eq!(page.task_info.unwrap().total_count.unwrap().into_count(), 3);
         assert_eq!(
             page.register_list[0].user_id.clone().unwrap().into_string(),
             "77"

@@ -90,12 +90,31 @@ fn request_id() -> String {
         .collect()
 }
 
-fn auth_failure(detail: &str) -> http::Response<Body> {
-    gateway_error(
-        StatusCode::UNAUTHORIZED,
-        "APIG.0303",
-        &format!("Incorrect app authentication information: {detail}"),
-    )
+/// Why a request was not authenticated.
+enum AuthFailure {
+    /// The gateway's `APIG.0303` with this detail.
+    Gateway(String),
+    /// Signed correctly, but for a user ID that is not the app's (KooDrive's own envelope).
+    UserMismatch(String),
+}
+
+impl AuthFailure {
+    fn into_response(self) -> http::Response<Body> {
+        match self {
+            AuthFailure::Gateway(detail) => gateway_error(
+                StatusCode::UNAUTHORIZED,
+                "APIG.0303",
+                &format!("Incorrect app authentication information: {detail}"),
+            ),
+            AuthFailure::UserMismatch(msg) => {
+                koodrive_error(StatusCode::UNAUTHORIZED, USER_MISMATCH, &msg)
+            }
+        }
+    }
+}
+
+fn auth_failure(detail: &str) -> AuthFailure {
+    AuthFailure::Gateway(detail.to_string())
 }
 
 async fn koodrive_api(
@@ -120,7 +139,8 @@ async fn koodrive_api(
     let mut inner = state.lock();
     let user_id = match authenticate(&inner, &method, &uri, &headers, &body) {
         Ok(user_id) => user_id,
-        Err(response) => {
+        Err(failure) => {
+            let response = failure.into_response();
             tracing::info!(%method, path, trace_id, status = response.status().as_u16(), "simulator: authentication failed");
             return response;
         }
@@ -145,7 +165,7 @@ fn authenticate(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<String, http::Response<Body>> {
+) -> Result<String, AuthFailure> {
     let authorization = header(headers, "authorization")
         .ok_or_else(|| auth_failure("authorization header not found"))?;
     let parsed = parse_authorization(authorization)
@@ -201,14 +221,10 @@ fn authenticate(
     }
     let user_id = header(headers, "x-user-id").unwrap_or_default();
     if user_id != account.user_id {
-        return Err(koodrive_error(
-            StatusCode::UNAUTHORIZED,
-            USER_MISMATCH,
-            &format!(
-                "not authorized: X-User-Id {user_id} does not belong to app {}",
-                account.access_key
-            ),
-        ));
+        return Err(AuthFailure::UserMismatch(format!(
+            "not authorized: X-User-Id {user_id} does not belong to app {}",
+            account.access_key
+        )));
     }
     Ok(account.user_id.clone())
 }
