@@ -305,8 +305,9 @@ impl Client {
         users: &[RegisterUser],
         trace_id: &str,
     ) -> Result<CreatedTask, Error> {
-        // Validate once up front so an invalid request is refused without any attempt.
-        self.prepare_create(users, trace_id, Timestamp::now())?;
+        // Refuse an invalid request before any attempt (and so before any retry logic).
+        validate_users(users)?;
+        check_trace_id(trace_id)?;
         self.with_retries(Call::Create, trace_id, |_| async {
             let prepared = self.prepare_create(users, trace_id, Timestamp::now())?;
             let envelope = self.execute(Call::Create, &prepared).await?;

@@ -57,10 +57,12 @@ pub enum Error {
     NoAnswer { call: Call, detail: String },
 
     #[error(
-        "KooDrive is unavailable ({call}): HTTP {status}{}{}{}",
+        "KooDrive is unavailable ({call}): HTTP {status}{}{}{}{}",
         code_msg(code, msg),
         request_id_note(request_id),
-        retry_note(retry_after)
+        retry_note(retry_after),
+        // Without an envelope, a create may have been forwarded before the failure.
+        if code.is_none() && *status != 429 { in_doubt_hint(*call) } else { "" }
     )]
     Unavailable {
         call: Call,
