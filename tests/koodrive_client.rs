@@ -513,3 +513,63 @@ async fn faults_and_submissions_are_reachable_over_http() {
     assert_eq!(counts, sim.submissions());
     assert_each_sent_once(&sim, &batch);
 }
+
+#[tokio::test]
+async fn a_create_that_times_out_is_in_doubt_because_koodrive_may_still_process_it() {
+    let sim = simulator(Duration::ZERO).await;
+    sim.inject(Fault {
+        call: Some(Call::Create),
+        times: 1,
+        kind: FaultKind::Latency(Duration::from_millis(1500)),
+    });
+    let client = Client::new(
+        &sim.url(),
+        Credentials {
+            access_key: AK.into(),
+            secret_key: SecretKey::new(SK.into()),
+            user_id: USER_ID.into(),
+        },
+        ClientConfig {
+            request_timeout: Duration::from_millis(300),
+            ..config()
+        },
+    )
+    .unwrap();
+    let batch = phones(0..3);
+    let err = client
+        .create_batch(&users(batch.clone()), &koodrive::new_trace_id())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::InDoubt, "{err}");
+    assert_eq!(sim.request_count(), 1);
+    // The server finishes the request after the client gave up: exactly why it must not
+    // be resent automatically.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sim.submissions().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the delayed request was never processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_each_sent_once(&sim, &batch);
+}
+
+#[tokio::test]
+async fn a_user_id_that_is_not_the_apps_is_an_authentication_error() {
+    let sim = simulator(Duration::ZERO).await;
+    let client = Client::new(
+        &sim.url(),
+        Credentials {
+            access_key: AK.into(),
+            secret_key: SecretKey::new(SK.into()),
+            user_id: "999".into(),
+        },
+        config(),
+    )
+    .unwrap();
+    let err = client.get_task("1").await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Authentication, "{err}");
+    assert!(err.to_string().contains("X-User-Id 999"), "{err}");
+    assert_eq!(sim.request_count(), 1);
+}

@@ -241,7 +241,9 @@ impl Client {
     ) -> Result<PreparedRequest, Error> {
         validate_users(users)?;
         check_trace_id(trace_id)?;
-        let body = serde_json::to_vec(&CreateBody { user_list: users }).map_err(|e| {
+        // Sized for typical entries so the buffer is not regrown a dozen times for 1000 users.
+        let mut body = Vec::with_capacity(64 + users.len() * 160);
+        serde_json::to_writer(&mut body, &CreateBody { user_list: users }).map_err(|e| {
             Error::InvalidRequest {
                 reason: format!("the user list cannot be encoded as JSON: {e}"),
             }

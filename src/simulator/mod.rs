@@ -306,7 +306,13 @@ async fn serve(listener: TcpListener, state: Arc<State>, router: Router, stop: C
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
                 let router = router.clone();
-                async move { handle_with_faults(&state, &router, request).await }
+                async move {
+                    // Like a real server, finish processing even if the client disconnects
+                    // (hyper would drop this future): the timed-out create still happens.
+                    tokio::spawn(async move { handle_with_faults(&state, &router, request).await })
+                        .await
+                        .unwrap_or(Err(SimulatedDrop))
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
