@@ -1,121 +1,158 @@
-//! TEMPORARY interface stub; replaced by the real client on merge.
-#![allow(dead_code, unused_variables)]
-use std::time::Duration;
+//! KooDrive's batch-provisioning API: request signing ([`signer`]) and the HTTP client
+//! ([`Client`]). Nothing in here knows about Kubernetes.
+//!
+//! Secrets (the SK and users' initial passwords) only ever live in [`SecretKey`] and
+//! [`Password`], whose `Debug` output is redacted, so they cannot leak through `{:?}`.
 
+mod client;
+mod error;
+pub mod signer;
+
+pub use client::{Client, ClientConfig, CreatedTask, PreparedRequest, TaskReport, UserResult};
+pub use error::{Call, Error, ErrorClass};
+
+use rand::RngExt;
+use serde::{Serialize, Serializer};
+use std::fmt;
+
+/// KooDrive's documented limit on `userList` entries in one `batchRegister/create` request.
 pub const MAX_USERS_PER_REQUEST: usize = 1000;
-pub struct SecretKey(String);
-impl SecretKey {
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-}
-pub struct Password(String);
-impl Password {
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-}
+
+/// Path of "create a batch provisioning task".
+pub const CREATE_PATH: &str = "/koodrive/ose/v1/user/batchRegister/create";
+/// Path of "query a batch provisioning task".
+pub const GET_PATH: &str = "/koodrive/ose/v1/user/batchRegister/get";
+
+/// Length of an `X-Traceid` (the docs say "58 bits", meaning 58 characters).
+pub const TRACE_ID_LEN: usize = 58;
+
+/// The credentials a KooDrive request is signed with.
+#[derive(Clone, Debug)]
 pub struct Credentials {
+    /// The access key (AK, "AppId"). Not secret: it is sent in every `Authorization` header.
     pub access_key: String,
     pub secret_key: SecretKey,
+    /// The KooDrive user ID the credentials belong to, sent as `X-User-Id`.
     pub user_id: String,
 }
+
+/// The secret key (SK, "AppSecret"). Its `Debug` prints `<redacted>`; read it only to sign.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// The raw key, for the HMAC and nothing else.
+    pub(crate) fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A user's initial password. Serializes as the plain string (KooDrive needs it), but its
+/// `Debug` prints `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: String) -> Self {
+        Self(password)
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Password {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// One entry of `userList` (KooDrive's `RegisterUserInfo`). Absent optional fields are
+/// omitted from the JSON, as KooDrive requires (never `null` or `""`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RegisterUser {
     pub firstname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub surname: Option<String>,
     pub phone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Password>,
 }
+
+/// A fresh `X-Traceid`: 58 characters of `[0-9a-z]` from the thread-local CSPRNG, so trace
+/// IDs of different requests never collide in practice and cannot be predicted.
 pub fn new_trace_id() -> String {
-    "0".repeat(58)
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..TRACE_ID_LEN)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    pub allow_insecure_endpoints: bool,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            allow_insecure_endpoints: false,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(10),
-        }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_58_lowercase_alphanumerics_and_differ() {
+        let a = new_trace_id();
+        let b = new_trace_id();
+        assert_eq!(a.len(), TRACE_ID_LEN);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        );
+        assert_ne!(a, b);
     }
-}
-#[derive(Clone, Debug)]
-pub struct Client;
-impl Client {
-    pub fn new(
-        endpoint: &str,
-        credentials: Credentials,
-        config: ClientConfig,
-    ) -> Result<Client, Error> {
-        todo!()
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let credentials = Credentials {
+            access_key: "AK123".into(),
+            secret_key: SecretKey::new("super-secret-sk".into()),
+            user_id: "42".into(),
+        };
+        let user = RegisterUser {
+            firstname: "Ada".into(),
+            surname: None,
+            phone: "8613800000001".into(),
+            email: None,
+            password: Some(Password::new("hunter2-password".into())),
+        };
+        let shown = format!("{credentials:?} {user:?}");
+        assert!(!shown.contains("super-secret-sk"), "{shown}");
+        assert!(!shown.contains("hunter2-password"), "{shown}");
+        assert!(shown.contains("AK123"));
     }
-    pub async fn create_batch(
-        &self,
-        users: &[RegisterUser],
-        trace_id: &str,
-    ) -> Result<CreatedTask, Error> {
-        todo!()
+
+    #[test]
+    fn register_user_omits_absent_fields_and_sends_the_password() {
+        let user = RegisterUser {
+            firstname: "Ada".into(),
+            surname: None,
+            phone: "1".into(),
+            email: Some("ada@example.com".into()),
+            password: Some(Password::new("pw".into())),
+        };
+        let json = serde_json::to_string(&user).unwrap();
+        assert_eq!(
+            json,
+            r#"{"firstname":"Ada","phone":"1","email":"ada@example.com","password":"pw"}"#
+        );
     }
-    pub async fn get_task(&self, task_id: &str) -> Result<TaskReport, Error> {
-        todo!()
-    }
-}
-pub struct CreatedTask {
-    pub task_id: String,
-    pub code: String,
-    pub message: String,
-    pub trace_id: String,
-}
-pub struct TaskReport {
-    pub task_id: String,
-    pub status: Option<String>,
-    pub total: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-    pub skipped: i64,
-    pub users: Vec<UserResult>,
-}
-impl TaskReport {
-    pub fn is_finished(&self) -> bool {
-        todo!()
-    }
-}
-pub struct UserResult {
-    pub phone: String,
-    pub user_id: Option<String>,
-    pub code: Option<String>,
-    pub reason: Option<String>,
-}
-#[derive(Debug, thiserror::Error)]
-#[error("stub")]
-pub struct Error;
-impl Error {
-    pub fn class(&self) -> ErrorClass {
-        todo!()
-    }
-    pub fn code(&self) -> Option<&str> {
-        todo!()
-    }
-    pub fn message(&self) -> String {
-        todo!()
-    }
-}
-pub enum ErrorClass {
-    Transient { retry_after: Option<Duration> },
-    Authentication,
-    Rejected,
-    Invalid,
-    InDoubt,
 }

@@ -1,0 +1,54 @@
+//! Cost of building and signing a full 1000-user `batchRegister/create` request, next to
+//! the floor: hashing the same body bytes once with SHA-256 (the body must be hashed).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use koodrive_operator::koodrive::{
+    Client, ClientConfig, Credentials, Password, RegisterUser, SecretKey, signer,
+};
+use std::hint::black_box;
+
+fn users() -> Vec<RegisterUser> {
+    (0..1000)
+        .map(|i| RegisterUser {
+            firstname: format!("First{i}"),
+            surname: Some(format!("Surname{i}")),
+            phone: format!("86138{i:08}"),
+            email: Some(format!("user{i}@example.com")),
+            password: Some(Password::new(format!("Initial-Passw0rd-{i}"))),
+        })
+        .collect()
+}
+
+fn bench_signing(c: &mut Criterion) {
+    let client = Client::new(
+        "https://intl.myhuaweicloud-koodrive.com",
+        Credentials {
+            access_key: "a378331eca141163119eb602adb67b7802cc79cd33ba44c7d2fe61d1586c96a1".into(),
+            secret_key: SecretKey::new("bench-secret-key".into()),
+            user_id: "1505084218764547200".into(),
+        },
+        ClientConfig::default(),
+    )
+    .expect("valid endpoint");
+    let users = users();
+    let trace_id = koodrive_operator::koodrive::new_trace_id();
+    let now = jiff::Timestamp::now();
+    let body = serde_json::to_vec(&serde_json::json!({ "userList": &users })).expect("json");
+
+    let mut group = c.benchmark_group("create_1000_users");
+    group.throughput(criterion::Throughput::Bytes(body.len() as u64));
+    group.bench_function("sha256_body_only", |b| {
+        b.iter(|| signer::sha256_hex(black_box(&body)))
+    });
+    group.bench_function("serialize_and_sign", |b| {
+        b.iter(|| {
+            client
+                .prepare_create(black_box(&users), &trace_id, now)
+                .expect("valid request")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_signing);
+criterion_main!(benches);
