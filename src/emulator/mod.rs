@@ -228,6 +228,11 @@ impl Emulator {
         lock(&self.shared.faults).push(fault);
     }
 
+    /// Forgets every planned fault not yet used up.
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
     /// Ends every open watch stream; clients see the stream close and re-watch.
     pub fn drop_watches(&self) {
         let mut token = lock(&self.shared.watches);

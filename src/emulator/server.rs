@@ -562,6 +562,9 @@ impl Ctx<'_> {
     /// Server-side rewrites every stored object of some kinds gets.
     fn normalise(&self, object: &mut Value) -> Result<(), ApiError> {
         if self.def.group.is_empty() && self.def.plural == "secrets" {
+            if object.get("type").is_none_or(Value::is_null) {
+                object["type"] = Value::String("Opaque".into());
+            }
             // `stringData` is write-only: the API server folds it into base64 `data`.
             if let Some(Value::Object(plain)) = object.as_object_mut().and_then(|m| m.remove("stringData")) {
                 let mut data = object.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -1068,7 +1071,7 @@ impl WatchStream {
             return;
         }
         for record in replay {
-            if !self.forward(&tx, &record).await {
+            if !self.forward(&tx, &record, &cancel).await {
                 return;
             }
         }
@@ -1093,7 +1096,7 @@ impl WatchStream {
                 }
                 received = feed.recv() => match received {
                     Ok(record) => {
-                        if !self.forward(&tx, &record).await {
+                        if !self.forward(&tx, &record, &cancel).await {
                             return;
                         }
                     }
@@ -1104,8 +1107,13 @@ impl WatchStream {
         }
     }
 
-    /// Sends one record if it matches; false once the client is gone.
-    async fn forward(&mut self, tx: &mpsc::Sender<Bytes>, record: &WatchRecord) -> bool {
+    /// Sends one record if it matches; false once the client is gone or the watch was
+    /// dropped. Checking the token here (not only in `select!`) guarantees that nothing
+    /// written after [`super::Emulator::drop_watches`] returns reaches a dropped watch.
+    async fn forward(&mut self, tx: &mpsc::Sender<Bytes>, record: &WatchRecord, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        if cancel.is_cancelled() {
+            return false;
+        }
         if record.resource_version <= self.last_rv {
             return true;
         }
