@@ -8,7 +8,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use koodrive_operator::crd::{CredentialsRef, User, UserBatch, UserBatchSpec};
 use koodrive_operator::emulator::{Emulator, EmulatorConfig, Fault, FaultKind};
 use koodrive_operator::validation::Violation;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -19,7 +21,9 @@ use std::time::Duration;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn start(config: EmulatorConfig) -> (Emulator, Client) {
-    let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap();
+    let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
     let client = emulator.client().await.unwrap();
     (emulator, client)
 }
@@ -124,43 +128,82 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
     let mut with_status = batch("b", &["1"]);
     with_status.status = Some(Default::default());
     with_status.status.as_mut().unwrap().message = Some("ignored on create".into());
-    let created = api.create(&PostParams::default(), &with_status).await.unwrap();
+    let created = api
+        .create(&PostParams::default(), &with_status)
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.status.is_none(), "create must drop status");
     assert!(created.uid().is_some() && created.metadata.creation_timestamp.is_some());
 
-    let status_write = json!({"spec": {"endpoint": "https://ignored"}, "status": {"phase": "Submitting"}});
+    let status_write =
+        json!({"spec": {"endpoint": "https://ignored"}, "status": {"phase": "Submitting"}});
     let after_status = api
         .patch_status("b", &PatchParams::default(), &Patch::Merge(&status_write))
         .await
         .unwrap();
     assert_eq!(after_status.metadata.generation, Some(1));
-    assert!(after_status.spec.endpoint.is_none(), "status writes ignore spec");
+    assert!(
+        after_status.spec.endpoint.is_none(),
+        "status writes ignore spec"
+    );
     assert!(rv(&after_status) > rv(&created));
 
     let spec_write = json!({"spec": {"endpoint": "https://e"}, "status": {"phase": "Failed"}});
-    let after_spec = api.patch("b", &PatchParams::default(), &Patch::Merge(&spec_write)).await.unwrap();
+    let after_spec = api
+        .patch("b", &PatchParams::default(), &Patch::Merge(&spec_write))
+        .await
+        .unwrap();
     assert_eq!(after_spec.metadata.generation, Some(2));
     assert_eq!(after_spec.spec.endpoint.as_deref(), Some("https://e"));
     let phase = after_spec.status.as_ref().and_then(|s| s.phase);
-    assert_eq!(phase, Some(koodrive_operator::crd::Phase::Submitting), "spec writes ignore status");
+    assert_eq!(
+        phase,
+        Some(koodrive_operator::crd::Phase::Submitting),
+        "spec writes ignore status"
+    );
 
     let label_only = json!({"metadata": {"labels": {"team": "a"}}});
-    let labelled = api.patch("b", &PatchParams::default(), &Patch::Merge(&label_only)).await.unwrap();
-    assert_eq!(labelled.metadata.generation, Some(2), "metadata changes keep the generation");
-    let again = api.patch("b", &PatchParams::default(), &Patch::Merge(&label_only)).await.unwrap();
-    assert_eq!(rv(&again), rv(&labelled), "a no-op write must not bump resourceVersion");
+    let labelled = api
+        .patch("b", &PatchParams::default(), &Patch::Merge(&label_only))
+        .await
+        .unwrap();
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(2),
+        "metadata changes keep the generation"
+    );
+    let again = api
+        .patch("b", &PatchParams::default(), &Patch::Merge(&label_only))
+        .await
+        .unwrap();
+    assert_eq!(
+        rv(&again),
+        rv(&labelled),
+        "a no-op write must not bump resourceVersion"
+    );
 
     let secrets: Api<Secret> = Api::default_namespaced(client);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "creds"}, "stringData": {"accessKey": "ak"}
     }))
     .unwrap();
-    let secret = secrets.create(&PostParams::default(), &secret).await.unwrap();
-    assert_eq!(secret.data.as_ref().unwrap()["accessKey"].0, b"ak".to_vec(), "stringData folds into data");
+    let secret = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert_eq!(
+        secret.data.as_ref().unwrap()["accessKey"].0,
+        b"ak".to_vec(),
+        "stringData folds into data"
+    );
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
     let changed = secrets
-        .patch("creds", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"accessKey": "new"}})))
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"accessKey": "new"}})),
+        )
         .await
         .unwrap();
     assert_eq!(changed.metadata.generation, Some(2));
@@ -170,26 +213,51 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
 async fn stale_writes_conflict_and_missing_objects_are_not_found() {
     let (_emulator, client) = start(EmulatorConfig::default()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
-    let first = api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap();
+    let first = api
+        .create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
     let mut second = first.clone();
     second.spec.users.push(user("2", "Bo"));
-    api.replace("b", &PostParams::default(), &second).await.unwrap();
+    api.replace("b", &PostParams::default(), &second)
+        .await
+        .unwrap();
 
     let mut stale = first.clone();
     stale.spec.users.push(user("3", "Cy"));
-    let err = api_error(api.replace("b", &PostParams::default(), &stale).await.unwrap_err());
+    let err = api_error(
+        api.replace("b", &PostParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    let err = api_error(api.replace_status("b", &PostParams::default(), &stale).await.unwrap_err());
+    let err = api_error(
+        api.replace_status("b", &PostParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 409);
     let stale_patch = json!({"metadata": {"resourceVersion": first.resource_version()}, "status": {"phase": "Failed"}});
-    let err = api_error(api.patch_status("b", &PatchParams::default(), &Patch::Merge(&stale_patch)).await.unwrap_err());
+    let err = api_error(
+        api.patch_status("b", &PatchParams::default(), &Patch::Merge(&stale_patch))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
 
-    let err = api_error(api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap_err());
+    let err = api_error(
+        api.create(&PostParams::default(), &batch("b", &["1"]))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
     let err = api_error(api.get("missing").await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
-    let err = api_error(api.delete("missing", &DeleteParams::default()).await.unwrap_err());
+    let err = api_error(
+        api.delete("missing", &DeleteParams::default())
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 404);
 }
 
@@ -197,17 +265,33 @@ async fn stale_writes_conflict_and_missing_objects_are_not_found() {
 async fn watch_resumes_from_a_resource_version_and_sends_bookmarks() {
     let (_emulator, client) = start(EmulatorConfig::default()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
-    let a = api.create(&PostParams::default(), &batch("a", &["1"])).await.unwrap();
-    api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap();
-    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"endpoint": "https://x"}})))
+    let a = api
+        .create(&PostParams::default(), &batch("a", &["1"]))
         .await
         .unwrap();
+    api.create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"endpoint": "https://x"}})),
+    )
+    .await
+    .unwrap();
 
     // Bookmarks are on by default in kube.
     let params = WatchParams::default();
-    let mut events = api.watch(&params, &a.resource_version().unwrap()).await.unwrap().boxed();
+    let mut events = api
+        .watch(&params, &a.resource_version().unwrap())
+        .await
+        .unwrap()
+        .boxed();
     let added = next_matching(&mut events, |_| true).await;
-    assert!(matches!(&added, WatchEvent::Added(o) if o.name_any() == "b"), "got {added:?}");
+    assert!(
+        matches!(&added, WatchEvent::Added(o) if o.name_any() == "b"),
+        "got {added:?}"
+    );
     let modified = next_matching(&mut events, |_| true).await;
     assert!(
         matches!(&modified, WatchEvent::Modified(o) if o.name_any() == "a" && o.metadata.generation == Some(2)),
@@ -215,9 +299,14 @@ async fn watch_resumes_from_a_resource_version_and_sends_bookmarks() {
     );
     api.delete("b", &DeleteParams::default()).await.unwrap();
     let deleted = next_matching(&mut events, |e| !matches!(e, WatchEvent::Bookmark(_))).await;
-    assert!(matches!(&deleted, WatchEvent::Deleted(o) if o.name_any() == "b"), "got {deleted:?}");
+    assert!(
+        matches!(&deleted, WatchEvent::Deleted(o) if o.name_any() == "b"),
+        "got {deleted:?}"
+    );
     let bookmark = next_matching(&mut events, |e| matches!(e, WatchEvent::Bookmark(_))).await;
-    let WatchEvent::Bookmark(bookmark) = bookmark else { unreachable!() };
+    let WatchEvent::Bookmark(bookmark) = bookmark else {
+        unreachable!()
+    };
     assert!(bookmark.metadata.resource_version.parse::<u64>().unwrap() >= rv(&a));
 }
 
@@ -229,29 +318,52 @@ async fn expired_resource_version_gets_410_and_kube_watcher_relists() {
     })
     .await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
-    let a = api.create(&PostParams::default(), &batch("a", &["1"])).await.unwrap();
+    let a = api
+        .create(&PostParams::default(), &batch("a", &["1"]))
+        .await
+        .unwrap();
     for name in ["b", "c"] {
-        api.create(&PostParams::default(), &batch(name, &["1"])).await.unwrap();
+        api.create(&PostParams::default(), &batch(name, &["1"]))
+            .await
+            .unwrap();
     }
-    let mut raw = api.watch(&WatchParams::default(), &a.resource_version().unwrap()).await.unwrap().boxed();
+    let mut raw = api
+        .watch(&WatchParams::default(), &a.resource_version().unwrap())
+        .await
+        .unwrap()
+        .boxed();
     let gone = next_matching(&mut raw, |_| true).await;
-    assert!(matches!(&gone, WatchEvent::Error(e) if e.code == 410), "got {gone:?}");
+    assert!(
+        matches!(&gone, WatchEvent::Error(e) if e.code == 410),
+        "got {gone:?}"
+    );
 
     let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
     next_matching(&mut stream, |e| matches!(e, watcher::Event::InitDone)).await;
     // Nothing written after the drop reaches the dropped stream, so the watcher must resume
     // from a version the (one-event) history no longer holds.
     emulator.drop_watches();
-    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"endpoint": "https://x"}})))
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"endpoint": "https://x"}})),
+    )
+    .await
+    .unwrap();
+    api.create(&PostParams::default(), &batch("d", &["1"]))
         .await
         .unwrap();
-    api.create(&PostParams::default(), &batch("d", &["1"])).await.unwrap();
-    let relisted = next_matching(&mut stream, |e| {
-        matches!(e, watcher::Event::InitApply(o) if o.name_any() == "d")
-    })
+    let relisted = next_matching(
+        &mut stream,
+        |e| matches!(e, watcher::Event::InitApply(o) if o.name_any() == "d"),
+    )
     .await;
     assert!(matches!(relisted, watcher::Event::InitApply(_)));
-    let lists = emulator.request_log().iter().filter(|(verb, _, _)| verb == "list").count();
+    let lists = emulator
+        .request_log()
+        .iter()
+        .filter(|(verb, _, _)| verb == "list")
+        .count();
     assert!(lists >= 2, "the watcher must have relisted after 410");
 }
 
@@ -263,13 +375,19 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
         "spec": {"credentialsRef": {"name": "creds"}, "users": [{"phone": "1", "firstname": "Ada"}]}
     });
-    let created = api.patch("b", &PatchParams::apply("alice"), &Patch::Apply(&alice)).await.unwrap();
+    let created = api
+        .patch("b", &PatchParams::apply("alice"), &Patch::Apply(&alice))
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     let bob = json!({
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
         "spec": {"users": [{"phone": "2", "firstname": "Bo"}]}
     });
-    let merged = api.patch("b", &PatchParams::apply("bob"), &Patch::Apply(&bob)).await.unwrap();
+    let merged = api
+        .patch("b", &PatchParams::apply("bob"), &Patch::Apply(&bob))
+        .await
+        .unwrap();
     let phones: Vec<&str> = merged.spec.users.iter().map(|u| u.phone.as_str()).collect();
     assert_eq!(phones, ["1", "2"]);
     assert_eq!(merged.spec.credentials_ref.name, "creds");
@@ -278,11 +396,19 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
         "spec": {"credentialsRef": {"name": "creds"}, "users": [{"phone": "1", "firstname": "Ada"}, {"phone": "2", "firstname": "Zed"}]}
     });
-    let err = api_error(api.patch("b", &PatchParams::apply("alice"), &Patch::Apply(&takeover)).await.unwrap_err());
+    let err = api_error(
+        api.patch("b", &PatchParams::apply("alice"), &Patch::Apply(&takeover))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     assert!(err.message.contains("bob"), "{}", err.message);
     let forced = api
-        .patch("b", &PatchParams::apply("alice").force(), &Patch::Apply(&takeover))
+        .patch(
+            "b",
+            &PatchParams::apply("alice").force(),
+            &Patch::Apply(&takeover),
+        )
         .await
         .unwrap();
     assert_eq!(forced.spec.users[1].firstname, "Zed");
@@ -292,17 +418,34 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
             "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
             "status": {"conditions": [{"type": condition, "status": "True", "reason": "R", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         });
-        api.patch_status("b", &PatchParams::apply(manager), &Patch::Apply(&status)).await.unwrap();
+        api.patch_status("b", &PatchParams::apply(manager), &Patch::Apply(&status))
+            .await
+            .unwrap();
     }
     let with_conditions = api.get("b").await.unwrap();
-    let types: Vec<String> = with_conditions.status.unwrap().conditions.into_iter().map(|c| c.type_).collect();
+    let types: Vec<String> = with_conditions
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .map(|c| c.type_)
+        .collect();
     assert_eq!(types, ["Ready", "Stalled"]);
 
     let replaced = api
-        .patch("b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"users": [{"phone": "3", "firstname": "Cy"}]}})))
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"users": [{"phone": "3", "firstname": "Cy"}]}})),
+        )
         .await
         .unwrap();
-    let phones: Vec<&str> = replaced.spec.users.iter().map(|u| u.phone.as_str()).collect();
+    let phones: Vec<&str> = replaced
+        .spec
+        .users
+        .iter()
+        .map(|u| u.phone.as_str())
+        .collect();
     assert_eq!(phones, ["3"], "a merge patch replaces lists");
 }
 
@@ -317,16 +460,35 @@ async fn finalizers_hold_deletion_until_removed() {
     let marked = api.get("b").await.unwrap();
     assert!(marked.metadata.deletion_timestamp.is_some());
 
-    let mut events = api.watch(&WatchParams::default(), &created.resource_version().unwrap()).await.unwrap().boxed();
-    api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+    let mut events = api
+        .watch(
+            &WatchParams::default(),
+            &created.resource_version().unwrap(),
+        )
         .await
-        .unwrap();
-    next_matching(&mut events, |e| matches!(e, WatchEvent::Deleted(o) if o.name_any() == "b")).await;
+        .unwrap()
+        .boxed();
+    api.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    next_matching(
+        &mut events,
+        |e| matches!(e, WatchEvent::Deleted(o) if o.name_any() == "b"),
+    )
+    .await;
     assert_eq!(api_error(api.get("b").await.unwrap_err()).code, 404);
 }
 
 fn reject_bad_phones(object: &Value) -> Vec<Violation> {
-    let users = object.pointer("/spec/users").and_then(Value::as_array).cloned().unwrap_or_default();
+    let users = object
+        .pointer("/spec/users")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     users
         .iter()
         .enumerate()
@@ -346,26 +508,42 @@ async fn invalid_userbatches_are_rejected_with_422_naming_the_field() {
     })
     .await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
-    let err = api_error(api.create(&PostParams::default(), &batch("b", &["12345", "bad"])).await.unwrap_err());
+    let err = api_error(
+        api.create(&PostParams::default(), &batch("b", &["12345", "bad"]))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     let causes = err.details.unwrap().causes;
     assert_eq!(causes[0].field, "spec.users[1].phone");
 
-    api.create(&PostParams::default(), &batch("b", &["12345"])).await.unwrap();
+    api.create(&PostParams::default(), &batch("b", &["12345"]))
+        .await
+        .unwrap();
     let err = api_error(
-        api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"users": [{"phone": "bad", "firstname": "X"}]}})))
-            .await
-            .unwrap_err(),
+        api.patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"users": [{"phone": "bad", "firstname": "X"}]}})),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(err.code, 422);
-    assert_eq!(api.get("b").await.unwrap().spec.users[0].phone, "12345", "a rejected write changes nothing");
+    assert_eq!(
+        api.get("b").await.unwrap().spec.users[0].phone,
+        "12345",
+        "a rejected write changes nothing"
+    );
 }
 
 #[tokio::test]
 async fn faults_fail_or_delay_matching_requests_then_stop() {
     let (emulator, client) = start(EmulatorConfig::default()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
-    api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap();
+    api.create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
     emulator.inject(Fault {
         verb: Some("patch".into()),
         path_contains: Some("/status".into()),
@@ -380,14 +558,27 @@ async fn faults_fail_or_delay_matching_requests_then_stop() {
         kind: FaultKind::Delay(Duration::from_millis(50)),
     });
     let status = json!({"status": {"phase": "Submitting"}});
-    let err = api_error(api.patch_status("b", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap_err());
+    let err = api_error(
+        api.patch_status("b", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
     // The spec path does not match "/status": unaffected.
-    api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})))
+    api.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+    api.patch_status("b", &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
-    api.patch_status("b", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
-    assert!(api.get("b").await.unwrap().status.is_some(), "a delayed request is still served");
+    assert!(
+        api.get("b").await.unwrap().status.is_some(),
+        "a delayed request is still served"
+    );
 
     let log = emulator.request_log();
     let status_patches: Vec<u16> = log
@@ -406,14 +597,32 @@ async fn crd_absence_is_a_404_until_the_crd_is_created() {
     })
     .await;
     let api: Api<UserBatch> = Api::default_namespaced(client.clone());
-    assert_eq!(api_error(api.list(&ListParams::default()).await.unwrap_err()).code, 404);
+    assert_eq!(
+        api_error(api.list(&ListParams::default()).await.unwrap_err()).code,
+        404
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    assert_eq!(api_error(crds.get("userbatches.koodrive.io").await.unwrap_err()).code, 404);
-    crds.create(&PostParams::default(), &UserBatch::crd()).await.unwrap();
+    assert_eq!(
+        api_error(crds.get("userbatches.koodrive.io").await.unwrap_err()).code,
+        404
+    );
+    crds.create(&PostParams::default(), &UserBatch::crd())
+        .await
+        .unwrap();
     let installed = crds.get("userbatches.koodrive.io").await.unwrap();
     let established = installed.status.unwrap().conditions.unwrap();
-    assert!(established.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-    assert!(api.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        established
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+    );
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -427,14 +636,24 @@ async fn lists_page_filter_by_label_and_span_namespaces() {
         api.create(&PostParams::default(), &secret).await.unwrap();
     }
     let all: Api<Secret> = Api::all(client.clone());
-    let team_x = all.list(&ListParams::default().labels("team=x")).await.unwrap();
+    let team_x = all
+        .list(&ListParams::default().labels("team=x"))
+        .await
+        .unwrap();
     let names: Vec<String> = team_x.items.iter().map(|s| s.name_any()).collect();
     assert_eq!(names, ["one", "three"]);
 
     let first = all.list(&ListParams::default().limit(2)).await.unwrap();
     assert_eq!(first.items.len(), 2);
-    let token = first.metadata.continue_.clone().expect("a continue token for the next page");
-    let rest = all.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    let token = first
+        .metadata
+        .continue_
+        .clone()
+        .expect("a continue token for the next page");
+    let rest = all
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
     let names: Vec<String> = rest.items.iter().map(|s| s.name_any()).collect();
     assert_eq!(names, ["three"]);
     assert!(rest.metadata.continue_.is_none());
@@ -448,20 +667,45 @@ async fn lease_apply_conflicts_protect_the_holder() {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"},
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
     };
-    leases.patch("leader", &PatchParams::apply("replica-a"), &Patch::Apply(claim("a"))).await.unwrap();
+    leases
+        .patch(
+            "leader",
+            &PatchParams::apply("replica-a"),
+            &Patch::Apply(claim("a")),
+        )
+        .await
+        .unwrap();
     let err = api_error(
         leases
-            .patch("leader", &PatchParams::apply("replica-b"), &Patch::Apply(claim("b")))
+            .patch(
+                "leader",
+                &PatchParams::apply("replica-b"),
+                &Patch::Apply(claim("b")),
+            )
             .await
             .unwrap_err(),
     );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     let release = json!({"spec": {"holderIdentity": null, "leaseDurationSeconds": null}});
     leases
-        .patch("leader", &PatchParams { field_manager: Some("replica-a".into()), ..Default::default() }, &Patch::Strategic(release))
+        .patch(
+            "leader",
+            &PatchParams {
+                field_manager: Some("replica-a".into()),
+                ..Default::default()
+            },
+            &Patch::Strategic(release),
+        )
         .await
         .unwrap();
-    let taken = leases.patch("leader", &PatchParams::apply("replica-b"), &Patch::Apply(claim("b"))).await.unwrap();
+    let taken = leases
+        .patch(
+            "leader",
+            &PatchParams::apply("replica-b"),
+            &Patch::Apply(claim("b")),
+        )
+        .await
+        .unwrap();
     assert_eq!(taken.spec.unwrap().holder_identity.as_deref(), Some("b"));
 }
 
@@ -470,7 +714,10 @@ async fn the_event_recorder_creates_then_updates_events() {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let (_emulator, client) = start(EmulatorConfig::default()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client.clone());
-    let created = api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap();
+    let created = api
+        .create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
     let reporter = Reporter {
         controller: "koodrive-operator".into(),
         instance: None,
@@ -488,6 +735,210 @@ async fn the_event_recorder_creates_then_updates_events() {
     recorder.publish(&event, &reference).await.unwrap();
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client);
     let listed = events.list(&ListParams::default()).await.unwrap();
-    assert_eq!(listed.items.len(), 1, "a repeated event is patched, not duplicated");
+    assert_eq!(
+        listed.items.len(),
+        1,
+        "a repeated event is patched, not duplicated"
+    );
     assert_eq!(listed.items[0].series.as_ref().map(|s| s.count), Some(2));
+}
+
+/// The standalone `emulator` subcommand, stopped (SIGKILL) if a test fails before it ends it.
+struct StandaloneEmulator {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl StandaloneEmulator {
+    fn start(extra: &[&str]) -> StandaloneEmulator {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+            .args(["emulator", "--listen", "127.0.0.1:0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The first stdout line is printed once the kubeconfig is written and the port bound.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("listening on http://127.0.0.1:"),
+            "unexpected first line: {line:?}"
+        );
+        StandaloneEmulator { child, dir }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .output()
+            .expect("kubectl must be on PATH");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test with stderr if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let (success, stdout, stderr) = self.kubectl(args);
+        assert!(success, "kubectl {args:?} failed: {stderr}{stdout}");
+        stdout
+    }
+
+    fn file(&self, name: &str, content: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for StandaloneEmulator {
+    fn drop(&mut self) {
+        // Already exited when a test stopped it on purpose; nothing else to do then.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const EXAMPLE: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {accessKey: ak, secretKey: sk, userId: u1}
+---
+apiVersion: koodrive.io/v1alpha1
+kind: UserBatch
+metadata: {name: b1}
+spec:
+  credentialsRef: {name: creds}
+  users:
+    - {firstname: Ada, phone: "8613800000001"}
+"#;
+
+#[test]
+fn kubectl_drives_userbatches_and_secrets_on_the_standalone_emulator() {
+    let emulator = StandaloneEmulator::start(&["--no-crd"]);
+    let crd = emulator.file("crd.json", &userbatch_crd().to_string());
+    emulator.ok(&["apply", "--validate=false", "-f", &crd]);
+    let example = emulator.file("example.yaml", EXAMPLE);
+    emulator.ok(&["apply", "--validate=false", "-f", &example]);
+
+    let watch_out = emulator.dir.path().join("watch.txt");
+    let mut watch = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(emulator.dir.path().join("kubeconfig"))
+        .arg("--cache-dir")
+        .arg(emulator.dir.path().join("cache-watch"))
+        .args(["get", "ub", "-w"])
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .spawn()
+        .unwrap();
+
+    let table = emulator.ok(&["get", "ub"]);
+    assert!(
+        table.contains("PHASE") && table.contains("READY") && table.contains("b1"),
+        "{table}"
+    );
+    let yaml = emulator.ok(&["get", "ub", "b1", "-o", "yaml"]);
+    assert!(
+        yaml.contains("phone: \"8613800000001\"") && yaml.contains("generation: 1"),
+        "{yaml}"
+    );
+
+    let status = r#"{"status":{"phase":"Completed","conditions":[{"type":"Ready","status":"True","reason":"Done","message":"all users provisioned","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
+    emulator.ok(&[
+        "patch",
+        "ub",
+        "b1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+    let table = emulator.ok(&["get", "ub"]);
+    assert!(
+        table.contains("Completed") && table.contains("all users provisioned"),
+        "{table}"
+    );
+    wait_until(
+        || {
+            std::fs::read_to_string(&watch_out)
+                .unwrap_or_default()
+                .contains("Completed")
+        },
+        "`kubectl get -w` to show the status change",
+    );
+
+    let described = emulator.ok(&["describe", "ub", "b1"]);
+    assert!(
+        described.contains("b1") && described.contains("8613800000001"),
+        "{described}"
+    );
+
+    let current = emulator.ok(&["get", "ub", "b1", "-o", "yaml"]);
+    let edited = current.replace("firstname: Ada", "firstname: Augusta");
+    let edited = emulator.file("edited.yaml", &edited);
+    emulator.ok(&["replace", "--validate=false", "-f", &edited]);
+    let yaml = emulator.ok(&["get", "ub", "b1", "-o", "yaml"]);
+    assert!(
+        yaml.contains("Augusta") && yaml.contains("generation: 2"),
+        "{yaml}"
+    );
+    // The same manifest again carries a stale resourceVersion now.
+    let (success, _, stderr) = emulator.kubectl(&["replace", "--validate=false", "-f", &edited]);
+    assert!(!success && stderr.contains("Conflict"), "{stderr}");
+
+    let secret = emulator.ok(&["get", "secret", "creds", "-o", "yaml"]);
+    assert!(secret.contains("accessKey: YWs="), "{secret}");
+    emulator.ok(&["describe", "secret", "creds"]);
+    emulator.ok(&["delete", "ub", "b1"]);
+    emulator.ok(&["delete", "secret", "creds"]);
+    let (_, stdout, stderr) = emulator.kubectl(&["get", "ub"]);
+    assert!(
+        stderr.contains("No resources found") && stdout.is_empty(),
+        "{stdout}{stderr}"
+    );
+
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn the_standalone_emulator_stops_cleanly_on_sigterm() {
+    let mut emulator = StandaloneEmulator::start(&[]);
+    emulator.ok(&["get", "ub"]);
+    let pid = emulator.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut exit = None;
+    wait_until(
+        || {
+            exit = emulator.child.try_wait().unwrap();
+            exit.is_some()
+        },
+        "the emulator to exit after SIGTERM",
+    );
+    assert!(exit.unwrap().success(), "exit status {exit:?}");
 }

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Address to serve on; port 0 picks a free port (printed on start).
-    #[arg(long, default_value = "127.0.0.1:6443", env = "KOODRIVE_EMULATOR_LISTEN")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:6443",
+        env = "KOODRIVE_EMULATOR_LISTEN"
+    )]
     pub listen: SocketAddr,
     /// Where to write a kubeconfig (context `emulator`) pointing at the emulator.
     #[arg(long)]
@@ -65,7 +69,11 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     // One line on stdout a script (or test) can read the URL from.
     let mut out = std::io::stdout().lock();
     let line = match &args.kubeconfig {
-        Some(path) => format!("emulator listening on {} (kubeconfig: {})", emulator.url(), path.display()),
+        Some(path) => format!(
+            "emulator listening on {} (kubeconfig: {})",
+            emulator.url(),
+            path.display()
+        ),
         None => format!("emulator listening on {}", emulator.url()),
     };
     // A closed stdout must not stop the server.
@@ -89,6 +97,8 @@ async fn wait_for_termination() -> Result<(), EmulatorCommandError> {
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.map_err(EmulatorCommandError::Signal)
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(EmulatorCommandError::Signal)
     }
 }

@@ -66,7 +66,11 @@ impl ApiError {
 
     /// A path no served resource matches: real servers answer a bare 404 Status.
     pub fn no_route(path: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {

@@ -48,7 +48,10 @@ pub fn managed_leaves(object: &Value, def: &ResourceDef) -> BTreeMap<String, Val
         map.remove("kind");
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.retain(|k, _| {
-                matches!(k.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences")
+                matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                )
             });
         }
     }
@@ -92,11 +95,23 @@ fn same_keys(a: &Value, b: &Value, keys: &[String]) -> bool {
     keys.iter().all(|k| a.get(k) == b.get(k))
 }
 
-fn leaves(value: &Value, path: &str, schema_path: &str, def: &ResourceDef, out: &mut BTreeMap<String, Value>) {
+fn leaves(
+    value: &Value,
+    path: &str,
+    schema_path: &str,
+    def: &ResourceDef,
+    out: &mut BTreeMap<String, Value>,
+) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                leaves(v, &child_path(path, k), &child_schema_path(schema_path, k), def, out);
+                leaves(
+                    v,
+                    &child_path(path, k),
+                    &child_schema_path(schema_path, k),
+                    def,
+                    out,
+                );
             }
         }
         Value::Array(items) if def.list_keys(schema_path).is_some() => {
@@ -135,7 +150,9 @@ fn merge_at(live: &mut Value, config: &Value, schema_path: &str, def: &ResourceD
                 }
             }
         }
-        (Value::Array(live_items), Value::Array(config_items)) if def.list_keys(schema_path).is_some() => {
+        (Value::Array(live_items), Value::Array(config_items))
+            if def.list_keys(schema_path).is_some() =>
+        {
             let keys = def.list_keys(schema_path).unwrap_or_default();
             let item_schema = format!("{schema_path}[]");
             for item in config_items {
@@ -157,7 +174,13 @@ pub fn remove_leaves(live: &mut Value, paths: &BTreeSet<String>, def: &ResourceD
     }
 }
 
-fn remove_at(value: &mut Value, path: &str, schema_path: &str, paths: &BTreeSet<String>, def: &ResourceDef) {
+fn remove_at(
+    value: &mut Value,
+    path: &str,
+    schema_path: &str,
+    paths: &BTreeSet<String>,
+    def: &ResourceDef,
+) {
     match value {
         Value::Object(map) => {
             let keys: Vec<String> = map.keys().cloned().collect();
@@ -207,7 +230,13 @@ impl Ownership {
     }
 
     /// Fields of `config` other managers own with a different live value.
-    pub fn apply_conflicts(&self, manager: &ManagerKey, live: &Value, config: &Value, def: &ResourceDef) -> Conflicts {
+    pub fn apply_conflicts(
+        &self,
+        manager: &ManagerKey,
+        live: &Value,
+        config: &Value,
+        def: &ResourceDef,
+    ) -> Conflicts {
         let live_leaves = managed_leaves(live, def);
         let mut conflicts = Vec::new();
         for (path, value) in managed_leaves(config, def) {
@@ -225,7 +254,13 @@ impl Ownership {
 
     /// Applies `config` for `manager` onto `live`: merge, drop fields the manager no longer
     /// applies (unless someone else owns them), and take ownership of every applied field.
-    pub fn apply(&mut self, manager: ManagerKey, live: &mut Value, config: &Value, def: &ResourceDef) {
+    pub fn apply(
+        &mut self,
+        manager: ManagerKey,
+        live: &mut Value,
+        config: &Value,
+        def: &ResourceDef,
+    ) {
         let applied: BTreeSet<String> = managed_leaves(config, def).into_keys().collect();
         let previously = self.owners.remove(&manager).unwrap_or_default();
         for fields in self.owners.values_mut() {
@@ -243,7 +278,13 @@ impl Ownership {
     }
 
     /// Records a non-apply write by `manager`: it owns what it changed, others lose it.
-    pub fn record_update(&mut self, manager: ManagerKey, old: &Value, new: &Value, def: &ResourceDef) {
+    pub fn record_update(
+        &mut self,
+        manager: ManagerKey,
+        old: &Value,
+        new: &Value,
+        def: &ResourceDef,
+    ) {
         let before = managed_leaves(old, def);
         let after = managed_leaves(new, def);
         let all: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
@@ -296,7 +337,8 @@ mod tests {
     #[test]
     fn apply_merges_list_maps_by_key_and_replaces_atomic_lists() {
         let def = def();
-        let mut live = json!({"spec": {"users": [{"phone": "1", "firstname": "A"}], "tags": ["x"]}});
+        let mut live =
+            json!({"spec": {"users": [{"phone": "1", "firstname": "A"}], "tags": ["x"]}});
         let config = json!({"spec": {"users": [{"phone": "2", "firstname": "B"}, {"phone": "1", "surname": "L"}], "tags": ["y"]}});
         apply_merge(&mut live, &config, &def);
         assert_eq!(
@@ -308,26 +350,46 @@ mod tests {
     #[test]
     fn apply_conflicts_with_another_manager_unless_values_match() {
         let def = def();
-        let a = ManagerKey { manager: "a".into(), status: false };
-        let b = ManagerKey { manager: "b".into(), status: false };
+        let a = ManagerKey {
+            manager: "a".into(),
+            status: false,
+        };
+        let b = ManagerKey {
+            manager: "b".into(),
+            status: false,
+        };
         let mut live = json!({});
         let mut owners = Ownership::default();
         owners.apply(a, &mut live, &json!({"spec": {"holder": "a"}}), &def);
         let same = owners.apply_conflicts(&b, &live, &json!({"spec": {"holder": "a"}}), &def);
         assert!(same.0.is_empty());
         let different = owners.apply_conflicts(&b, &live, &json!({"spec": {"holder": "b"}}), &def);
-        assert_eq!(different.0, vec![("a".to_string(), "spec.holder".to_string())]);
+        assert_eq!(
+            different.0,
+            vec![("a".to_string(), "spec.holder".to_string())]
+        );
     }
 
     #[test]
     fn apply_removes_fields_the_manager_stopped_applying() {
         let def = def();
-        let a = ManagerKey { manager: "a".into(), status: false };
+        let a = ManagerKey {
+            manager: "a".into(),
+            status: false,
+        };
         let mut live = json!({});
         let mut owners = Ownership::default();
         let first = json!({"spec": {"users": [{"phone": "1", "firstname": "A"}, {"phone": "2", "firstname": "B"}]}});
         owners.apply(a.clone(), &mut live, &first, &def);
-        owners.apply(a, &mut live, &json!({"spec": {"users": [{"phone": "2", "firstname": "B"}]}}), &def);
-        assert_eq!(live, json!({"spec": {"users": [{"phone": "2", "firstname": "B"}]}}));
+        owners.apply(
+            a,
+            &mut live,
+            &json!({"spec": {"users": [{"phone": "2", "firstname": "B"}]}}),
+            &def,
+        );
+        assert_eq!(
+            live,
+            json!({"spec": {"users": [{"phone": "2", "firstname": "B"}]}})
+        );
     }
 }

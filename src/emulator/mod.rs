@@ -115,7 +115,9 @@ pub(crate) struct Shared {
 /// Locks a mutex, recovering the data if a handler panicked while holding it: the emulator's
 /// state stays usable for the rest of a test.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
@@ -124,7 +126,9 @@ impl Shared {
         let mut faults = lock(&self.faults);
         let index = faults.iter().position(|f| {
             f.times > 0
-                && f.verb.as_deref().is_none_or(|v| v.eq_ignore_ascii_case(verb))
+                && f.verb
+                    .as_deref()
+                    .is_none_or(|v| v.eq_ignore_ascii_case(verb))
                 && f.path_contains.as_deref().is_none_or(|p| path.contains(p))
         })?;
         let fault = &mut faults[index];
@@ -154,7 +158,9 @@ pub struct Emulator {
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator").field("url", &self.url()).finish()
+        f.debug_struct("Emulator")
+            .field("url", &self.url())
+            .finish()
     }
 }
 
@@ -174,7 +180,8 @@ impl Emulator {
             base_url: format!("http://{addr}"),
         });
         if shared.config.install_crd {
-            server::install_userbatch_crd(&shared).map_err(|e| std::io::Error::other(e.to_string()))?;
+            server::install_userbatch_crd(&shared)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -216,10 +223,12 @@ impl Emulator {
     /// A kube client talking to this emulator, default namespace `default`.
     pub async fn client(&self) -> Result<kube::Client, ClientError> {
         let url = self.url();
-        let uri = url.parse::<http::Uri>().map_err(|source| ClientError::Url {
-            url: url.clone(),
-            source,
-        })?;
+        let uri = url
+            .parse::<http::Uri>()
+            .map_err(|source| ClientError::Url {
+                url: url.clone(),
+                source,
+            })?;
         let config = kube::Config::new(uri);
         kube::Client::try_from(config).map_err(|source| ClientError::Client { url, source })
     }

@@ -89,7 +89,11 @@ impl ResourceDef {
             .unwrap_or_else(|| kind.to_lowercase());
         let strings = |v: Option<&Value>| -> Vec<String> {
             v.and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
@@ -124,7 +128,11 @@ impl ResourceDef {
                     .filter_map(|c| {
                         Some(PrinterColumn {
                             name: c.get("name")?.as_str()?.to_string(),
-                            type_: c.get("type").and_then(Value::as_str).unwrap_or("string").to_string(),
+                            type_: c
+                                .get("type")
+                                .and_then(Value::as_str)
+                                .unwrap_or("string")
+                                .to_string(),
                             json_path: c.get("jsonPath")?.as_str()?.to_string(),
                             priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
                             description: c
@@ -169,7 +177,11 @@ fn collect_list_map_keys(schema: &Value, path: &str, out: &mut Vec<(String, Vec<
             let keys: Vec<String> = schema
                 .get("x-kubernetes-list-map-keys")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             if !keys.is_empty() {
                 out.push((path.to_string(), keys));
@@ -181,7 +193,13 @@ fn collect_list_map_keys(schema: &Value, path: &str, out: &mut Vec<(String, Vec<
 
 /// The built-in kinds served regardless of CRDs.
 pub fn builtins() -> Vec<ResourceDef> {
-    let mut crd = ResourceDef::builtin(CRD_GROUP, "v1", CRD_PLURAL, "CustomResourceDefinition", false);
+    let mut crd = ResourceDef::builtin(
+        CRD_GROUP,
+        "v1",
+        CRD_PLURAL,
+        "CustomResourceDefinition",
+        false,
+    );
     crd.short_names = vec!["crd".into(), "crds".into()];
     crd.has_status = true;
     let mut namespaces = ResourceDef::builtin("", "v1", "namespaces", "Namespace", false);

@@ -38,7 +38,11 @@ fn split_top_level(text: &str) -> Vec<&str> {
         }
     }
     parts.push(&text[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn value_set(text: &str, whole: &str) -> Result<Vec<String>, ApiError> {
@@ -46,7 +50,11 @@ fn value_set(text: &str, whole: &str) -> Result<Vec<String>, ApiError> {
         .trim()
         .strip_prefix('(')
         .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement {whole:?}: expected a parenthesised value set")))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unable to parse requirement {whole:?}: expected a parenthesised value set"
+            ))
+        })?;
     Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
 }
 
@@ -67,13 +75,18 @@ impl Selector {
             } else if let Some(k) = part.strip_prefix('!') {
                 Requirement::NotExists(k.trim().into())
             } else if part.contains([' ', '(', ')']) {
-                return Err(ApiError::bad_request(format!("unable to parse label selector requirement {part:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "unable to parse label selector requirement {part:?}"
+                )));
             } else {
                 Requirement::Exists(part.into())
             };
             requirements.push(req);
         }
-        Ok(Selector { requirements, fields: false })
+        Ok(Selector {
+            requirements,
+            fields: false,
+        })
     }
 
     pub fn fields(text: &str) -> Result<Selector, ApiError> {
@@ -86,11 +99,16 @@ impl Selector {
             } else if let Some((k, v)) = part.split_once('=') {
                 Requirement::Equals(k.trim().into(), v.trim().into())
             } else {
-                return Err(ApiError::bad_request(format!("invalid field selector requirement {part:?}: expected key=value or key!=value")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector requirement {part:?}: expected key=value or key!=value"
+                )));
             };
             requirements.push(req);
         }
-        Ok(Selector { requirements, fields: true })
+        Ok(Selector {
+            requirements,
+            fields: true,
+        })
     }
 
     fn lookup(&self, object: &Value, key: &str) -> Option<String> {
@@ -125,16 +143,32 @@ mod tests {
     #[test]
     fn label_selectors_cover_equality_sets_and_existence() {
         let obj = json!({"metadata": {"labels": {"team": "a", "tier": "web"}}});
-        assert!(Selector::labels("team=a,tier in (web, db)").unwrap().matches(&obj));
+        assert!(
+            Selector::labels("team=a,tier in (web, db)")
+                .unwrap()
+                .matches(&obj)
+        );
         assert!(!Selector::labels("team!=a").unwrap().matches(&obj));
-        assert!(Selector::labels("tier notin (db),!missing").unwrap().matches(&obj));
+        assert!(
+            Selector::labels("tier notin (db),!missing")
+                .unwrap()
+                .matches(&obj)
+        );
         assert!(!Selector::labels("missing").unwrap().matches(&obj));
     }
 
     #[test]
     fn field_selectors_follow_dotted_paths() {
         let obj = json!({"metadata": {"name": "x"}, "involvedObject": {"kind": "UserBatch"}});
-        assert!(Selector::fields("metadata.name=x,involvedObject.kind==UserBatch").unwrap().matches(&obj));
-        assert!(!Selector::fields("involvedObject.kind!=UserBatch").unwrap().matches(&obj));
+        assert!(
+            Selector::fields("metadata.name=x,involvedObject.kind==UserBatch")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(
+            !Selector::fields("involvedObject.kind!=UserBatch")
+                .unwrap()
+                .matches(&obj)
+        );
     }
 }

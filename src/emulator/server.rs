@@ -45,7 +45,8 @@ pub fn install_userbatch_crd(shared: &Shared) -> Result<(), ApiError> {
         namespace: String::new(),
     };
     let mut store = lock(&shared.store);
-    ctx.create_locked(&mut store, crd, None, "emulator", false).map(|_| ())
+    ctx.create_locked(&mut store, crd, None, "emulator", false)
+        .map(|_| ())
 }
 
 /// Query parameters, last value wins.
@@ -61,7 +62,10 @@ impl Query {
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -224,7 +228,12 @@ fn served_resources(shared: &Shared) -> Vec<ResourceDef> {
         plural: CRD_PLURAL.into(),
     };
     let store = lock(&shared.store);
-    defs.extend(store.list(&crds, None).into_iter().filter_map(ResourceDef::from_crd));
+    defs.extend(
+        store
+            .list(&crds, None)
+            .into_iter()
+            .filter_map(ResourceDef::from_crd),
+    );
     defs
 }
 
@@ -235,13 +244,19 @@ fn group_list(shared: &Shared) -> Value {
             groups.push(def.group.clone());
         }
     }
-    let docs: Vec<Value> = groups.iter().filter_map(|g| group_document(shared, g)).collect();
+    let docs: Vec<Value> = groups
+        .iter()
+        .filter_map(|g| group_document(shared, g))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": docs})
 }
 
 fn group_document(shared: &Shared, group: &str) -> Option<Value> {
     let mut versions: Vec<String> = Vec::new();
-    for def in served_resources(shared).into_iter().filter(|d| d.group == group) {
+    for def in served_resources(shared)
+        .into_iter()
+        .filter(|d| d.group == group)
+    {
         for v in def.versions {
             if !versions.contains(&v) {
                 versions.push(v);
@@ -301,7 +316,9 @@ fn resource_list(shared: &Shared, group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}),
+    )
 }
 
 fn resource_request(
@@ -344,7 +361,9 @@ fn resource_request(
     let scope = rp.namespace.as_deref();
     match (method.clone(), rp.name.as_deref()) {
         (Method::GET, Some(name)) => ctx.get(name, as_table, query),
-        (Method::GET, None) if query.flag("watch") => ctx.watch(shared.clone(), scope, query, as_table),
+        (Method::GET, None) if query.flag("watch") => {
+            ctx.watch(shared.clone(), scope, query, as_table)
+        }
         (Method::GET, None) => ctx.list(scope, query, as_table),
         (Method::POST, None) => ctx.create(parse_body(body)?, &manager, query),
         (Method::PUT, Some(name)) => ctx.update(name, status, parse_body(body)?, &manager, query),
@@ -359,7 +378,9 @@ fn resource_request(
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource ({method} {path})"),
+            format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ),
         )),
     }
 }
@@ -383,10 +404,16 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     let value = match serde_json::from_slice::<Value>(body) {
         Ok(value) => value,
         Err(json_err) => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request(format!("request body is neither JSON nor UTF-8 YAML: {json_err}")))?;
-            serde_saphyr::from_str::<Value>(text)
-                .map_err(|yaml_err| ApiError::bad_request(format!("cannot decode request body as JSON ({json_err}) or YAML ({yaml_err})")))?
+            let text = std::str::from_utf8(body).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "request body is neither JSON nor UTF-8 YAML: {json_err}"
+                ))
+            })?;
+            serde_saphyr::from_str::<Value>(text).map_err(|yaml_err| {
+                ApiError::bad_request(format!(
+                    "cannot decode request body as JSON ({json_err}) or YAML ({yaml_err})"
+                ))
+            })?
         }
     };
     if !value.is_object() {
@@ -400,7 +427,9 @@ fn meta(object: &Value) -> Option<&Map<String, Value>> {
 }
 
 fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
-    meta(object).and_then(|m| m.get(field)).and_then(Value::as_str)
+    meta(object)
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
@@ -415,7 +444,10 @@ fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
 }
 
 fn finalizers_empty(object: &Value) -> bool {
@@ -455,7 +487,10 @@ impl Ctx<'_> {
 
     fn present(&self, mut object: Value) -> Value {
         if let Some(map) = object.as_object_mut() {
-            map.insert("apiVersion".into(), Value::String(self.def.api_version(&self.version)));
+            map.insert(
+                "apiVersion".into(),
+                Value::String(self.def.api_version(&self.version)),
+            );
             map.insert("kind".into(), Value::String(self.def.kind.clone()));
         }
         object
@@ -474,7 +509,13 @@ impl Ctx<'_> {
         if as_table {
             let include = query.get("includeObject").unwrap_or("Metadata");
             let rv = meta_str(&object, "resourceVersion").map(str::to_string);
-            return Ok(ok_json(table::table(&self.def, &[object], include, rv, true)));
+            return Ok(ok_json(table::table(
+                &self.def,
+                &[object],
+                include,
+                rv,
+                true,
+            )));
         }
         Ok(ok_json(object))
     }
@@ -485,10 +526,19 @@ impl Ctx<'_> {
         Ok((labels, fields))
     }
 
-    fn list(&self, scope: Option<&str>, query: &Query, as_table: bool) -> Result<Response, ApiError> {
+    fn list(
+        &self,
+        scope: Option<&str>,
+        query: &Query,
+        as_table: bool,
+    ) -> Result<Response, ApiError> {
         let (labels, fields) = Self::selectors(query)?;
         let limit: Option<usize> = match query.get("limit") {
-            Some(text) => Some(text.parse().map_err(|_| ApiError::bad_request(format!("limit must be a non-negative integer, got {text:?}")))?),
+            Some(text) => Some(text.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "limit must be a non-negative integer, got {text:?}"
+                ))
+            })?),
             None => None,
         };
         // The continue token is the namespace/name of the last item returned, so a page
@@ -502,7 +552,11 @@ impl Ctx<'_> {
             .filter(|o| labels.matches(o) && fields.matches(o))
             .filter(|o| {
                 after.as_ref().is_none_or(|token| {
-                    let position = format!("{}/{}", meta_str(o, "namespace").unwrap_or_default(), meta_str(o, "name").unwrap_or_default());
+                    let position = format!(
+                        "{}/{}",
+                        meta_str(o, "namespace").unwrap_or_default(),
+                        meta_str(o, "name").unwrap_or_default()
+                    );
                     position.as_str() > token.as_str()
                 })
             })
@@ -512,9 +566,13 @@ impl Ctx<'_> {
         let mut continue_token = None;
         if let Some(limit) = limit.filter(|l| *l > 0 && items.len() > *l) {
             items.truncate(limit);
-            continue_token = items
-                .last()
-                .map(|o| format!("{}/{}", meta_str(o, "namespace").unwrap_or_default(), meta_str(o, "name").unwrap_or_default()));
+            continue_token = items.last().map(|o| {
+                format!(
+                    "{}/{}",
+                    meta_str(o, "namespace").unwrap_or_default(),
+                    meta_str(o, "name").unwrap_or_default()
+                )
+            });
         }
         if as_table {
             let include = query.get("includeObject").unwrap_or("Metadata");
@@ -566,13 +624,22 @@ impl Ctx<'_> {
                 object["type"] = Value::String("Opaque".into());
             }
             // `stringData` is write-only: the API server folds it into base64 `data`.
-            if let Some(Value::Object(plain)) = object.as_object_mut().and_then(|m| m.remove("stringData")) {
-                let mut data = object.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
+            if let Some(Value::Object(plain)) =
+                object.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
+                let mut data = object
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 for (k, v) in plain {
-                    let text = v
-                        .as_str()
-                        .ok_or_else(|| ApiError::bad_request(format!("stringData.{k} must be a string")))?;
-                    data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+                    let text = v.as_str().ok_or_else(|| {
+                        ApiError::bad_request(format!("stringData.{k} must be a string"))
+                    })?;
+                    data.insert(
+                        k,
+                        Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+                    );
                 }
                 object["data"] = Value::Object(data);
             }
@@ -582,7 +649,13 @@ impl Ctx<'_> {
 
     fn create(&self, body: Value, manager: &str, query: &Query) -> Result<Response, ApiError> {
         let mut store = lock(&self.shared.store);
-        let created = self.create_locked(&mut store, body, None, manager, query.get("dryRun").is_some())?;
+        let created = self.create_locked(
+            &mut store,
+            body,
+            None,
+            manager,
+            query.get("dryRun").is_some(),
+        )?;
         Ok(with_status(StatusCode::CREATED, self.present(created)))
     }
 
@@ -629,7 +702,11 @@ impl Ctx<'_> {
             )));
         }
         if store.get(&self.key(), &self.namespace, &name).is_some() {
-            return Err(ApiError::already_exists(&self.def.group, &self.def.plural, &name));
+            return Err(ApiError::already_exists(
+                &self.def.group,
+                &self.def.plural,
+                &name,
+            ));
         }
         if self.def.has_status
             && let Some(map) = object.as_object_mut()
@@ -637,7 +714,14 @@ impl Ctx<'_> {
             map.remove("status");
         }
         let metadata = meta_mut(&mut object);
-        for system in ["resourceVersion", "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds", "uid", "selfLink"] {
+        for system in [
+            "resourceVersion",
+            "managedFields",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "uid",
+            "selfLink",
+        ] {
             metadata.remove(system);
         }
         metadata.insert("name".into(), Value::String(name.clone()));
@@ -669,7 +753,14 @@ impl Ctx<'_> {
                 &self.def,
             )
         });
-        Ok(store.put(&self.key(), &self.namespace, &name, object, ownership, EventType::Added))
+        Ok(store.put(
+            &self.key(),
+            &self.namespace,
+            &name,
+            object,
+            ownership,
+            EventType::Added,
+        ))
     }
 
     /// Commits `candidate` as the new state of `name`, keeping the server-owned metadata and
@@ -697,7 +788,16 @@ impl Ctx<'_> {
         let old_meta = meta(&old).cloned().unwrap_or_default();
         let metadata = meta_mut(&mut candidate);
         metadata.remove("managedFields");
-        for system in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace", "resourceVersion"] {
+        for system in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+            "resourceVersion",
+        ] {
             match old_meta.get(system) {
                 Some(value) => metadata.insert(system.to_string(), value.clone()),
                 None => metadata.remove(system),
@@ -706,7 +806,11 @@ impl Ctx<'_> {
         let mut candidate = self.present(candidate);
         self.normalise(&mut candidate)?;
         if generation_view(&candidate) != generation_view(&old) {
-            let next = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let next = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             meta_mut(&mut candidate).insert("generation".into(), json!(next));
         }
         self.validate(&candidate)?;
@@ -716,17 +820,31 @@ impl Ctx<'_> {
         if old_meta.contains_key("deletionTimestamp") && finalizers_empty(&candidate) {
             return Ok(store.remove(&self.key(), &self.namespace, name, candidate));
         }
-        Ok(store.put(&self.key(), &self.namespace, name, candidate, ownership, EventType::Modified))
+        Ok(store.put(
+            &self.key(),
+            &self.namespace,
+            name,
+            candidate,
+            ownership,
+            EventType::Modified,
+        ))
     }
 
-    fn check_precondition(&self, name: &str, current: &Value, proposed: &Value) -> Result<(), ApiError> {
+    fn check_precondition(
+        &self,
+        name: &str,
+        current: &Value,
+        proposed: &Value,
+    ) -> Result<(), ApiError> {
         match meta_str(proposed, "resourceVersion") {
-            Some(rv) if !rv.is_empty() && Some(rv) != meta_str(current, "resourceVersion") => Err(ApiError::conflict(
-                &self.def.group,
-                &self.def.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )),
+            Some(rv) if !rv.is_empty() && Some(rv) != meta_str(current, "resourceVersion") => {
+                Err(ApiError::conflict(
+                    &self.def.group,
+                    &self.def.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -759,7 +877,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn update(&self, name: &str, status: bool, body: Value, manager: &str, query: &Query) -> Result<Response, ApiError> {
+    fn update(
+        &self,
+        name: &str,
+        status: bool,
+        body: Value,
+        manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
         let mut store = lock(&self.shared.store);
         let stored = store
             .get(&self.key(), &self.namespace, name)
@@ -768,12 +893,34 @@ impl Ctx<'_> {
         let old = stored.value.clone();
         let mut ownership = stored.ownership.clone();
         let candidate = self.scoped_candidate(&old, body, status);
-        ownership.record_update(ManagerKey { manager: manager.into(), status }, &old, &candidate, &self.def);
-        let updated = self.commit_update(&mut store, name, candidate, ownership, query.get("dryRun").is_some())?;
+        ownership.record_update(
+            ManagerKey {
+                manager: manager.into(),
+                status,
+            },
+            &old,
+            &candidate,
+            &self.def,
+        );
+        let updated = self.commit_update(
+            &mut store,
+            name,
+            candidate,
+            ownership,
+            query.get("dryRun").is_some(),
+        )?;
         Ok(ok_json(self.present(updated)))
     }
 
-    fn patch(&self, name: &str, status: bool, content_type: &str, body: &Bytes, manager: &str, query: &Query) -> Result<Response, ApiError> {
+    fn patch(
+        &self,
+        name: &str,
+        status: bool,
+        content_type: &str,
+        body: &Bytes,
+        manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
         let media = content_type.split(';').next().unwrap_or_default().trim();
         let dry_run = query.get("dryRun").is_some();
         if media == "application/apply-patch+yaml" {
@@ -787,34 +934,60 @@ impl Ctx<'_> {
         let mut patched = old.clone();
         match media {
             "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                let mut patch: Value = serde_json::from_slice(body)
-                    .map_err(|e| ApiError::bad_request(format!("the merge patch is not valid JSON: {e}")))?;
+                let mut patch: Value = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("the merge patch is not valid JSON: {e}"))
+                })?;
                 merge::strip_directives(&mut patch);
                 json_patch::merge(&mut patched, &patch);
             }
             "application/json-patch+json" => {
-                let patch: json_patch::Patch = serde_json::from_slice(body)
-                    .map_err(|e| ApiError::bad_request(format!("the JSON patch is not a valid list of operations: {e}")))?;
-                json_patch::patch(&mut patched, &patch)
-                    .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch cannot be applied: {e}")))?;
+                let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "the JSON patch is not a valid list of operations: {e}"
+                    ))
+                })?;
+                json_patch::patch(&mut patched, &patch).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("the JSON patch cannot be applied: {e}"),
+                    )
+                })?;
             }
             other => {
                 return Err(ApiError::new(
                     415,
                     "UnsupportedMediaType",
-                    format!("the body of the request was in an unknown format ({other}); accepted: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"),
+                    format!(
+                        "the body of the request was in an unknown format ({other}); accepted: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+                    ),
                 ));
             }
         }
         self.check_precondition(name, &old, &patched)?;
         let mut ownership = stored.ownership.clone();
         let candidate = self.scoped_candidate(&old, patched, status);
-        ownership.record_update(ManagerKey { manager: manager.into(), status }, &old, &candidate, &self.def);
+        ownership.record_update(
+            ManagerKey {
+                manager: manager.into(),
+                status,
+            },
+            &old,
+            &candidate,
+            &self.def,
+        );
         let updated = self.commit_update(&mut store, name, candidate, ownership, dry_run)?;
         Ok(ok_json(self.present(updated)))
     }
 
-    fn apply(&self, name: &str, status: bool, body: &Bytes, _manager: &str, query: &Query) -> Result<Response, ApiError> {
+    fn apply(
+        &self,
+        name: &str,
+        status: bool,
+        body: &Bytes,
+        _manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
         let Some(manager) = query.get("fieldManager") else {
             return Err(ApiError::invalid(
                 "meta.k8s.io",
@@ -857,7 +1030,8 @@ impl Ctx<'_> {
             let mut object = config;
             meta_mut(&mut object).insert("name".into(), Value::String(name.to_string()));
             let ownership = Ownership::owned_by(key, &scoped, &self.def);
-            let created = self.create_locked(&mut store, object, Some(ownership), manager, dry_run)?;
+            let created =
+                self.create_locked(&mut store, object, Some(ownership), manager, dry_run)?;
             return Ok(with_status(StatusCode::CREATED, self.present(created)));
         };
         self.check_precondition(name, &stored.value, &config)?;
@@ -866,7 +1040,12 @@ impl Ctx<'_> {
         if !force {
             let conflicts = ownership.apply_conflicts(&key, &old, &scoped, &self.def);
             if !conflicts.0.is_empty() {
-                return Err(ApiError::conflict(&self.def.group, &self.def.plural, name, &conflicts.to_string()));
+                return Err(ApiError::conflict(
+                    &self.def.group,
+                    &self.def.plural,
+                    name,
+                    &conflicts.to_string(),
+                ));
             }
         }
         let mut candidate = old.clone();
@@ -893,22 +1072,40 @@ impl Ctx<'_> {
             return Ok(ok_json(self.present(object)));
         }
         // Finalizers hold the object: mark it, and let their owners remove them.
-        let generation = meta(&object).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+        let generation = meta(&object)
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let metadata = meta_mut(&mut object);
         metadata.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
         metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
         metadata.insert("generation".into(), json!(generation + 1));
-        let marked = store.put(&self.key(), &self.namespace, name, object, ownership, EventType::Modified);
+        let marked = store.put(
+            &self.key(),
+            &self.namespace,
+            name,
+            object,
+            ownership,
+            EventType::Modified,
+        );
         Ok(ok_json(self.present(marked)))
     }
 
-    fn watch(&self, shared: Arc<Shared>, scope: Option<&str>, query: &Query, as_table: bool) -> Result<Response, ApiError> {
+    fn watch(
+        &self,
+        shared: Arc<Shared>,
+        scope: Option<&str>,
+        query: &Query,
+        as_table: bool,
+    ) -> Result<Response, ApiError> {
         let (labels, fields) = Self::selectors(query)?;
         let bookmarks = query.flag("allowWatchBookmarks");
         let send_initial = query.flag("sendInitialEvents");
         let timeout = match query.get("timeoutSeconds") {
             Some(text) => Some(Duration::from_secs(text.parse().map_err(|_| {
-                ApiError::bad_request(format!("timeoutSeconds must be a non-negative integer, got {text:?}"))
+                ApiError::bad_request(format!(
+                    "timeoutSeconds must be a non-negative integer, got {text:?}"
+                ))
             })?)),
             None => None,
         };
@@ -929,7 +1126,7 @@ impl Ctx<'_> {
         let mut last_rv = store.resource_version();
         let (replay, feed) = match since {
             Some(rv) if !send_initial => match store.watch_from(rv) {
-                Ok((replay, feed)) => (replay, feed),
+                Ok(start) => (start.replay, start.feed),
                 Err(expired) => {
                     // As the real server's watch cache does: a 200 stream carrying one ERROR.
                     let gone = ApiError::gone(format!(
@@ -937,7 +1134,12 @@ impl Ctx<'_> {
                         expired.requested, expired.oldest_available
                     ));
                     let line = watch_line("ERROR", gone.status_body());
-                    return Ok(stream_response(futures::stream::iter([Ok::<_, std::convert::Infallible>(line)])));
+                    return Ok(stream_response(futures::stream::iter([Ok::<
+                        _,
+                        std::convert::Infallible,
+                    >(
+                        line
+                    )])));
                 }
             },
             _ => {
@@ -968,7 +1170,9 @@ impl Ctx<'_> {
         let cancel = shared.watch_token();
         tokio::spawn(stream_ctx.run(tx, initial, send_initial, replay, feed, timeout, cancel));
         let body = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+            rx.recv()
+                .await
+                .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
         });
         Ok(stream_response(body))
     }
@@ -983,7 +1187,9 @@ where
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(Body::from_stream(body))
-        .unwrap_or_else(|e| ApiError::for_code(500, format!("cannot build the watch response: {e}")).into_response())
+        .unwrap_or_else(|e| {
+            ApiError::for_code(500, format!("cannot build the watch response: {e}")).into_response()
+        })
 }
 
 fn watch_line(event: &str, object: Value) -> Bytes {
@@ -1003,7 +1209,10 @@ struct WatchFilter {
 impl WatchFilter {
     fn matches(&self, record: &WatchRecord) -> bool {
         record.resource == self.key
-            && self.namespace.as_ref().is_none_or(|ns| *ns == record.namespace)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == record.namespace)
             && self.labels.matches(&record.object)
             && self.fields.matches(&record.object)
     }
@@ -1027,7 +1236,10 @@ impl WatchStream {
     fn render(&mut self, object: &Value) -> Value {
         let mut object = object.clone();
         if let Some(map) = object.as_object_mut() {
-            map.insert("apiVersion".into(), Value::String(self.def.api_version(&self.version)));
+            map.insert(
+                "apiVersion".into(),
+                Value::String(self.def.api_version(&self.version)),
+            );
             map.insert("kind".into(), Value::String(self.def.kind.clone()));
         }
         if self.as_table {
@@ -1110,7 +1322,12 @@ impl WatchStream {
     /// Sends one record if it matches; false once the client is gone or the watch was
     /// dropped. Checking the token here (not only in `select!`) guarantees that nothing
     /// written after [`super::Emulator::drop_watches`] returns reaches a dropped watch.
-    async fn forward(&mut self, tx: &mpsc::Sender<Bytes>, record: &WatchRecord, cancel: &tokio_util::sync::CancellationToken) -> bool {
+    async fn forward(
+        &mut self,
+        tx: &mpsc::Sender<Bytes>,
+        record: &WatchRecord,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> bool {
         if cancel.is_cancelled() {
             return false;
         }
@@ -1122,7 +1339,9 @@ impl WatchStream {
             return true;
         }
         let rendered = self.render(&record.object);
-        tx.send(watch_line(record.event.as_str(), rendered)).await.is_ok()
+        tx.send(watch_line(record.event.as_str(), rendered))
+            .await
+            .is_ok()
     }
 }
 

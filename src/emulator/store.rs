@@ -62,6 +62,12 @@ pub struct Expired {
     pub oldest_available: u64,
 }
 
+/// Where a resumed watch starts: the retained events it missed, then the live feed.
+pub struct WatchStart {
+    pub replay: Vec<Arc<WatchRecord>>,
+    pub feed: broadcast::Receiver<Arc<WatchRecord>>,
+}
+
 pub struct Store {
     objects: BTreeMap<ResourceKey, BTreeMap<(String, String), StoredObject>>,
     resource_version: u64,
@@ -89,7 +95,12 @@ impl Store {
         self.resource_version
     }
 
-    pub fn get(&self, resource: &ResourceKey, namespace: &str, name: &str) -> Option<&StoredObject> {
+    pub fn get(
+        &self,
+        resource: &ResourceKey,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&StoredObject> {
         self.objects
             .get(resource)
             .and_then(|objects| objects.get(&(namespace.to_string(), name.to_string())))
@@ -133,24 +144,46 @@ impl Store {
     }
 
     /// Removes the object; watchers see `final_state` under a fresh `resourceVersion`.
-    pub fn remove(&mut self, resource: &ResourceKey, namespace: &str, name: &str, mut final_state: Value) -> Value {
+    pub fn remove(
+        &mut self,
+        resource: &ResourceKey,
+        namespace: &str,
+        name: &str,
+        mut final_state: Value,
+    ) -> Value {
         if let Some(objects) = self.objects.get_mut(resource) {
             objects.remove(&(namespace.to_string(), name.to_string()));
         }
         let rv = self.next_resource_version(&mut final_state);
-        self.record(rv, resource, namespace, EventType::Deleted, final_state.clone());
+        self.record(
+            rv,
+            resource,
+            namespace,
+            EventType::Deleted,
+            final_state.clone(),
+        );
         final_state
     }
 
     fn next_resource_version(&mut self, value: &mut Value) -> u64 {
         self.resource_version += 1;
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), Value::String(self.resource_version.to_string()));
+            meta.insert(
+                "resourceVersion".into(),
+                Value::String(self.resource_version.to_string()),
+            );
         }
         self.resource_version
     }
 
-    fn record(&mut self, rv: u64, resource: &ResourceKey, namespace: &str, event: EventType, object: Value) {
+    fn record(
+        &mut self,
+        rv: u64,
+        resource: &ResourceKey,
+        namespace: &str,
+        event: EventType,
+        object: Value,
+    ) {
         let record = Arc::new(WatchRecord {
             resource_version: rv,
             resource: resource.clone(),
@@ -170,10 +203,7 @@ impl Store {
 
     /// Events after `since` still in the history, plus a live feed of later ones. Taken under
     /// the same lock as writes, so nothing falls between the replay and the feed.
-    pub fn watch_from(
-        &self,
-        since: u64,
-    ) -> Result<(Vec<Arc<WatchRecord>>, broadcast::Receiver<Arc<WatchRecord>>), Expired> {
+    pub fn watch_from(&self, since: u64) -> Result<WatchStart, Expired> {
         if since < self.compacted_through {
             return Err(Expired {
                 requested: since,
@@ -186,7 +216,10 @@ impl Store {
             .filter(|r| r.resource_version > since)
             .cloned()
             .collect();
-        Ok((replay, self.fanout.subscribe()))
+        Ok(WatchStart {
+            replay,
+            feed: self.fanout.subscribe(),
+        })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchRecord>> {

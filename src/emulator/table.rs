@@ -101,7 +101,13 @@ pub fn row(def: &ResourceDef, object: &Value, include: &str) -> Value {
 
 /// A Table of `objects`; column definitions are left out when `with_columns` is false, as the
 /// API server does after the first event of a watch.
-pub fn table(def: &ResourceDef, objects: &[Value], include: &str, resource_version: Option<String>, with_columns: bool) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    objects: &[Value],
+    include: &str,
+    resource_version: Option<String>,
+    with_columns: bool,
+) -> Value {
     let rows: Vec<Value> = objects.iter().map(|o| row(def, o, include)).collect();
     let mut metadata = json!({});
     if let Some(rv) = resource_version {
@@ -133,7 +139,9 @@ mod tests {
 
     #[test]
     fn table_is_recognised_only_when_preferred() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 }
