@@ -942,3 +942,53 @@ fn the_standalone_emulator_stops_cleanly_on_sigterm() {
     );
     assert!(exit.unwrap().success(), "exit status {exit:?}");
 }
+
+/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
+async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn lease_based_leader_election_elects_one_replica_and_hands_over() {
+    use kube_lease_manager::LeaseManagerBuilder;
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let replica = |identity: &str| {
+        LeaseManagerBuilder::new(client.clone(), "koodrive-operator")
+            .with_namespace("default")
+            .with_identity(identity)
+            .with_duration(5)
+            .with_grace(2)
+            .build()
+    };
+    let (a_rx, _a_task) = replica("a").await.unwrap().watch().await;
+    let (b_rx, _b_task) = replica("b").await.unwrap().watch().await;
+    eventually(|| *a_rx.borrow() || *b_rx.borrow(), "a leader").await;
+    assert!(!(*a_rx.borrow() && *b_rx.borrow()), "two leaders at once");
+
+    // Dropping its receiver makes the leader release the Lease; the other takes over.
+    let follower = if *a_rx.borrow() {
+        drop(a_rx);
+        b_rx
+    } else {
+        drop(b_rx);
+        a_rx
+    };
+    eventually(|| *follower.borrow(), "the follower to take over").await;
+}
+
+#[tokio::test]
+async fn streaming_list_watches_send_initial_events_then_a_marking_bookmark() {
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let api: Api<UserBatch> = Api::default_namespaced(client);
+    api.create(&PostParams::default(), &batch("a", &["1"])).await.unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let first = next_matching(&mut stream, |e| !matches!(e, watcher::Event::Init)).await;
+    assert!(matches!(&first, watcher::Event::InitApply(o) if o.name_any() == "a"), "got {first:?}");
+    next_matching(&mut stream, |e| matches!(e, watcher::Event::InitDone)).await;
+    api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap();
+    next_matching(&mut stream, |e| matches!(e, watcher::Event::Apply(o) if o.name_any() == "b")).await;
+}
