@@ -733,7 +733,7 @@ async fn the_event_recorder_creates_then_updates_events() {
     let reference = created.object_ref(&());
     recorder.publish(&event, &reference).await.unwrap();
     recorder.publish(&event, &reference).await.unwrap();
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client.clone());
     let listed = events.list(&ListParams::default()).await.unwrap();
     assert_eq!(
         listed.items.len(),
@@ -741,6 +741,25 @@ async fn the_event_recorder_creates_then_updates_events() {
         "a repeated event is patched, not duplicated"
     );
     assert_eq!(listed.items[0].series.as_ref().map(|s| s.count), Some(2));
+
+    // The same Event through core v1, found the way `kubectl describe` looks it up.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::default_namespaced(client);
+    let selector = format!(
+        "involvedObject.name=b,involvedObject.kind=UserBatch,involvedObject.uid={}",
+        created.uid().unwrap()
+    );
+    let found = core
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .unwrap();
+    assert_eq!(found.items.len(), 1);
+    assert_eq!(found.items[0].message.as_deref(), Some("sent 1 user"));
+    assert_eq!(found.items[0].reason.as_deref(), Some("Submitted"));
+    let other = core
+        .list(&ListParams::default().fields("involvedObject.name=other"))
+        .await
+        .unwrap();
+    assert!(other.items.is_empty());
 }
 
 /// The standalone `emulator` subcommand, stopped (SIGKILL) if a test fails before it ends it.
@@ -888,10 +907,24 @@ fn kubectl_drives_userbatches_and_secrets_on_the_standalone_emulator() {
         "`kubectl get -w` to show the status change",
     );
 
+    let uid = emulator.ok(&["get", "ub", "b1", "-o", "jsonpath={.metadata.uid}"]);
+    let event = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "b1.submitted"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "koodrive-operator",
+        "reportingInstance": "koodrive-operator-0", "action": "Submit", "type": "Normal",
+        "reason": "Submitted", "note": "sent 1 user to KooDrive",
+        "regarding": {"apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "name": "b1", "namespace": "default", "uid": uid}
+    });
+    let event = emulator.file("event.json", &event.to_string());
+    emulator.ok(&["create", "--validate=false", "-f", &event]);
     let described = emulator.ok(&["describe", "ub", "b1"]);
     assert!(
         described.contains("b1") && described.contains("8613800000001"),
         "{described}"
+    );
+    assert!(
+        described.contains("sent 1 user to KooDrive"),
+        "describe must show the Event: {described}"
     );
 
     let current = emulator.ok(&["get", "ub", "b1", "-o", "yaml"]);
@@ -947,7 +980,10 @@ fn the_standalone_emulator_stops_cleanly_on_sigterm() {
 async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -984,11 +1020,22 @@ async fn lease_based_leader_election_elects_one_replica_and_hands_over() {
 async fn streaming_list_watches_send_initial_events_then_a_marking_bookmark() {
     let (_emulator, client) = start(EmulatorConfig::default()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
-    api.create(&PostParams::default(), &batch("a", &["1"])).await.unwrap();
+    api.create(&PostParams::default(), &batch("a", &["1"]))
+        .await
+        .unwrap();
     let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
     let first = next_matching(&mut stream, |e| !matches!(e, watcher::Event::Init)).await;
-    assert!(matches!(&first, watcher::Event::InitApply(o) if o.name_any() == "a"), "got {first:?}");
+    assert!(
+        matches!(&first, watcher::Event::InitApply(o) if o.name_any() == "a"),
+        "got {first:?}"
+    );
     next_matching(&mut stream, |e| matches!(e, watcher::Event::InitDone)).await;
-    api.create(&PostParams::default(), &batch("b", &["1"])).await.unwrap();
-    next_matching(&mut stream, |e| matches!(e, watcher::Event::Apply(o) if o.name_any() == "b")).await;
+    api.create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
+    next_matching(
+        &mut stream,
+        |e| matches!(e, watcher::Event::Apply(o) if o.name_any() == "b"),
+    )
+    .await;
 }

@@ -8,6 +8,7 @@
 //! Tests can inject faults, drop watches and read the request log.
 
 mod error;
+mod event_conversion;
 mod merge;
 mod resources;
 mod selectors;

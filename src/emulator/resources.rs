@@ -39,6 +39,18 @@ pub struct ResourceDef {
     /// Items inside lists are written as `[]`, e.g. `spec.users[].tags`.
     pub list_map_keys: Vec<(String, Vec<String>)>,
     pub printer_columns: Vec<PrinterColumn>,
+    /// Set when this kind is a view of another kind's storage (core Events of
+    /// `events.k8s.io` Events): objects are converted on the way in and out.
+    pub stored_as: Option<StoredAs>,
+}
+
+/// The storage a view kind reads and writes, and how stored objects are stamped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAs {
+    pub group: String,
+    pub plural: String,
+    pub api_version: String,
+    pub kind: String,
 }
 
 impl ResourceDef {
@@ -55,6 +67,7 @@ impl ResourceDef {
             has_status: false,
             list_map_keys: Vec::new(),
             printer_columns: Vec::new(),
+            stored_as: None,
         }
     }
 
@@ -157,6 +170,7 @@ impl ResourceDef {
             has_status,
             list_map_keys,
             printer_columns,
+            stored_as: None,
         })
     }
 }
@@ -207,6 +221,12 @@ pub fn builtins() -> Vec<ResourceDef> {
     namespaces.has_status = true;
     let mut core_events = ResourceDef::builtin("", "v1", "events", "Event", true);
     core_events.short_names = vec!["ev".into()];
+    core_events.stored_as = Some(StoredAs {
+        group: "events.k8s.io".into(),
+        plural: "events".into(),
+        api_version: "events.k8s.io/v1".into(),
+        kind: "Event".into(),
+    });
     let mut events = ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true);
     events.short_names = vec!["ev".into()];
     vec![

@@ -7,7 +7,7 @@ use super::resources::{self, CRD_GROUP, CRD_PLURAL, ResourceDef};
 use super::selectors::Selector;
 use super::store::{EventType, ResourceKey, Store, WatchRecord};
 use super::table;
-use super::{FaultKind, Shared, lock};
+use super::{FaultKind, Shared, event_conversion, lock};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -469,6 +469,34 @@ fn generation_view(object: &Value) -> Value {
     view
 }
 
+fn storage_key(def: &ResourceDef) -> ResourceKey {
+    match &def.stored_as {
+        Some(stored) => ResourceKey {
+            group: stored.group.clone(),
+            plural: stored.plural.clone(),
+        },
+        None => ResourceKey {
+            group: def.group.clone(),
+            plural: def.plural.clone(),
+        },
+    }
+}
+
+/// A stored object as clients of `def` at `version` see it.
+fn present(def: &ResourceDef, version: &str, object: Value) -> Value {
+    let mut object = match &def.stored_as {
+        Some(_) if def.group.is_empty() && def.plural == "events" => {
+            event_conversion::to_core(&object)
+        }
+        _ => object,
+    };
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(def.api_version(version)));
+        map.insert("kind".into(), Value::String(def.kind.clone()));
+    }
+    object
+}
+
 /// Everything a request handler needs to know about the resource it serves.
 struct Ctx<'a> {
     shared: &'a Shared,
@@ -478,20 +506,31 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Where this kind's objects are stored (another kind's storage for views).
     fn key(&self) -> ResourceKey {
-        ResourceKey {
-            group: self.def.group.clone(),
-            plural: self.def.plural.clone(),
-        }
+        storage_key(&self.def)
     }
 
-    fn present(&self, mut object: Value) -> Value {
+    /// A stored object as clients of this kind and version see it.
+    fn present(&self, object: Value) -> Value {
+        present(&self.def, &self.version, object)
+    }
+
+    /// A client's object in storage shape, stamped with the stored kind.
+    fn to_storage(&self, object: Value) -> Value {
+        let mut object = match &self.def.stored_as {
+            Some(_) if self.def.group.is_empty() && self.def.plural == "events" => {
+                event_conversion::from_core(&object)
+            }
+            _ => object,
+        };
+        let (api_version, kind) = match &self.def.stored_as {
+            Some(stored) => (stored.api_version.clone(), stored.kind.clone()),
+            None => (self.def.api_version(&self.version), self.def.kind.clone()),
+        };
         if let Some(map) = object.as_object_mut() {
-            map.insert(
-                "apiVersion".into(),
-                Value::String(self.def.api_version(&self.version)),
-            );
-            map.insert("kind".into(), Value::String(self.def.kind.clone()));
+            map.insert("apiVersion".into(), Value::String(api_version));
+            map.insert("kind".into(), Value::String(kind));
         }
         object
     }
@@ -549,6 +588,7 @@ impl Ctx<'_> {
         let mut items: Vec<Value> = store
             .list(&self.key(), scope)
             .into_iter()
+            .map(|o| self.present(o.clone()))
             .filter(|o| labels.matches(o) && fields.matches(o))
             .filter(|o| {
                 after.as_ref().is_none_or(|token| {
@@ -560,7 +600,6 @@ impl Ctx<'_> {
                     position.as_str() > token.as_str()
                 })
             })
-            .map(|o| self.present(o.clone()))
             .collect();
         drop(store);
         let mut continue_token = None;
@@ -734,7 +773,7 @@ impl Ctx<'_> {
         metadata.insert("uid".into(), Value::String(uid.to_string()));
         metadata.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
         metadata.insert("generation".into(), json!(1));
-        let mut object = self.present(object);
+        let mut object = self.to_storage(object);
         self.normalise(&mut object)?;
         if self.def.group == CRD_GROUP && self.def.plural == CRD_PLURAL {
             establish_crd(&mut object);
@@ -803,7 +842,7 @@ impl Ctx<'_> {
                 None => metadata.remove(system),
             };
         }
-        let mut candidate = self.present(candidate);
+        let mut candidate = self.to_storage(candidate);
         self.normalise(&mut candidate)?;
         if generation_view(&candidate) != generation_view(&old) {
             let next = old_meta
@@ -889,6 +928,7 @@ impl Ctx<'_> {
         let stored = store
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
+        let body = self.to_storage(body);
         self.check_precondition(name, &stored.value, &body)?;
         let old = stored.value.clone();
         let mut ownership = stored.ownership.clone();
@@ -931,7 +971,7 @@ impl Ctx<'_> {
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
         let old = stored.value.clone();
-        let mut patched = old.clone();
+        let mut patched = self.present(old.clone());
         match media {
             "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                 let mut patch: Value = serde_json::from_slice(body).map_err(|e| {
@@ -965,6 +1005,7 @@ impl Ctx<'_> {
             }
         }
         self.check_precondition(name, &old, &patched)?;
+        let patched = self.to_storage(patched);
         let mut ownership = stored.ownership.clone();
         let candidate = self.scoped_candidate(&old, patched, status);
         ownership.record_update(
@@ -1001,7 +1042,7 @@ impl Ctx<'_> {
         };
         let force = query.flag("force");
         let dry_run = query.get("dryRun").is_some();
-        let config = parse_body(body)?;
+        let config = self.to_storage(parse_body(body)?);
         if let Some(config_name) = meta_str(&config, "name")
             && config_name != name
         {
@@ -1146,8 +1187,8 @@ impl Ctx<'_> {
                 initial = store
                     .list(&filter.key, scope)
                     .into_iter()
+                    .map(|o| self.present(o.clone()))
                     .filter(|o| filter.labels.matches(o) && filter.fields.matches(o))
-                    .cloned()
                     .collect();
                 (Vec::new(), store.subscribe())
             }
@@ -1207,14 +1248,15 @@ struct WatchFilter {
 }
 
 impl WatchFilter {
-    fn matches(&self, record: &WatchRecord) -> bool {
+    /// Whether a write concerns this watch; selectors apply to the object as presented.
+    fn matches(&self, record: &WatchRecord, presented: &Value) -> bool {
         record.resource == self.key
             && self
                 .namespace
                 .as_ref()
                 .is_none_or(|ns| *ns == record.namespace)
-            && self.labels.matches(&record.object)
-            && self.fields.matches(&record.object)
+            && self.labels.matches(presented)
+            && self.fields.matches(presented)
     }
 }
 
@@ -1233,15 +1275,8 @@ struct WatchStream {
 }
 
 impl WatchStream {
-    fn render(&mut self, object: &Value) -> Value {
-        let mut object = object.clone();
-        if let Some(map) = object.as_object_mut() {
-            map.insert(
-                "apiVersion".into(),
-                Value::String(self.def.api_version(&self.version)),
-            );
-            map.insert("kind".into(), Value::String(self.def.kind.clone()));
-        }
+    /// The event object for an already presented object: itself, or a one-row Table.
+    fn render(&mut self, object: Value) -> Value {
         if self.as_table {
             let with_columns = !self.columns_sent;
             self.columns_sent = true;
@@ -1273,7 +1308,7 @@ impl WatchStream {
         timeout: Option<Duration>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        for object in &initial {
+        for object in initial {
             let rendered = self.render(object);
             if tx.send(watch_line("ADDED", rendered)).await.is_err() {
                 return;
@@ -1335,10 +1370,11 @@ impl WatchStream {
             return true;
         }
         self.last_rv = record.resource_version;
-        if !self.filter.matches(record) {
+        let presented = present(&self.def, &self.version, record.object.clone());
+        if !self.filter.matches(record, &presented) {
             return true;
         }
-        let rendered = self.render(&record.object);
+        let rendered = self.render(presented);
         tx.send(watch_line(record.event.as_str(), rendered))
             .await
             .is_ok()
