@@ -64,11 +64,16 @@ async fn start_with_list_maps(config: EmulatorConfig) -> (Emulator, Client) {
     (emulator, client)
 }
 
-fn user(phone: &str, firstname: &str) -> User {
+/// A valid phone number for a short test id, so fixtures pass the real admission checks.
+fn phone(id: &str) -> String {
+    format!("861380000{id:0>4}")
+}
+
+fn user(id: &str, firstname: &str) -> User {
     User {
         firstname: firstname.into(),
         surname: None,
-        phone: phone.into(),
+        phone: phone(id),
         email: None,
         password: None,
         password_secret_ref: None,
@@ -137,7 +142,7 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
     assert!(created.uid().is_some() && created.metadata.creation_timestamp.is_some());
 
     let status_write =
-        json!({"spec": {"endpoint": "https://ignored"}, "status": {"phase": "Submitting"}});
+        json!({"spec": {"endpoint": "https://ignored.koodrive.example.com"}, "status": {"phase": "Submitting"}});
     let after_status = api
         .patch_status("b", &PatchParams::default(), &Patch::Merge(&status_write))
         .await
@@ -149,13 +154,13 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
     );
     assert!(rv(&after_status) > rv(&created));
 
-    let spec_write = json!({"spec": {"endpoint": "https://e"}, "status": {"phase": "Failed"}});
+    let spec_write = json!({"spec": {"endpoint": "https://e.koodrive.example.com"}, "status": {"phase": "Failed"}});
     let after_spec = api
         .patch("b", &PatchParams::default(), &Patch::Merge(&spec_write))
         .await
         .unwrap();
     assert_eq!(after_spec.metadata.generation, Some(2));
-    assert_eq!(after_spec.spec.endpoint.as_deref(), Some("https://e"));
+    assert_eq!(after_spec.spec.endpoint.as_deref(), Some("https://e.koodrive.example.com"));
     let phase = after_spec.status.as_ref().and_then(|s| s.phase);
     assert_eq!(
         phase,
@@ -275,7 +280,7 @@ async fn watch_resumes_from_a_resource_version_and_sends_bookmarks() {
     api.patch(
         "a",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"endpoint": "https://x"}})),
+        &Patch::Merge(json!({"spec": {"endpoint": "https://x.koodrive.example.com"}})),
     )
     .await
     .unwrap();
@@ -346,7 +351,7 @@ async fn expired_resource_version_gets_410_and_kube_watcher_relists() {
     api.patch(
         "a",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"endpoint": "https://x"}})),
+        &Patch::Merge(json!({"spec": {"endpoint": "https://x.koodrive.example.com"}})),
     )
     .await
     .unwrap();
@@ -373,7 +378,7 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let alice = json!({
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
-        "spec": {"credentialsRef": {"name": "creds"}, "users": [{"phone": "1", "firstname": "Ada"}]}
+        "spec": {"credentialsRef": {"name": "creds"}, "users": [{"phone": phone("1"), "firstname": "Ada"}]}
     });
     let created = api
         .patch("b", &PatchParams::apply("alice"), &Patch::Apply(&alice))
@@ -382,19 +387,19 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
     assert_eq!(created.metadata.generation, Some(1));
     let bob = json!({
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
-        "spec": {"users": [{"phone": "2", "firstname": "Bo"}]}
+        "spec": {"users": [{"phone": phone("2"), "firstname": "Bo"}]}
     });
     let merged = api
         .patch("b", &PatchParams::apply("bob"), &Patch::Apply(&bob))
         .await
         .unwrap();
     let phones: Vec<&str> = merged.spec.users.iter().map(|u| u.phone.as_str()).collect();
-    assert_eq!(phones, ["1", "2"]);
+    assert_eq!(phones, [phone("1"), phone("2")]);
     assert_eq!(merged.spec.credentials_ref.name, "creds");
 
     let takeover = json!({
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
-        "spec": {"credentialsRef": {"name": "creds"}, "users": [{"phone": "1", "firstname": "Ada"}, {"phone": "2", "firstname": "Zed"}]}
+        "spec": {"credentialsRef": {"name": "creds"}, "users": [{"phone": phone("1"), "firstname": "Ada"}, {"phone": phone("2"), "firstname": "Zed"}]}
     });
     let err = api_error(
         api.patch("b", &PatchParams::apply("alice"), &Patch::Apply(&takeover))
@@ -436,7 +441,7 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
         .patch(
             "b",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"users": [{"phone": "3", "firstname": "Cy"}]}})),
+            &Patch::Merge(json!({"spec": {"users": [{"phone": phone("3"), "firstname": "Cy"}]}})),
         )
         .await
         .unwrap();
@@ -446,7 +451,7 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
         .iter()
         .map(|u| u.phone.as_str())
         .collect();
-    assert_eq!(phones, ["3"], "a merge patch replaces lists");
+    assert_eq!(phones, [phone("3")], "a merge patch replaces lists");
 }
 
 #[tokio::test]
@@ -492,7 +497,13 @@ fn reject_bad_phones(object: &Value) -> Vec<Violation> {
     users
         .iter()
         .enumerate()
-        .filter(|(_, u)| u["phone"] == "bad")
+        .filter(|(_, u)| {
+            !u["phone"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
         .map(|(i, _)| Violation {
             path: format!("spec.users[{i}].phone"),
             problem: "should match '^\\+?[0-9]{5,20}$'".into(),
@@ -532,7 +543,7 @@ async fn invalid_userbatches_are_rejected_with_422_naming_the_field() {
     assert_eq!(err.code, 422);
     assert_eq!(
         api.get("b").await.unwrap().spec.users[0].phone,
-        "12345",
+        phone("12345"),
         "a rejected write changes nothing"
     );
 }
@@ -1038,4 +1049,36 @@ async fn streaming_list_watches_send_initial_events_then_a_marking_bookmark() {
         |e| matches!(e, watcher::Event::Apply(o) if o.name_any() == "b"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_written_kubeconfig_works_and_shutdown_ends_open_watches() {
+    let (emulator, _) = start(EmulatorConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    emulator.write_kubeconfig(&path).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    assert_eq!(config.default_namespace, "default");
+    let api: Api<UserBatch> = Api::default_namespaced(Client::try_from(config).unwrap());
+    api.create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
+    let mut events = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    next_matching(&mut events, |e| matches!(e, WatchEvent::Added(_))).await;
+
+    tokio::time::timeout(DEADLINE, emulator.shutdown())
+        .await
+        .expect("shutdown must not wait for open watches");
+    tokio::time::timeout(DEADLINE, async { while events.next().await.is_some() {} })
+        .await
+        .expect("the open watch must end when the emulator stops");
+    assert!(api.get("b").await.is_err(), "nothing serves after shutdown");
 }

@@ -20,6 +20,7 @@ pub use error::ApiError;
 
 use crate::validation::Violation;
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +48,9 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         EmulatorConfig {
             install_crd: true,
-            watch_history: 10_000,
+            // Every retained event holds a full object; large UserBatches make this the
+            // emulator's main memory cost.
+            watch_history: 1_000,
             validator: crate::validation::validate_userbatch,
         }
     }
@@ -81,6 +84,10 @@ pub enum FaultKind {
     Delay(Duration),
 }
 
+/// The request log keeps the most recent requests only, so a long-running standalone
+/// emulator does not grow without bound.
+const REQUEST_LOG_LIMIT: usize = 100_000;
+
 /// One served request: verb, path and HTTP status.
 pub type LoggedRequest = (String, String, u16);
 
@@ -106,7 +113,7 @@ pub(crate) struct Shared {
     pub config: EmulatorConfig,
     pub store: Mutex<store::Store>,
     faults: Mutex<Vec<Fault>>,
-    log: Mutex<Vec<LoggedRequest>>,
+    log: Mutex<VecDeque<LoggedRequest>>,
     shutdown: CancellationToken,
     /// Cancelled (and replaced) by [`Emulator::drop_watches`]; every watch stream holds a clone.
     watches: Mutex<CancellationToken>,
@@ -142,7 +149,11 @@ impl Shared {
     }
 
     pub fn log_request(&self, verb: &str, path: &str, status: u16) {
-        lock(&self.log).push((verb.to_string(), path.to_string(), status));
+        let mut log = lock(&self.log);
+        if log.len() == REQUEST_LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back((verb.to_string(), path.to_string(), status));
     }
 
     pub fn watch_token(&self) -> CancellationToken {
@@ -175,7 +186,7 @@ impl Emulator {
             store: Mutex::new(store::Store::new(config.watch_history)),
             config,
             faults: Mutex::new(Vec::new()),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(VecDeque::new()),
             watches: Mutex::new(shutdown.child_token()),
             shutdown: shutdown.clone(),
             base_url: format!("http://{addr}"),
@@ -250,8 +261,9 @@ impl Emulator {
         *token = self.shared.shutdown.child_token();
     }
 
+    /// The most recent requests served (up to 100 000), oldest first.
     pub fn request_log(&self) -> Vec<LoggedRequest> {
-        lock(&self.shared.log).clone()
+        lock(&self.shared.log).iter().cloned().collect()
     }
 
     /// Stops serving and waits for the server task to finish.

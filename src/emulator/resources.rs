@@ -205,6 +205,24 @@ fn collect_list_map_keys(schema: &Value, path: &str, out: &mut Vec<(String, Vec<
     }
 }
 
+/// What `kubectl get events` shows; the two Event shapes differ only in field names.
+fn event_columns(regarding: &str, note: &str) -> Vec<PrinterColumn> {
+    let column = |name: &str, type_: &str, json_path: String| PrinterColumn {
+        name: name.into(),
+        type_: type_.into(),
+        json_path,
+        priority: 0,
+        description: String::new(),
+    };
+    vec![
+        column("Type", "string", ".type".into()),
+        column("Reason", "string", ".reason".into()),
+        column("Object", "string", format!("{regarding}.name")),
+        column("Message", "string", note.into()),
+        column("Age", "date", ".metadata.creationTimestamp".into()),
+    ]
+}
+
 /// The built-in kinds served regardless of CRDs.
 pub fn builtins() -> Vec<ResourceDef> {
     let mut crd = ResourceDef::builtin(
@@ -221,6 +239,7 @@ pub fn builtins() -> Vec<ResourceDef> {
     namespaces.has_status = true;
     let mut core_events = ResourceDef::builtin("", "v1", "events", "Event", true);
     core_events.short_names = vec!["ev".into()];
+    core_events.printer_columns = event_columns(".involvedObject", ".message");
     core_events.stored_as = Some(StoredAs {
         group: "events.k8s.io".into(),
         plural: "events".into(),
@@ -229,6 +248,7 @@ pub fn builtins() -> Vec<ResourceDef> {
     });
     let mut events = ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true);
     events.short_names = vec!["ev".into()];
+    events.printer_columns = event_columns(".regarding", ".note");
     vec![
         ResourceDef::builtin("", "v1", "secrets", "Secret", true),
         core_events,
