@@ -141,8 +141,7 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
     assert!(created.status.is_none(), "create must drop status");
     assert!(created.uid().is_some() && created.metadata.creation_timestamp.is_some());
 
-    let status_write =
-        json!({"spec": {"endpoint": "https://ignored.koodrive.example.com"}, "status": {"phase": "Submitting"}});
+    let status_write = json!({"spec": {"endpoint": "https://ignored.koodrive.example.com"}, "status": {"phase": "Submitting"}});
     let after_status = api
         .patch_status("b", &PatchParams::default(), &Patch::Merge(&status_write))
         .await
@@ -160,7 +159,10 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
         .await
         .unwrap();
     assert_eq!(after_spec.metadata.generation, Some(2));
-    assert_eq!(after_spec.spec.endpoint.as_deref(), Some("https://e.koodrive.example.com"));
+    assert_eq!(
+        after_spec.spec.endpoint.as_deref(),
+        Some("https://e.koodrive.example.com")
+    );
     let phase = after_spec.status.as_ref().and_then(|s| s.phase);
     assert_eq!(
         phase,

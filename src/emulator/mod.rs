@@ -7,6 +7,7 @@
 //! finalizers, server-side apply merging list-maps, admission of invalid UserBatches (422).
 //! Tests can inject faults, drop watches and read the request log.
 
+mod discovery;
 mod error;
 mod event_conversion;
 mod merge;
@@ -15,6 +16,8 @@ mod selectors;
 mod server;
 mod store;
 mod table;
+mod verbs;
+mod watch;
 
 pub use error::ApiError;
 

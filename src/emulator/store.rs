@@ -143,6 +143,24 @@ impl Store {
         value
     }
 
+    /// Records new field ownership for an unchanged object: ownership is not part of what
+    /// clients read, so it neither bumps `resourceVersion` nor wakes watchers.
+    pub fn set_ownership(
+        &mut self,
+        resource: &ResourceKey,
+        namespace: &str,
+        name: &str,
+        ownership: Ownership,
+    ) {
+        if let Some(stored) = self
+            .objects
+            .get_mut(resource)
+            .and_then(|objects| objects.get_mut(&(namespace.to_string(), name.to_string())))
+        {
+            stored.ownership = ownership;
+        }
+    }
+
     /// Removes the object; watchers see `final_state` under a fresh `resourceVersion`.
     pub fn remove(
         &mut self,
