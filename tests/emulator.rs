@@ -1084,3 +1084,132 @@ async fn the_written_kubeconfig_works_and_shutdown_ends_open_watches() {
         .expect("the open watch must end when the emulator stops");
     assert!(api.get("b").await.is_err(), "nothing serves after shutdown");
 }
+
+#[tokio::test]
+async fn json_patches_apply_with_test_preconditions_and_watches_honour_timeouts() {
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let api: Api<UserBatch> = Api::default_namespaced(client);
+    api.create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
+    // The shape kube's finalizer helper sends.
+    let add: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["koodrive.io/cleanup"]}
+    ]))
+    .unwrap();
+    let patched = api
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Json::<()>(add.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.metadata.finalizers,
+        Some(vec!["koodrive.io/cleanup".to_string()])
+    );
+    let err = api_error(
+        api.patch("b", &PatchParams::default(), &Patch::Json::<()>(add))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        err.code, 422,
+        "a failed test operation rejects the whole patch"
+    );
+
+    let mut events = api
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap()
+        .boxed();
+    tokio::time::timeout(DEADLINE, async { while events.next().await.is_some() {} })
+        .await
+        .expect("a watch with timeoutSeconds must end by itself");
+}
+
+#[tokio::test]
+async fn kube_finalizer_helper_adds_and_removes_its_finalizer() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    use std::sync::Arc;
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let api: Api<UserBatch> = Api::default_namespaced(client);
+    let created = api
+        .create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
+    let name = "koodrive.io/cleanup";
+    let step = |obj: UserBatch| {
+        let api = api.clone();
+        async move {
+            finalizer(&api, name, Arc::new(obj), |event| async move {
+                Ok::<_, std::convert::Infallible>(match event {
+                    Finalizer::Apply(_) | Finalizer::Cleanup(_) => Action::await_change(),
+                })
+            })
+            .await
+            .unwrap()
+        }
+    };
+    step(created).await;
+    let held = api.get("b").await.unwrap();
+    assert_eq!(held.finalizers(), [name.to_string()]);
+    step(held).await;
+    api.delete("b", &DeleteParams::default()).await.unwrap();
+    step(api.get("b").await.unwrap()).await;
+    assert_eq!(api_error(api.get("b").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn a_kube_controller_reconciles_objects_and_their_status_changes() {
+    use kube::runtime::controller::{Action, Controller};
+    use std::sync::Arc;
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let api: Api<UserBatch> = Api::default_namespaced(client);
+    api.create(&PostParams::default(), &batch("b", &["1"]))
+        .await
+        .unwrap();
+
+    async fn reconcile(
+        obj: Arc<UserBatch>,
+        api: Arc<Api<UserBatch>>,
+    ) -> Result<Action, kube::Error> {
+        let status = json!({"status": {"phase": "Submitted", "observedGeneration": obj.metadata.generation}});
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await?;
+        Ok(Action::await_change())
+    }
+    fn error_policy(_: Arc<UserBatch>, _: &kube::Error, _: Arc<Api<UserBatch>>) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .run(reconcile, error_policy, Arc::new(api.clone()))
+        .for_each(|_| async {});
+    let handle = tokio::spawn(controller);
+
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    next_matching(&mut events, |e| {
+        matches!(e, watcher::Event::Apply(o) | watcher::Event::InitApply(o)
+            if o.status.as_ref().and_then(|s| s.observed_generation) == Some(1))
+    })
+    .await;
+    api.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"endpoint": "https://e.koodrive.example.com"}})),
+    )
+    .await
+    .unwrap();
+    next_matching(&mut events, |e| {
+        matches!(e, watcher::Event::Apply(o) if o.status.as_ref().and_then(|s| s.observed_generation) == Some(2))
+    })
+    .await;
+    handle.abort();
+}

@@ -60,7 +60,12 @@ pub(super) fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
+/// The object's `metadata` map, created if missing. Bodies are checked to be objects when
+/// parsed, so replacing a non-object here only ever affects server-built values.
 pub(super) fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.is_object() {
+        *object = Value::Object(Map::new());
+    }
     if !object.get("metadata").is_some_and(Value::is_object) {
         object["metadata"] = Value::Object(Map::new());
     }
@@ -76,6 +81,27 @@ pub(super) fn now_rfc3339() -> String {
         .round(jiff::Unit::Second)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}
+
+/// Applies an RFC 6902 patch the way the API server does, including its one leniency:
+/// `test` for `null` passes on a missing path (kube's finalizer helper relies on it).
+fn apply_json_patch(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), ApiError> {
+    for (index, operation) in patch.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Test(test) = operation
+            && test.value.is_null()
+            && doc.pointer(test.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(doc, std::slice::from_ref(operation)).map_err(|e| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the JSON patch cannot be applied: operation {index}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 pub(super) fn finalizers_empty(object: &Value) -> bool {
@@ -628,13 +654,7 @@ impl Ctx<'_> {
                         "the JSON patch is not a valid list of operations: {e}"
                     ))
                 })?;
-                json_patch::patch(&mut patched, &patch).map_err(|e| {
-                    ApiError::new(
-                        422,
-                        "Invalid",
-                        format!("the JSON patch cannot be applied: {e}"),
-                    )
-                })?;
+                apply_json_patch(&mut patched, &patch)?;
             }
             other => {
                 return Err(ApiError::new(
