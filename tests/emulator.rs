@@ -1213,3 +1213,30 @@ async fn a_kube_controller_reconciles_objects_and_their_status_changes() {
     .await;
     handle.abort();
 }
+
+#[tokio::test]
+async fn a_crashed_leaders_lease_expires_and_another_replica_takes_over() {
+    use kube_lease_manager::LeaseManagerBuilder;
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let replica = |identity: &str| {
+        LeaseManagerBuilder::new(client.clone(), "koodrive-operator")
+            .with_namespace("default")
+            .with_identity(identity)
+            .with_duration(2)
+            .with_grace(1)
+            .build()
+    };
+    let (a_rx, a_task) = replica("a").await.unwrap().watch().await;
+    eventually(|| *a_rx.borrow(), "replica a to lead").await;
+    let (b_rx, _b_task) = replica("b").await.unwrap().watch().await;
+    // A crash: no release, the Lease just stops being renewed.
+    a_task.abort();
+    eventually(
+        || *b_rx.borrow(),
+        "replica b to take over the expired lease",
+    )
+    .await;
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    let lease = leases.get("koodrive-operator").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("b"));
+}

@@ -163,7 +163,9 @@ async fn handle(
         }
         None => serve(&shared, &method, route, &path, &query, &headers, &body),
     };
-    shared.log_request(verb, &path, response.status().as_u16());
+    let status = response.status().as_u16();
+    tracing::debug!(verb, path = %path, status, "emulated API request");
+    shared.log_request(verb, &path, status);
     response
 }
 
