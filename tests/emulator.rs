@@ -152,6 +152,8 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
         "status writes ignore spec"
     );
     assert!(rv(&after_status) > rv(&created));
+    let read_back = api.get_status("b").await.unwrap();
+    assert_eq!(read_back.status, after_status.status);
 
     let spec_write = json!({"spec": {"endpoint": "https://e.koodrive.example.com"}, "status": {"phase": "Failed"}});
     let after_spec = api

@@ -194,6 +194,9 @@ impl Emulator {
             shutdown: shutdown.clone(),
             base_url: format!("http://{addr}"),
         });
+        // Seeding only fails on a bug in the emulator itself; report it as a start-up error.
+        server::seed_default_namespace(&shared)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         if shared.config.install_crd {
             server::install_userbatch_crd(&shared)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;

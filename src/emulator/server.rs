@@ -24,23 +24,37 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
 }
 
+/// Creates a built-in object at start-up, as a fresh cluster has it.
+fn seed(shared: &Shared, plural: &str, object: serde_json::Value) -> Result<(), ApiError> {
+    let def = resources::builtins()
+        .into_iter()
+        .find(|d| d.plural == plural)
+        .ok_or_else(|| ApiError::for_code(500, format!("{plural} are not a built-in resource")))?;
+    let ctx = Ctx {
+        shared,
+        version: def.versions.first().cloned().unwrap_or_default(),
+        def,
+        namespace: String::new(),
+    };
+    let mut store = lock(&shared.store);
+    ctx.create_locked(&mut store, object, None, "emulator", false)
+        .map(|_| ())
+}
+
+/// The `default` namespace every cluster starts with.
+pub fn seed_default_namespace(shared: &Shared) -> Result<(), ApiError> {
+    seed(
+        shared,
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+    )
+}
+
 /// Stores the UserBatch CRD, as `kubectl apply -f crds/` would have.
 pub fn install_userbatch_crd(shared: &Shared) -> Result<(), ApiError> {
     let crd = serde_json::to_value(crate::crd::UserBatch::crd())
         .map_err(|e| ApiError::for_code(500, format!("cannot serialise the UserBatch CRD: {e}")))?;
-    let def = resources::builtins()
-        .into_iter()
-        .find(|d| d.plural == CRD_PLURAL)
-        .ok_or_else(|| ApiError::for_code(500, "the CRD resource is not registered"))?;
-    let ctx = Ctx {
-        shared,
-        def,
-        version: "v1".into(),
-        namespace: String::new(),
-    };
-    let mut store = lock(&shared.store);
-    ctx.create_locked(&mut store, crd, None, "emulator", false)
-        .map(|_| ())
+    seed(shared, CRD_PLURAL, crd)
 }
 
 /// Query parameters, last value wins.
