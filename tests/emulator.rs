@@ -872,9 +872,9 @@ spec:
 fn kubectl_drives_userbatches_and_secrets_on_the_standalone_emulator() {
     let emulator = StandaloneEmulator::start(&["--no-crd"]);
     let crd = emulator.file("crd.json", &userbatch_crd().to_string());
-    emulator.ok(&["apply", "--validate=false", "-f", &crd]);
+    emulator.ok(&["apply", "-f", &crd]);
     let example = emulator.file("example.yaml", EXAMPLE);
-    emulator.ok(&["apply", "--validate=false", "-f", &example]);
+    emulator.ok(&["apply", "-f", &example]);
 
     let watch_out = emulator.dir.path().join("watch.txt");
     let mut watch = std::process::Command::new("kubectl")
@@ -931,7 +931,7 @@ fn kubectl_drives_userbatches_and_secrets_on_the_standalone_emulator() {
         "regarding": {"apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "name": "b1", "namespace": "default", "uid": uid}
     });
     let event = emulator.file("event.json", &event.to_string());
-    emulator.ok(&["create", "--validate=false", "-f", &event]);
+    emulator.ok(&["create", "-f", &event]);
     let described = emulator.ok(&["describe", "ub", "b1"]);
     assert!(
         described.contains("b1") && described.contains("8613800000001"),
@@ -945,14 +945,14 @@ fn kubectl_drives_userbatches_and_secrets_on_the_standalone_emulator() {
     let current = emulator.ok(&["get", "ub", "b1", "-o", "yaml"]);
     let edited = current.replace("firstname: Ada", "firstname: Augusta");
     let edited = emulator.file("edited.yaml", &edited);
-    emulator.ok(&["replace", "--validate=false", "-f", &edited]);
+    emulator.ok(&["replace", "-f", &edited]);
     let yaml = emulator.ok(&["get", "ub", "b1", "-o", "yaml"]);
     assert!(
         yaml.contains("Augusta") && yaml.contains("generation: 2"),
         "{yaml}"
     );
     // The same manifest again carries a stale resourceVersion now.
-    let (success, _, stderr) = emulator.kubectl(&["replace", "--validate=false", "-f", &edited]);
+    let (success, _, stderr) = emulator.kubectl(&["replace", "-f", &edited]);
     assert!(!success && stderr.contains("Conflict"), "{stderr}");
 
     let secret = emulator.ok(&["get", "secret", "creds", "-o", "yaml"]);

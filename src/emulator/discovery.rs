@@ -1,5 +1,6 @@
 //! Discovery documents (`/api`, `/apis`, `/apis/<group>/<version>`): what kubectl reads to
-//! map kinds and short names (`ub`) to REST paths.
+//! map kinds and short names (`ub`) to REST paths; and a minimal OpenAPI v3 so that
+//! `kubectl apply` works without `--validate=false`.
 
 use super::resources::{self, CRD_GROUP, CRD_PLURAL, ResourceDef};
 use super::store::ResourceKey;
@@ -105,4 +106,84 @@ pub(super) fn resource_list(shared: &Shared, group: &str, version: &str) -> Opti
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}),
     )
+}
+
+/// The OpenAPI path of a group version: `api/v1`, `apis/<group>/<version>`.
+fn openapi_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: one entry per served group version.
+pub(super) fn openapi_root(shared: &Shared) -> Value {
+    let mut paths = serde_json::Map::new();
+    for def in served_resources(shared) {
+        for version in &def.versions {
+            let path = openapi_path(&def.group, version);
+            let url = format!("/openapi/v3/{path}");
+            paths.insert(path, json!({"serverRelativeURL": url}));
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/<group version path>`: a schema per kind. Admission is the emulator's job
+/// (and the validator's), so the schemas accept any object and kubectl's client-side
+/// validation only checks that the kind exists.
+pub(super) fn openapi_group_version(shared: &Shared, path: &str) -> Option<Value> {
+    let mut schemas = serde_json::Map::new();
+    let mut paths = serde_json::Map::new();
+    for def in served_resources(shared) {
+        for version in &def.versions {
+            if openapi_path(&def.group, version) != path {
+                continue;
+            }
+            // kubectl looks for `fieldValidation` on an operation of the kind to decide that
+            // the server validates fields itself (then it needs no schema of its own).
+            let gvk = json!({"group": def.group, "version": version, "kind": def.kind});
+            let operation = json!({
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "OK"}},
+            });
+            let namespace = if def.namespaced {
+                "/namespaces/{namespace}"
+            } else {
+                ""
+            };
+            let collection = format!("/{path}{namespace}/{}", def.plural);
+            paths.insert(
+                format!("{collection}/{{name}}"),
+                json!({"patch": operation.clone(), "put": operation.clone()}),
+            );
+            paths.insert(collection, json!({"post": operation}));
+            let group_prefix = if def.group.is_empty() {
+                "core"
+            } else {
+                def.group.as_str()
+            };
+            schemas.insert(
+                format!("{group_prefix}.{version}.{}", def.kind),
+                json!({
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true,
+                    "x-kubernetes-group-version-kind": [
+                        {"group": def.group, "version": version, "kind": def.kind}
+                    ],
+                }),
+            );
+        }
+    }
+    if schemas.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "koodrive-operator API emulator", "version": "v1"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
 }

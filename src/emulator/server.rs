@@ -1,7 +1,10 @@
 //! The HTTP side of the emulator: routing of the Kubernetes REST paths, discovery documents,
 //! and the verbs (get, list, watch, create, update, patch, delete) with API server semantics.
 
-use super::discovery::{group_document, group_list, resource_list, served_resources};
+use super::discovery::{
+    group_document, group_list, openapi_group_version, openapi_root, resource_list,
+    served_resources,
+};
 use super::error::ApiError;
 use super::resources::{self, CRD_PLURAL};
 use super::table;
@@ -84,6 +87,8 @@ impl Query {
 #[derive(Debug, Clone, PartialEq)]
 enum Route {
     Version,
+    OpenApiRoot,
+    OpenApiGroupVersion(String),
     CoreVersions,
     Groups,
     Group(String),
@@ -106,6 +111,8 @@ fn parse_route(path: &str) -> Route {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         ["version"] => Route::Version,
+        ["openapi", "v3"] => Route::OpenApiRoot,
+        ["openapi", "v3", rest @ ..] => Route::OpenApiGroupVersion(rest.join("/")),
         ["api"] => Route::CoreVersions,
         ["api", version] => Route::GroupVersion {
             group: String::new(),
@@ -217,6 +224,10 @@ fn serve(
             .map(ok_json)
             .ok_or_else(|| ApiError::no_route(path)),
         Route::Resource(rp) => resource_request(shared, method, rp, path, query, headers, body),
+        Route::OpenApiRoot => Ok(ok_json(openapi_root(shared))),
+        Route::OpenApiGroupVersion(gv) => openapi_group_version(shared, &gv)
+            .map(ok_json)
+            .ok_or_else(|| ApiError::no_route(path)),
         Route::Unknown => Err(ApiError::no_route(path)),
     };
     result.unwrap_or_else(IntoResponse::into_response)
