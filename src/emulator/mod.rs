@@ -6,6 +6,21 @@
 //! preconditions (409), `generation` vs status writes, watch resumption and `410 Gone`,
 //! finalizers, server-side apply merging list-maps, admission of invalid UserBatches (422).
 //! Tests can inject faults, drop watches and read the request log.
+//!
+//! Deliberate simplifications, none of which the operator depends on:
+//! - field ownership is tracked per leaf field and not returned as `managedFields`;
+//! - LIST always answers from the latest state, whatever `resourceVersion` it is given;
+//! - namespaces are not required to exist, and deleting a CRD keeps its objects;
+//! - strategic merge patch is served as a JSON merge patch;
+//! - OpenAPI documents only advertise server-side field validation (schemas accept anything:
+//!   admission is the configured validator's job).
+//!
+//! ```text
+//! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorConfig::default()).await?;
+//! let client = emulator.client().await?;           // or emulator.write_kubeconfig(path)
+//! emulator.inject(Fault { verb: Some("patch".into()), path_contains: Some("/status".into()),
+//!                         times: 1, kind: FaultKind::Status(500) });
+//! ```
 
 mod discovery;
 mod error;
