@@ -1,5 +1,6 @@
-//! The Kubernetes API emulator, proven with a real kube client, kube's watcher, the event
-//! recorder and (at the end) `kubectl` against the standalone `emulator` subcommand.
+//! The Kubernetes API emulator, proven with a real kube client and the kube-runtime pieces the
+//! operator uses (watcher, Controller, finalizer helper, event Recorder, Lease-based leader
+//! election), and with `kubectl` against the standalone `emulator` subcommand.
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -28,8 +29,8 @@ async fn start(config: EmulatorConfig) -> (Emulator, Client) {
     (emulator, client)
 }
 
-/// The UserBatch CRD, with the list-map declarations and printer columns the spec requires
-/// added when the generated CRD does not carry them yet.
+/// The UserBatch CRD, with the list-map declarations the spec requires (whether or not the
+/// generated CRD carries them yet) and known printer columns.
 fn userbatch_crd() -> Value {
     let mut crd = serde_json::to_value(UserBatch::crd()).unwrap();
     for version in crd["spec"]["versions"].as_array_mut().unwrap() {
@@ -40,13 +41,13 @@ fn userbatch_crd() -> Value {
         let conditions = &mut schema["status"]["properties"]["conditions"];
         conditions["x-kubernetes-list-type"] = json!("map");
         conditions["x-kubernetes-list-map-keys"] = json!(["type"]);
-        if version.get("additionalPrinterColumns").is_none() {
-            version["additionalPrinterColumns"] = json!([
-                {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"},
-                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-            ]);
-        }
+        // Fixed columns (not the generated ones), so the kubectl test knows what to expect,
+        // including a filter expression.
+        version["additionalPrinterColumns"] = json!([
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ]);
     }
     crd
 }
