@@ -1,1 +1,304 @@
-//! An in-process emulator of the Kubernetes API subset the operator uses.
+//! An in-process emulator of the Kubernetes API subset the operator uses (UserBatch, Secret,
+//! Event, Lease, CustomResourceDefinition), so end-to-end tests and `demo` can run the real
+//! controller, a real kube client and real watch streams where no API server can be installed.
+//!
+//! It is faithful where the operator's correctness depends on it: `resourceVersion`
+//! preconditions (409), `generation` vs status writes, watch resumption and `410 Gone`,
+//! finalizers, server-side apply merging list-maps, admission of invalid UserBatches (422).
+//! Tests can inject faults, drop watches and read the request log.
+//!
+//! Deliberate simplifications, none of which the operator depends on:
+//! - field ownership is tracked per leaf field and not returned as `managedFields`;
+//! - LIST always answers from the latest state, whatever `resourceVersion` it is given;
+//! - namespaces are not required to exist, and deleting a CRD keeps its objects;
+//! - strategic merge patch is served as a JSON merge patch;
+//! - OpenAPI documents only advertise server-side field validation (schemas accept anything:
+//!   admission is the configured validator's job).
+//!
+//! ```text
+//! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorConfig::default()).await?;
+//! let client = emulator.client().await?;           // or emulator.write_kubeconfig(path)
+//! emulator.inject(Fault { verb: Some("patch".into()), path_contains: Some("/status".into()),
+//!                         times: 1, kind: FaultKind::Status(500) });
+//! ```
+
+mod discovery;
+mod error;
+mod event_conversion;
+mod merge;
+mod resources;
+mod selectors;
+mod server;
+mod store;
+mod table;
+mod verbs;
+mod watch;
+
+pub use error::ApiError;
+
+use crate::validation::Violation;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Admission check run on every write of a `koodrive.io` UserBatch.
+pub type Validator = fn(&Value) -> Vec<Violation>;
+
+/// How an emulator behaves.
+#[derive(Clone)]
+pub struct EmulatorConfig {
+    /// Whether the UserBatch CRD exists from the start. Without it, UserBatch paths answer
+    /// 404 until a CRD is created, as on a cluster where it was never installed.
+    pub install_crd: bool,
+    /// How many past watch events are kept for resuming watches; older `resourceVersion`s get
+    /// `410 Gone`. Small values let tests force expiry.
+    pub watch_history: usize,
+    /// Admission for UserBatches: violations become `422 Invalid`.
+    pub validator: Validator,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            install_crd: true,
+            // Every retained event holds a full object; large UserBatches make this the
+            // emulator's main memory cost.
+            watch_history: 1_000,
+            validator: crate::validation::validate_userbatch,
+        }
+    }
+}
+
+impl std::fmt::Debug for EmulatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorConfig")
+            .field("install_crd", &self.install_crd)
+            .field("watch_history", &self.watch_history)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A planned failure: the next `times` requests matching `verb` (get, list, watch, create,
+/// update, patch, delete; any when `None`) and whose path contains `path_contains` fail or
+/// are delayed.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub verb: Option<String>,
+    pub path_contains: Option<String>,
+    pub times: u32,
+    pub kind: FaultKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultKind {
+    /// Answer with this HTTP status and a matching `Status` body.
+    Status(u16),
+    /// Hold the request this long, then serve it normally.
+    Delay(Duration),
+}
+
+/// The request log keeps the most recent requests only, so a long-running standalone
+/// emulator does not grow without bound.
+const REQUEST_LOG_LIMIT: usize = 100_000;
+
+/// One served request: verb, path and HTTP status.
+pub type LoggedRequest = (String, String, u16);
+
+/// Errors building a client for the emulator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("emulator URL {url} is not a valid URI")]
+    Url {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("cannot build a kube client for the emulator at {url}")]
+    Client {
+        url: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// State shared by the handle and the request handlers.
+pub(crate) struct Shared {
+    pub config: EmulatorConfig,
+    pub store: Mutex<store::Store>,
+    faults: Mutex<Vec<Fault>>,
+    log: Mutex<VecDeque<LoggedRequest>>,
+    shutdown: CancellationToken,
+    /// Cancelled (and replaced) by [`Emulator::drop_watches`]; every watch stream holds a clone.
+    watches: Mutex<CancellationToken>,
+    pub base_url: String,
+}
+
+/// Locks a mutex, recovering the data if a handler panicked while holding it: the emulator's
+/// state stays usable for the rest of a test.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    /// The first planned fault matching this request, consuming one of its `times`.
+    pub fn take_fault(&self, verb: &str, path: &str) -> Option<FaultKind> {
+        let mut faults = lock(&self.faults);
+        let index = faults.iter().position(|f| {
+            f.times > 0
+                && f.verb
+                    .as_deref()
+                    .is_none_or(|v| v.eq_ignore_ascii_case(verb))
+                && f.path_contains.as_deref().is_none_or(|p| path.contains(p))
+        })?;
+        let fault = &mut faults[index];
+        fault.times -= 1;
+        let kind = fault.kind.clone();
+        if fault.times == 0 {
+            faults.remove(index);
+        }
+        Some(kind)
+    }
+
+    pub fn log_request(&self, verb: &str, path: &str, status: u16) {
+        let mut log = lock(&self.log);
+        if log.len() == REQUEST_LOG_LIMIT {
+            log.pop_front();
+        }
+        log.push_back((verb.to_string(), path.to_string(), status));
+    }
+
+    pub fn watch_token(&self) -> CancellationToken {
+        lock(&self.watches).clone()
+    }
+}
+
+/// A running emulator. Dropping it (or [`Emulator::shutdown`]) stops the server.
+pub struct Emulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("url", &self.url())
+            .finish()
+    }
+}
+
+impl Emulator {
+    /// Binds `listen` (port 0 picks a free port) and serves until dropped or shut down.
+    pub async fn start(listen: SocketAddr, config: EmulatorConfig) -> std::io::Result<Emulator> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store::Store::new(config.watch_history)),
+            config,
+            faults: Mutex::new(Vec::new()),
+            log: Mutex::new(VecDeque::new()),
+            watches: Mutex::new(shutdown.child_token()),
+            shutdown: shutdown.clone(),
+            base_url: format!("http://{addr}"),
+        });
+        // Seeding only fails on a bug in the emulator itself; report it as a start-up error.
+        server::seed_default_namespace(&shared)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if shared.config.install_crd {
+            server::install_userbatch_crd(&shared)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        let app = server::router(shared.clone());
+        let server = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "emulator server stopped with an error");
+            }
+        });
+        Ok(Emulator {
+            shared,
+            addr,
+            server: Some(server),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A kubeconfig with cluster, user and context all named `emulator` (plain HTTP, no auth).
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\nusers:\n- name: emulator\n  user: {{}}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\npreferences: {{}}\n",
+            url = self.url()
+        )
+    }
+
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// A kube client talking to this emulator, default namespace `default`.
+    pub async fn client(&self) -> Result<kube::Client, ClientError> {
+        let url = self.url();
+        let uri = url
+            .parse::<http::Uri>()
+            .map_err(|source| ClientError::Url {
+                url: url.clone(),
+                source,
+            })?;
+        let config = kube::Config::new(uri);
+        kube::Client::try_from(config).map_err(|source| ClientError::Client { url, source })
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.shared.faults).push(fault);
+    }
+
+    /// Forgets every planned fault not yet used up.
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    /// Ends every open watch stream; clients see the stream close and re-watch.
+    pub fn drop_watches(&self) {
+        let mut token = lock(&self.shared.watches);
+        token.cancel();
+        *token = self.shared.shutdown.child_token();
+    }
+
+    /// The most recent requests served (up to 100 000), oldest first.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        lock(&self.shared.log).iter().cloned().collect()
+    }
+
+    /// Stops serving and waits for the server task to finish.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            // A panicked server task has nothing left to clean up.
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}

@@ -1,0 +1,906 @@
+//! The verbs on one resource (get, list, watch, create, update, patch, apply, delete) with the
+//! API server's semantics: server-owned metadata, `generation`, the status subresource,
+//! `resourceVersion` preconditions, finalizers and admission.
+
+use super::error::{ApiError, Cause};
+use super::merge::{self, ManagerKey, Ownership};
+use super::resources::{CRD_GROUP, CRD_PLURAL, ResourceDef};
+use super::selectors::Selector;
+use super::server::Query;
+use super::store::{EventType, ResourceKey, Store};
+use super::table;
+use super::watch::{WatchFilter, WatchStream, stream_response, watch_line};
+use super::{Shared, event_conversion, lock};
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub(super) fn ok_json(value: Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+pub(super) fn with_status(code: StatusCode, value: Value) -> Response {
+    (code, axum::Json(value)).into_response()
+}
+
+pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    let value = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => value,
+        Err(json_err) => {
+            let text = std::str::from_utf8(body).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "request body is neither JSON nor UTF-8 YAML: {json_err}"
+                ))
+            })?;
+            serde_saphyr::from_str::<Value>(text).map_err(|yaml_err| {
+                ApiError::bad_request(format!(
+                    "cannot decode request body as JSON ({json_err}) or YAML ({yaml_err})"
+                ))
+            })?
+        }
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+pub(super) fn meta(object: &Value) -> Option<&Map<String, Value>> {
+    object.get("metadata").and_then(Value::as_object)
+}
+
+pub(super) fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    meta(object)
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+}
+
+/// The object's `metadata` map, created if missing. Bodies are checked to be objects when
+/// parsed, so replacing a non-object here only ever affects server-built values.
+pub(super) fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.is_object() {
+        *object = Value::Object(Map::new());
+    }
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = Value::Object(Map::new());
+    }
+    match object.get_mut("metadata") {
+        Some(Value::Object(map)) => map,
+        // Just made sure it is an object.
+        _ => unreachable!("metadata was set to an object above"),
+    }
+}
+
+pub(super) fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}
+
+/// Applies an RFC 6902 patch the way the API server does, including its one leniency:
+/// `test` for `null` passes on a missing path (kube's finalizer helper relies on it).
+fn apply_json_patch(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), ApiError> {
+    for (index, operation) in patch.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Test(test) = operation
+            && test.value.is_null()
+            && doc.pointer(test.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(doc, std::slice::from_ref(operation)).map_err(|e| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the JSON patch cannot be applied: operation {index}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) fn finalizers_empty(object: &Value) -> bool {
+    meta(object)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+/// The part of an object whose change bumps `metadata.generation`: all but metadata and status.
+pub(super) fn generation_view(object: &Value) -> Value {
+    let mut view = object.clone();
+    if let Some(map) = view.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    view
+}
+
+pub(super) fn storage_key(def: &ResourceDef) -> ResourceKey {
+    match &def.stored_as {
+        Some(stored) => ResourceKey {
+            group: stored.group.clone(),
+            plural: stored.plural.clone(),
+        },
+        None => ResourceKey {
+            group: def.group.clone(),
+            plural: def.plural.clone(),
+        },
+    }
+}
+
+/// A stored object as clients of `def` at `version` see it.
+pub(super) fn present(def: &ResourceDef, version: &str, object: Value) -> Value {
+    let mut object = match &def.stored_as {
+        Some(_) if def.group.is_empty() && def.plural == "events" => {
+            event_conversion::to_core(&object)
+        }
+        _ => object,
+    };
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(def.api_version(version)));
+        map.insert("kind".into(), Value::String(def.kind.clone()));
+    }
+    object
+}
+
+/// Everything a request handler needs to know about the resource it serves.
+pub(super) struct Ctx<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) def: ResourceDef,
+    pub(super) version: String,
+    pub(super) namespace: String,
+}
+
+impl Ctx<'_> {
+    /// Where this kind's objects are stored (another kind's storage for views).
+    pub(super) fn key(&self) -> ResourceKey {
+        storage_key(&self.def)
+    }
+
+    /// A stored object as clients of this kind and version see it.
+    pub(super) fn present(&self, object: Value) -> Value {
+        present(&self.def, &self.version, object)
+    }
+
+    /// A client's object in storage shape, stamped with the stored kind.
+    pub(super) fn to_storage(&self, object: Value) -> Value {
+        let mut object = match &self.def.stored_as {
+            Some(_) if self.def.group.is_empty() && self.def.plural == "events" => {
+                event_conversion::from_core(&object)
+            }
+            _ => object,
+        };
+        let (api_version, kind) = match &self.def.stored_as {
+            Some(stored) => (stored.api_version.clone(), stored.kind.clone()),
+            None => (self.def.api_version(&self.version), self.def.kind.clone()),
+        };
+        if let Some(map) = object.as_object_mut() {
+            map.insert("apiVersion".into(), Value::String(api_version));
+            map.insert("kind".into(), Value::String(kind));
+        }
+        object
+    }
+
+    pub(super) fn not_found(&self, name: &str) -> ApiError {
+        ApiError::not_found(&self.def.group, &self.def.plural, name)
+    }
+
+    pub(super) fn get(
+        &self,
+        name: &str,
+        as_table: bool,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
+        let store = lock(&self.shared.store);
+        let stored = store
+            .get(&self.key(), &self.namespace, name)
+            .ok_or_else(|| self.not_found(name))?;
+        let object = self.present(stored.value.clone());
+        if as_table {
+            let include = query.get("includeObject").unwrap_or("Metadata");
+            let rv = meta_str(&object, "resourceVersion").map(str::to_string);
+            return Ok(ok_json(table::table(
+                &self.def,
+                &[object],
+                include,
+                rv,
+                true,
+            )));
+        }
+        Ok(ok_json(object))
+    }
+
+    pub(super) fn selectors(query: &Query) -> Result<(Selector, Selector), ApiError> {
+        let labels = Selector::labels(query.get("labelSelector").unwrap_or_default())?;
+        let fields = Selector::fields(query.get("fieldSelector").unwrap_or_default())?;
+        Ok((labels, fields))
+    }
+
+    pub(super) fn list(
+        &self,
+        scope: Option<&str>,
+        query: &Query,
+        as_table: bool,
+    ) -> Result<Response, ApiError> {
+        let (labels, fields) = Self::selectors(query)?;
+        let limit: Option<usize> = match query.get("limit") {
+            Some(text) => Some(text.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "limit must be a non-negative integer, got {text:?}"
+                ))
+            })?),
+            None => None,
+        };
+        // The continue token is the namespace/name of the last item returned, so a page
+        // resumes after it even if objects were added or removed meanwhile.
+        let after = query.get("continue").map(str::to_string);
+        let store = lock(&self.shared.store);
+        let rv = store.resource_version().to_string();
+        let mut items: Vec<Value> = store
+            .list(&self.key(), scope)
+            .into_iter()
+            .map(|o| self.present(o.clone()))
+            .filter(|o| labels.matches(o) && fields.matches(o))
+            .filter(|o| {
+                after.as_ref().is_none_or(|token| {
+                    let position = format!(
+                        "{}/{}",
+                        meta_str(o, "namespace").unwrap_or_default(),
+                        meta_str(o, "name").unwrap_or_default()
+                    );
+                    position.as_str() > token.as_str()
+                })
+            })
+            .collect();
+        drop(store);
+        let mut continue_token = None;
+        if let Some(limit) = limit.filter(|l| *l > 0 && items.len() > *l) {
+            items.truncate(limit);
+            continue_token = items.last().map(|o| {
+                format!(
+                    "{}/{}",
+                    meta_str(o, "namespace").unwrap_or_default(),
+                    meta_str(o, "name").unwrap_or_default()
+                )
+            });
+        }
+        if as_table {
+            let include = query.get("includeObject").unwrap_or("Metadata");
+            let mut t = table::table(&self.def, &items, include, Some(rv), true);
+            if let Some(token) = continue_token {
+                t["metadata"]["continue"] = Value::String(token);
+            }
+            return Ok(ok_json(t));
+        }
+        let mut metadata = json!({"resourceVersion": rv});
+        if let Some(token) = continue_token {
+            metadata["continue"] = Value::String(token);
+        }
+        Ok(ok_json(json!({
+            "apiVersion": self.def.api_version(&self.version),
+            "kind": format!("{}List", self.def.kind),
+            "metadata": metadata,
+            "items": items,
+        })))
+    }
+
+    pub(super) fn validate(&self, object: &Value) -> Result<(), ApiError> {
+        if self.def.group != crate::crd::GROUP || self.def.kind != "UserBatch" {
+            return Ok(());
+        }
+        let violations = (self.shared.config.validator)(object);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let causes: Vec<Cause> = violations
+            .into_iter()
+            .map(|v| Cause {
+                field: v.path,
+                message: v.problem,
+            })
+            .collect();
+        Err(ApiError::invalid(
+            &self.def.group,
+            &self.def.kind,
+            meta_str(object, "name").unwrap_or_default(),
+            &causes,
+        ))
+    }
+
+    /// Server-side rewrites every stored object of some kinds gets.
+    pub(super) fn normalise(&self, object: &mut Value) -> Result<(), ApiError> {
+        if self.def.group.is_empty() && self.def.plural == "secrets" {
+            if object.get("type").is_none_or(Value::is_null) {
+                object["type"] = Value::String("Opaque".into());
+            }
+            // `stringData` is write-only: the API server folds it into base64 `data`.
+            if let Some(Value::Object(plain)) =
+                object.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
+                let mut data = object
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                for (k, v) in plain {
+                    let text = v.as_str().ok_or_else(|| {
+                        ApiError::bad_request(format!("stringData.{k} must be a string"))
+                    })?;
+                    data.insert(
+                        k,
+                        Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+                    );
+                }
+                object["data"] = Value::Object(data);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn create(
+        &self,
+        body: Value,
+        manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
+        let mut store = lock(&self.shared.store);
+        let created = self.create_locked(
+            &mut store,
+            body,
+            None,
+            manager,
+            query.get("dryRun").is_some(),
+        )?;
+        Ok(with_status(StatusCode::CREATED, self.present(created)))
+    }
+
+    pub(super) fn create_locked(
+        &self,
+        store: &mut Store,
+        mut object: Value,
+        ownership: Option<Ownership>,
+        manager: &str,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let name = match meta_str(&object, "name") {
+            Some(name) => name.to_string(),
+            None => match meta_str(&object, "generateName") {
+                Some(prefix) => {
+                    let suffix: String = (0..5)
+                        .map(|_| {
+                            let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+                            alphabet[rand::random_range(0..alphabet.len())] as char
+                        })
+                        .collect();
+                    format!("{prefix}{suffix}")
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        &self.def.group,
+                        &self.def.kind,
+                        "",
+                        &[Cause {
+                            field: "metadata.name".into(),
+                            message: "Required value: name or generateName is required".into(),
+                        }],
+                    ));
+                }
+            },
+        };
+        if let Some(ns) = meta_str(&object, "namespace")
+            && self.def.namespaced
+            && ns != self.namespace
+        {
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({})",
+                self.namespace
+            )));
+        }
+        if store.get(&self.key(), &self.namespace, &name).is_some() {
+            return Err(ApiError::already_exists(
+                &self.def.group,
+                &self.def.plural,
+                &name,
+            ));
+        }
+        if self.def.has_status
+            && let Some(map) = object.as_object_mut()
+        {
+            map.remove("status");
+        }
+        let metadata = meta_mut(&mut object);
+        for system in [
+            "resourceVersion",
+            "managedFields",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "uid",
+            "selfLink",
+        ] {
+            metadata.remove(system);
+        }
+        metadata.insert("name".into(), Value::String(name.clone()));
+        if self.def.namespaced {
+            metadata.insert("namespace".into(), Value::String(self.namespace.clone()));
+        } else {
+            metadata.remove("namespace");
+        }
+        let uid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        metadata.insert("uid".into(), Value::String(uid.to_string()));
+        metadata.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+        metadata.insert("generation".into(), json!(1));
+        let mut object = self.to_storage(object);
+        self.normalise(&mut object)?;
+        if self.def.group == CRD_GROUP && self.def.plural == CRD_PLURAL {
+            establish_crd(&mut object);
+        }
+        self.validate(&object)?;
+        if dry_run {
+            return Ok(object);
+        }
+        let ownership = ownership.unwrap_or_else(|| {
+            Ownership::owned_by(
+                ManagerKey {
+                    manager: manager.to_string(),
+                    status: false,
+                },
+                &object,
+                &self.def,
+            )
+        });
+        Ok(store.put(
+            &self.key(),
+            &self.namespace,
+            &name,
+            object,
+            ownership,
+            EventType::Added,
+        ))
+    }
+
+    /// Commits `candidate` as the new state of `name`, keeping the server-owned metadata and
+    /// skipping no-op writes (no new `resourceVersion`, no watch event).
+    pub(super) fn commit_update(
+        &self,
+        store: &mut Store,
+        name: &str,
+        mut candidate: Value,
+        ownership: Ownership,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let old = store
+            .get(&self.key(), &self.namespace, name)
+            .ok_or_else(|| self.not_found(name))?
+            .value
+            .clone();
+        if let Some(body_name) = meta_str(&candidate, "name")
+            && body_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let old_meta = meta(&old).cloned().unwrap_or_default();
+        let metadata = meta_mut(&mut candidate);
+        metadata.remove("managedFields");
+        for system in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+            "resourceVersion",
+        ] {
+            match old_meta.get(system) {
+                Some(value) => metadata.insert(system.to_string(), value.clone()),
+                None => metadata.remove(system),
+            };
+        }
+        let mut candidate = self.to_storage(candidate);
+        self.normalise(&mut candidate)?;
+        if generation_view(&candidate) != generation_view(&old) {
+            let next = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
+            meta_mut(&mut candidate).insert("generation".into(), json!(next));
+        }
+        self.validate(&candidate)?;
+        if dry_run {
+            return Ok(candidate);
+        }
+        if candidate == old {
+            store.set_ownership(&self.key(), &self.namespace, name, ownership);
+            return Ok(candidate);
+        }
+        if old_meta.contains_key("deletionTimestamp") && finalizers_empty(&candidate) {
+            return Ok(store.remove(&self.key(), &self.namespace, name, candidate));
+        }
+        Ok(store.put(
+            &self.key(),
+            &self.namespace,
+            name,
+            candidate,
+            ownership,
+            EventType::Modified,
+        ))
+    }
+
+    pub(super) fn check_precondition(
+        &self,
+        name: &str,
+        current: &Value,
+        proposed: &Value,
+    ) -> Result<(), ApiError> {
+        match meta_str(proposed, "resourceVersion") {
+            Some(rv) if !rv.is_empty() && Some(rv) != meta_str(current, "resourceVersion") => {
+                Err(ApiError::conflict(
+                    &self.def.group,
+                    &self.def.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The object a write to the main resource or to `/status` produces: each ignores the
+    /// other's part, as the API server does for kinds with a status subresource.
+    pub(super) fn scoped_candidate(&self, old: &Value, written: Value, status: bool) -> Value {
+        if status {
+            let mut candidate = old.clone();
+            match written.get("status") {
+                Some(s) => candidate["status"] = s.clone(),
+                None => {
+                    if let Some(map) = candidate.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            }
+            candidate
+        } else if self.def.has_status {
+            let mut candidate = written;
+            if let Some(map) = candidate.as_object_mut() {
+                match old.get("status") {
+                    Some(s) => map.insert("status".into(), s.clone()),
+                    None => map.remove("status"),
+                };
+            }
+            candidate
+        } else {
+            written
+        }
+    }
+
+    pub(super) fn update(
+        &self,
+        name: &str,
+        status: bool,
+        body: Value,
+        manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
+        let mut store = lock(&self.shared.store);
+        let stored = store
+            .get(&self.key(), &self.namespace, name)
+            .ok_or_else(|| self.not_found(name))?;
+        let body = self.to_storage(body);
+        self.check_precondition(name, &stored.value, &body)?;
+        let old = stored.value.clone();
+        let mut ownership = stored.ownership.clone();
+        let candidate = self.scoped_candidate(&old, body, status);
+        ownership.record_update(
+            ManagerKey {
+                manager: manager.into(),
+                status,
+            },
+            &old,
+            &candidate,
+            &self.def,
+        );
+        let updated = self.commit_update(
+            &mut store,
+            name,
+            candidate,
+            ownership,
+            query.get("dryRun").is_some(),
+        )?;
+        Ok(ok_json(self.present(updated)))
+    }
+
+    pub(super) fn patch(
+        &self,
+        name: &str,
+        status: bool,
+        content_type: &str,
+        body: &Bytes,
+        manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        let dry_run = query.get("dryRun").is_some();
+        if media == "application/apply-patch+yaml" {
+            return self.apply(name, status, body, manager, query);
+        }
+        let mut store = lock(&self.shared.store);
+        let stored = store
+            .get(&self.key(), &self.namespace, name)
+            .ok_or_else(|| self.not_found(name))?;
+        let old = stored.value.clone();
+        let mut patched = self.present(old.clone());
+        match media {
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                let mut patch: Value = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("the merge patch is not valid JSON: {e}"))
+                })?;
+                merge::strip_directives(&mut patch);
+                json_patch::merge(&mut patched, &patch);
+            }
+            "application/json-patch+json" => {
+                let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "the JSON patch is not a valid list of operations: {e}"
+                    ))
+                })?;
+                apply_json_patch(&mut patched, &patch)?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format ({other}); accepted: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+                    ),
+                ));
+            }
+        }
+        self.check_precondition(name, &old, &patched)?;
+        let patched = self.to_storage(patched);
+        let mut ownership = stored.ownership.clone();
+        let candidate = self.scoped_candidate(&old, patched, status);
+        ownership.record_update(
+            ManagerKey {
+                manager: manager.into(),
+                status,
+            },
+            &old,
+            &candidate,
+            &self.def,
+        );
+        let updated = self.commit_update(&mut store, name, candidate, ownership, dry_run)?;
+        Ok(ok_json(self.present(updated)))
+    }
+
+    pub(super) fn apply(
+        &self,
+        name: &str,
+        status: bool,
+        body: &Bytes,
+        _manager: &str,
+        query: &Query,
+    ) -> Result<Response, ApiError> {
+        let Some(manager) = query.get("fieldManager") else {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                &[Cause {
+                    field: "fieldManager".into(),
+                    message: "Required value: is required for apply patch".into(),
+                }],
+            ));
+        };
+        let force = query.flag("force");
+        let dry_run = query.get("dryRun").is_some();
+        let config = self.to_storage(parse_body(body)?);
+        if let Some(config_name) = meta_str(&config, "name")
+            && config_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the applied object ({config_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        // Only the part the endpoint writes is applied (and owned).
+        let mut scoped = config.clone();
+        if let Some(map) = scoped.as_object_mut() {
+            if status {
+                map.retain(|k, _| k == "status");
+            } else if self.def.has_status {
+                map.remove("status");
+            }
+        }
+        let key = ManagerKey {
+            manager: manager.to_string(),
+            status,
+        };
+        let mut store = lock(&self.shared.store);
+        let Some(stored) = store.get(&self.key(), &self.namespace, name) else {
+            if status {
+                return Err(self.not_found(name));
+            }
+            let mut object = config;
+            meta_mut(&mut object).insert("name".into(), Value::String(name.to_string()));
+            let ownership = Ownership::owned_by(key, &scoped, &self.def);
+            let created =
+                self.create_locked(&mut store, object, Some(ownership), manager, dry_run)?;
+            return Ok(with_status(StatusCode::CREATED, self.present(created)));
+        };
+        self.check_precondition(name, &stored.value, &config)?;
+        let old = stored.value.clone();
+        let mut ownership = stored.ownership.clone();
+        if !force {
+            let conflicts = ownership.apply_conflicts(&key, &old, &scoped, &self.def);
+            if !conflicts.0.is_empty() {
+                return Err(ApiError::conflict(
+                    &self.def.group,
+                    &self.def.plural,
+                    name,
+                    &conflicts.to_string(),
+                ));
+            }
+        }
+        let mut candidate = old.clone();
+        ownership.apply(key, &mut candidate, &scoped, &self.def);
+        let updated = self.commit_update(&mut store, name, candidate, ownership, dry_run)?;
+        Ok(ok_json(self.present(updated)))
+    }
+
+    pub(super) fn delete(&self, name: &str, query: &Query) -> Result<Response, ApiError> {
+        let mut store = lock(&self.shared.store);
+        let stored = store
+            .get(&self.key(), &self.namespace, name)
+            .ok_or_else(|| self.not_found(name))?;
+        let mut object = stored.value.clone();
+        let ownership = stored.ownership.clone();
+        if query.get("dryRun").is_some() {
+            return Ok(ok_json(self.present(object)));
+        }
+        if finalizers_empty(&object) {
+            let removed = store.remove(&self.key(), &self.namespace, name, object);
+            return Ok(ok_json(self.present(removed)));
+        }
+        if meta(&object).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            return Ok(ok_json(self.present(object)));
+        }
+        // Finalizers hold the object: mark it, and let their owners remove them.
+        let generation = meta(&object)
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let metadata = meta_mut(&mut object);
+        metadata.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+        metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
+        metadata.insert("generation".into(), json!(generation + 1));
+        let marked = store.put(
+            &self.key(),
+            &self.namespace,
+            name,
+            object,
+            ownership,
+            EventType::Modified,
+        );
+        Ok(ok_json(self.present(marked)))
+    }
+
+    pub(super) fn watch(
+        &self,
+        shared: Arc<Shared>,
+        scope: Option<&str>,
+        query: &Query,
+        as_table: bool,
+    ) -> Result<Response, ApiError> {
+        let (labels, fields) = Self::selectors(query)?;
+        let bookmarks = query.flag("allowWatchBookmarks");
+        let send_initial = query.flag("sendInitialEvents");
+        let timeout = match query.get("timeoutSeconds") {
+            Some(text) => Some(Duration::from_secs(text.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "timeoutSeconds must be a non-negative integer, got {text:?}"
+                ))
+            })?)),
+            None => None,
+        };
+        let since = match query.get("resourceVersion") {
+            None | Some("0") => None,
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion must be an integer, got {text:?}"))
+            })?),
+        };
+        let filter = WatchFilter {
+            key: self.key(),
+            namespace: scope.map(str::to_string),
+            labels,
+            fields,
+        };
+        let mut initial: Vec<Value> = Vec::new();
+        let store = lock(&shared.store);
+        let mut last_rv = store.resource_version();
+        let (replay, feed) = match since {
+            Some(rv) if !send_initial => match store.watch_from(rv) {
+                Ok(start) => (start.replay, start.feed),
+                Err(expired) => {
+                    // As the real server's watch cache does: a 200 stream carrying one ERROR.
+                    let gone = ApiError::gone(format!(
+                        "too old resource version: {} ({})",
+                        expired.requested, expired.oldest_available
+                    ));
+                    let line = watch_line("ERROR", gone.status_body());
+                    return Ok(stream_response(futures::stream::iter([Ok::<
+                        _,
+                        std::convert::Infallible,
+                    >(
+                        line
+                    )])));
+                }
+            },
+            _ => {
+                initial = store
+                    .list(&filter.key, scope)
+                    .into_iter()
+                    .map(|o| self.present(o.clone()))
+                    .filter(|o| filter.labels.matches(o) && filter.fields.matches(o))
+                    .collect();
+                (Vec::new(), store.subscribe())
+            }
+        };
+        drop(store);
+        if let Some(rv) = since.filter(|_| !send_initial) {
+            last_rv = rv;
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let stream_ctx = WatchStream {
+            def: self.def.clone(),
+            version: self.version.clone(),
+            filter,
+            as_table,
+            include: query.get("includeObject").unwrap_or("Metadata").to_string(),
+            bookmarks,
+            columns_sent: false,
+            last_rv,
+        };
+        let cancel = shared.watch_token();
+        tokio::spawn(stream_ctx.run(tx, initial, send_initial, replay, feed, timeout, cancel));
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+        });
+        Ok(stream_response(body))
+    }
+}
+
+/// What the API server fills into a new CRD's status: names accepted, Established.
+pub(super) fn establish_crd(crd: &mut Value) {
+    let names = crd.pointer("/spec/names").cloned().unwrap_or(Value::Null);
+    let stored: Vec<Value> = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+                .filter_map(|v| v.get("name").cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = now_rfc3339();
+    crd["status"] = json!({
+        "acceptedNames": names,
+        "storedVersions": stored,
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ],
+    });
+}

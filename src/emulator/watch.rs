@@ -1,0 +1,181 @@
+//! Watch streams: newline-delimited JSON events on a chunked response that stays open, with
+//! bookmarks and timeouts, ending when the emulator drops watches or stops.
+
+use super::error::ApiError;
+use super::resources::ResourceDef;
+use super::selectors::Selector;
+use super::store::{ResourceKey, WatchRecord};
+use super::table;
+use super::verbs::{meta_str, present};
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// How often an idle watch that asked for bookmarks receives one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(2);
+
+pub(super) fn stream_response<S>(body: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+{
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|e| {
+            ApiError::for_code(500, format!("cannot build the watch response: {e}")).into_response()
+        })
+}
+
+pub(super) fn watch_line(event: &str, object: Value) -> Bytes {
+    let mut line = json!({"type": event, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// Which writes a watch reports.
+pub(super) struct WatchFilter {
+    pub(super) key: ResourceKey,
+    pub(super) namespace: Option<String>,
+    pub(super) labels: Selector,
+    pub(super) fields: Selector,
+}
+
+impl WatchFilter {
+    /// Whether a write concerns this watch; selectors apply to the object as presented.
+    fn matches(&self, record: &WatchRecord, presented: &Value) -> bool {
+        record.resource == self.key
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == record.namespace)
+            && self.labels.matches(presented)
+            && self.fields.matches(presented)
+    }
+}
+
+/// One open watch: turns store events into newline-delimited JSON on the response body.
+pub(super) struct WatchStream {
+    pub(super) def: ResourceDef,
+    pub(super) version: String,
+    pub(super) filter: WatchFilter,
+    pub(super) as_table: bool,
+    pub(super) include: String,
+    pub(super) bookmarks: bool,
+    pub(super) columns_sent: bool,
+    /// The newest `resourceVersion` this stream has seen from the store, reported in
+    /// bookmarks: every event up to it was either sent or filtered out.
+    pub(super) last_rv: u64,
+}
+
+impl WatchStream {
+    /// The event object for an already presented object: itself, or a one-row Table.
+    fn render(&mut self, object: Value) -> Value {
+        if self.as_table {
+            let with_columns = !self.columns_sent;
+            self.columns_sent = true;
+            let rv = meta_str(&object, "resourceVersion").map(str::to_string);
+            return table::table(&self.def, &[object], &self.include, rv, with_columns);
+        }
+        object
+    }
+
+    fn bookmark(&self, initial_end: bool) -> Bytes {
+        let mut metadata = json!({"resourceVersion": self.last_rv.to_string()});
+        if initial_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        watch_line(
+            "BOOKMARK",
+            json!({"kind": self.def.kind, "apiVersion": self.def.api_version(&self.version), "metadata": metadata}),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run(
+        mut self,
+        tx: mpsc::Sender<Bytes>,
+        initial: Vec<Value>,
+        send_initial: bool,
+        replay: Vec<Arc<WatchRecord>>,
+        mut feed: broadcast::Receiver<Arc<WatchRecord>>,
+        timeout: Option<Duration>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        for object in initial {
+            let rendered = self.render(object);
+            if tx.send(watch_line("ADDED", rendered)).await.is_err() {
+                return;
+            }
+        }
+        if send_initial && self.bookmarks && tx.send(self.bookmark(true)).await.is_err() {
+            return;
+        }
+        for record in replay {
+            if !self.forward(&tx, &record, &cancel).await {
+                return;
+            }
+        }
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick(), if self.bookmarks => {
+                    if tx.send(self.bookmark(false)).await.is_err() {
+                        return;
+                    }
+                }
+                received = feed.recv() => match received {
+                    Ok(record) => {
+                        if !self.forward(&tx, &record, &cancel).await {
+                            return;
+                        }
+                    }
+                    // Fell too far behind: close, the client resumes from its last version.
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Sends one record if it matches; false once the client is gone or the watch was
+    /// dropped. Checking the token here (not only in `select!`) guarantees that nothing
+    /// written after [`super::Emulator::drop_watches`] returns reaches a dropped watch.
+    async fn forward(
+        &mut self,
+        tx: &mpsc::Sender<Bytes>,
+        record: &WatchRecord,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        if record.resource_version <= self.last_rv {
+            return true;
+        }
+        self.last_rv = record.resource_version;
+        let presented = present(&self.def, &self.version, record.object.clone());
+        if !self.filter.matches(record, &presented) {
+            return true;
+        }
+        let rendered = self.render(presented);
+        tx.send(watch_line(record.event.as_str(), rendered))
+            .await
+            .is_ok()
+    }
+}
