@@ -517,7 +517,7 @@ impl Client {
             call,
             detail: format!("HTTP {status}, body unreadable: {}", error_chain(&e)),
         })?;
-        tracing::info!(%call, trace_id, status, "KooDrive answered");
+        tracing::debug!(%call, trace_id, status, "KooDrive answered");
         classify(
             call,
             status,
