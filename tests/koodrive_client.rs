@@ -573,3 +573,27 @@ async fn a_user_id_that_is_not_the_apps_is_an_authentication_error() {
     assert!(err.to_string().contains("X-User-Id 999"), "{err}");
     assert_eq!(sim.request_count(), 1);
 }
+
+#[tokio::test]
+async fn a_long_retry_after_is_handed_back_to_the_caller() {
+    let sim = simulator(Duration::ZERO).await;
+    sim.inject(Fault {
+        call: Some(Call::Create),
+        times: 1,
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 120,
+        },
+    });
+    let err = client(&sim)
+        .create_batch(&users(phones(0..1)), &koodrive::new_trace_id())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Transient {
+            retry_after: Some(Duration::from_secs(120))
+        }
+    );
+    assert_eq!(err.code(), Some("APIG.0308"));
+    assert_eq!(sim.request_count(), 1);
+}
