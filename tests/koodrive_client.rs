@@ -102,8 +102,8 @@ fn assert_each_sent_once(sim: &Simulator, expected: &[String]) {
 }
 
 #[tokio::test]
-async fn creates_a_task_and_reports_per_user_results_after_the_delay() {
-    let sim = simulator(Duration::from_millis(300)).await;
+async fn creates_a_task_and_reports_per_user_results_once_the_delay_has_passed() {
+    let sim = simulator(Duration::from_millis(200)).await;
     let client = client(&sim);
     let mut batch = phones(0..3);
     batch.push(REGISTERED.into());
@@ -120,14 +120,8 @@ async fn creates_a_task_and_reports_per_user_results_after_the_delay() {
         "{created:?}"
     );
 
-    let early = client.get_task(&created.task_id).await.unwrap();
-    assert_eq!(early.total, 5);
-    assert!(
-        !early.is_finished(),
-        "results appeared before the delay: {early:?}"
-    );
-
     let report = wait_until_finished(&client, &created.task_id).await;
+    assert_eq!(report.total, 5);
     assert_eq!((report.succeeded, report.failed, report.skipped), (3, 1, 1));
     assert_eq!(report.users.len(), 5);
     let failing = report.users.iter().find(|u| u.phone == FAILING).unwrap();
@@ -135,6 +129,21 @@ async fn creates_a_task_and_reports_per_user_results_after_the_delay() {
     let ok = report.users.iter().find(|u| u.phone == batch[0]).unwrap();
     assert!(ok.user_id.is_some() && ok.code.is_none());
     assert_each_sent_once(&sim, &batch);
+}
+
+#[tokio::test]
+async fn results_are_withheld_until_the_delay_has_passed() {
+    let sim = simulator(Duration::from_secs(3600)).await;
+    let client = client(&sim);
+    let created = client
+        .create_batch(&users(phones(0..4)), &koodrive::new_trace_id())
+        .await
+        .unwrap();
+    let report = client.get_task(&created.task_id).await.unwrap();
+    assert_eq!(report.total, 4);
+    assert_eq!((report.succeeded, report.failed, report.skipped), (0, 0, 0));
+    assert!(report.users.is_empty());
+    assert!(!report.is_finished());
 }
 
 #[tokio::test]
