@@ -102,8 +102,8 @@ fn assert_each_sent_once(sim: &Simulator, expected: &[String]) {
 }
 
 #[tokio::test]
-async fn creates_a_task_and_reports_per_user_results_after_the_delay() {
-    let sim = simulator(Duration::from_millis(300)).await;
+async fn creates_a_task_and_reports_per_user_results_once_the_delay_has_passed() {
+    let sim = simulator(Duration::from_millis(200)).await;
     let client = client(&sim);
     let mut batch = phones(0..3);
     batch.push(REGISTERED.into());
@@ -120,14 +120,8 @@ async fn creates_a_task_and_reports_per_user_results_after_the_delay() {
         "{created:?}"
     );
 
-    let early = client.get_task(&created.task_id).await.unwrap();
-    assert_eq!(early.total, 5);
-    assert!(
-        !early.is_finished(),
-        "results appeared before the delay: {early:?}"
-    );
-
     let report = wait_until_finished(&client, &created.task_id).await;
+    assert_eq!(report.total, 5);
     assert_eq!((report.succeeded, report.failed, report.skipped), (3, 1, 1));
     assert_eq!(report.users.len(), 5);
     let failing = report.users.iter().find(|u| u.phone == FAILING).unwrap();
@@ -135,6 +129,21 @@ async fn creates_a_task_and_reports_per_user_results_after_the_delay() {
     let ok = report.users.iter().find(|u| u.phone == batch[0]).unwrap();
     assert!(ok.user_id.is_some() && ok.code.is_none());
     assert_each_sent_once(&sim, &batch);
+}
+
+#[tokio::test]
+async fn results_are_withheld_until_the_delay_has_passed() {
+    let sim = simulator(Duration::from_secs(3600)).await;
+    let client = client(&sim);
+    let created = client
+        .create_batch(&users(phones(0..4)), &koodrive::new_trace_id())
+        .await
+        .unwrap();
+    let report = client.get_task(&created.task_id).await.unwrap();
+    assert_eq!(report.total, 4);
+    assert_eq!((report.succeeded, report.failed, report.skipped), (0, 0, 0));
+    assert!(report.users.is_empty());
+    assert!(!report.is_finished());
 }
 
 #[tokio::test]
@@ -571,5 +580,29 @@ async fn a_user_id_that_is_not_the_apps_is_an_authentication_error() {
     let err = client.get_task("1").await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Authentication, "{err}");
     assert!(err.to_string().contains("X-User-Id 999"), "{err}");
+    assert_eq!(sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_long_retry_after_is_handed_back_to_the_caller() {
+    let sim = simulator(Duration::ZERO).await;
+    sim.inject(Fault {
+        call: Some(Call::Create),
+        times: 1,
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 120,
+        },
+    });
+    let err = client(&sim)
+        .create_batch(&users(phones(0..1)), &koodrive::new_trace_id())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Transient {
+            retry_after: Some(Duration::from_secs(120))
+        }
+    );
+    assert_eq!(err.code(), Some("APIG.0308"));
     assert_eq!(sim.request_count(), 1);
 }

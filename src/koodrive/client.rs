@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// Page size asked of `batchRegister/get` (KooDrive's maximum).
 const PAGE_SIZE: u32 = 1000;
+/// Longest `Retry-After` waited for inside one call.
+const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(30);
 /// Guard against a server whose cursors never end.
 const MAX_PAGES: usize = 10_000;
 
@@ -310,7 +312,7 @@ impl Client {
         // Refuse an invalid request before any attempt (and so before any retry logic).
         validate_users(users)?;
         check_trace_id(trace_id)?;
-        self.with_retries(Call::Create, trace_id, |_| async {
+        self.with_retries(Call::Create, trace_id, || async {
             let prepared = self.prepare_create(users, trace_id, Timestamp::now())?;
             let envelope = self.execute(Call::Create, &prepared).await?;
             let task_id = envelope
@@ -353,7 +355,7 @@ impl Client {
                 ("pageSize".to_string(), PAGE_SIZE.to_string()),
             ];
             let page = self
-                .with_retries(Call::Get, "", |_| async {
+                .with_retries(Call::Get, "", || async {
                     let prepared = self.prepare(
                         "GET",
                         GET_PATH,
@@ -429,13 +431,13 @@ impl Client {
         mut attempt: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(u32) -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let max_attempts = self.inner.config.max_attempts.max(1);
         let mut number = 1;
         loop {
-            match attempt(number).await {
+            match attempt().await {
                 Ok(value) => return Ok(value),
                 Err(err) => {
                     // Only `Transient` errors are safe to repeat: for a create, the error
@@ -443,11 +445,21 @@ impl Client {
                     let ErrorClass::Transient { retry_after } = err.class() else {
                         return Err(err);
                     };
-                    if number >= max_attempts {
+                    // A long Retry-After is handed back (it is in the error's class) so the
+                    // caller can schedule the retry instead of holding a task for minutes.
+                    let wait_too_long = retry_after.is_some_and(|r| r > MAX_RETRY_AFTER_WAIT);
+                    if number >= max_attempts || wait_too_long {
                         return Err(err);
                     }
                     let delay = self.backoff(number, retry_after);
-                    tracing::warn!(%call, trace_id, attempt = number, delay_ms = delay.as_millis() as u64, error = %err, "KooDrive call failed transiently; retrying");
+                    tracing::warn!(
+                        %call,
+                        trace_id,
+                        attempt = number,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        error = %err,
+                        "KooDrive call failed transiently; retrying"
+                    );
                     tokio::time::sleep(delay).await;
                     number += 1;
                 }
@@ -517,7 +529,7 @@ impl Client {
             call,
             detail: format!("HTTP {status}, body unreadable: {}", error_chain(&e)),
         })?;
-        tracing::info!(%call, trace_id, status, "KooDrive answered");
+        tracing::debug!(%call, trace_id, status, "KooDrive answered");
         classify(
             call,
             status,

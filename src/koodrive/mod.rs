@@ -26,8 +26,9 @@ pub const GET_PATH: &str = "/koodrive/ose/v1/user/batchRegister/get";
 /// Length of an `X-Traceid` (the docs say "58 bits", meaning 58 characters).
 pub const TRACE_ID_LEN: usize = 58;
 
-/// The credentials a KooDrive request is signed with.
-#[derive(Clone, Debug)]
+/// The credentials a KooDrive request is signed with. Comparable, so a caller can tell
+/// whether a credentials Secret really changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     /// The access key (AK, "AppId"). Not secret: it is sent in every `Authorization` header.
     pub access_key: String,
