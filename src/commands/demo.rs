@@ -1,11 +1,286 @@
-//! `koodrive-operator demo`.
+//! `koodrive-operator demo`: the whole product on one machine, with no cluster and no
+//! KooDrive account. It starts the Kubernetes API emulator and the KooDrive simulator in this
+//! process, runs the real controller against them, applies the manifests in `examples/`, and
+//! prints every status transition until each UserBatch is Ready.
 
 use crate::cli::CliError;
+use crate::controller::{self, Settings};
+use crate::crd::UserBatch;
+use crate::emulator::{Emulator, EmulatorConfig};
+use crate::metrics::Metrics;
+use crate::simulator::{Account, Simulator, SimulatorConfig};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Directory (or file) of manifests to apply: Secrets and UserBatches.
+    #[arg(long, default_value = "examples")]
+    pub examples: PathBuf,
+    /// Give up, with the reason, if not every UserBatch is Ready by then.
+    #[arg(long, default_value = "60s", value_parser = crate::commands::run::parse_duration)]
+    pub timeout: Duration,
+    /// How long the simulator takes to report per-user results.
+    #[arg(long, default_value = "1s", value_parser = crate::commands::run::parse_duration)]
+    pub result_delay: Duration,
+    /// Log filter for the components (they are quiet by default so transitions stand out).
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
+    /// Write a kubeconfig for the emulator here and keep serving after Ready, so `kubectl`
+    /// can look around (stop with Ctrl-C).
+    #[arg(long)]
+    pub keep_running: Option<PathBuf>,
+}
 
-pub async fn run(_args: Args) -> Result<ExitCode, CliError> {
-    Err("`demo` is not implemented yet".into())
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("{path} holds no UserBatch to demonstrate")]
+    NoUserBatch { path: PathBuf },
+    #[error("the examples hold no credentials Secret with accessKey, secretKey and userId")]
+    NoCredentials,
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{kind} {name} in the examples is malformed: {source}")]
+    Malformed {
+        kind: String,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("timed out after {timeout:?}; not Ready: {pending}")]
+    Timeout { timeout: Duration, pending: String },
+}
+
+pub async fn run(args: Args) -> Result<ExitCode, CliError> {
+    crate::telemetry::init(crate::telemetry::LogFormat::Text, &args.log_level)?;
+    let documents = load_documents(&args.examples)?;
+    let secrets: Vec<Secret> = of_kind(&documents, "Secret")?;
+    let batches: Vec<UserBatch> = of_kind(&documents, "UserBatch")?;
+    if batches.is_empty() {
+        return Err(DemoError::NoUserBatch { path: args.examples }.into());
+    }
+
+    // The simulator accepts whatever credentials the example Secrets carry, so the demo
+    // signs and verifies real requests without a real account.
+    let accounts: Vec<Account> = secrets.iter().filter_map(account_of).collect();
+    if accounts.is_empty() {
+        return Err(DemoError::NoCredentials.into());
+    }
+    let simulator = Simulator::start(
+        loopback(),
+        SimulatorConfig {
+            accounts,
+            result_delay: args.result_delay,
+            ..SimulatorConfig::default()
+        },
+    )
+    .await?;
+    let emulator = Emulator::start(loopback(), EmulatorConfig::default()).await?;
+    println!("KooDrive simulator listening on {}", simulator.url());
+    println!("Kubernetes API emulator listening on {}", emulator.url());
+    if let Some(path) = &args.keep_running {
+        emulator.write_kubeconfig(path)?;
+        println!("kubeconfig written to {}", path.display());
+    }
+
+    let client = emulator.client().await?;
+    let mut settings = Settings::new(simulator.url());
+    settings.allow_insecure_endpoints = true;
+    settings.koodrive.allow_insecure_endpoints = true;
+    settings.poll_interval = Duration::from_millis(500);
+    settings.retry_base_delay = Duration::from_millis(500);
+    settings.retry_max_delay = Duration::from_secs(5);
+    let stop = CancellationToken::new();
+    let controller_task = tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        Arc::new(Metrics::new()),
+        stop.clone().cancelled_owned(),
+        || {},
+    ));
+
+    for secret in &secrets {
+        let namespace = secret.namespace().unwrap_or_else(|| "default".into());
+        Api::<Secret>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), secret)
+            .await
+            .map_err(|source| DemoError::Apply {
+                kind: "Secret".into(),
+                name: format!("{namespace}/{}", secret.name_any()),
+                source,
+            })?;
+        println!("applied Secret {namespace}/{}", secret.name_any());
+    }
+    let mut keys = Vec::new();
+    for batch in &batches {
+        let namespace = batch.namespace().unwrap_or_else(|| "default".into());
+        Api::<UserBatch>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), batch)
+            .await
+            .map_err(|source| DemoError::Apply {
+                kind: "UserBatch".into(),
+                name: format!("{namespace}/{}", batch.name_any()),
+                source,
+            })?;
+        println!("applied UserBatch {namespace}/{} ({} users)", batch.name_any(), batch.spec.users.len());
+        keys.push((namespace, batch.name_any()));
+    }
+
+    let outcome = follow_until_ready(&client, &keys, args.timeout).await;
+    if outcome.is_ok()
+        && let Some(path) = &args.keep_running
+    {
+        println!(
+            "all Ready. Try: kubectl --kubeconfig {} get userbatches -A -o wide   (Ctrl-C to stop)",
+            path.display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    stop.cancel();
+    let _ = controller_task.await;
+    outcome?;
+    println!("all UserBatches Ready");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Prints one line per change of (phase, Ready reason, message) until all are Ready.
+async fn follow_until_ready(client: &kube::Client, keys: &[(String, String)], timeout: Duration) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let mut pending = Vec::new();
+        for (namespace, name) in keys {
+            let api: Api<UserBatch> = Api::namespaced(client.clone(), namespace);
+            let key = format!("{namespace}/{name}");
+            let Ok(ub) = api.get(name).await else {
+                pending.push(format!("{key} (not readable)"));
+                continue;
+            };
+            let status = ub.status.unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            let line = format!(
+                "phase={} Ready={} ({}) task={} code={}: {}",
+                status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+                ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
+                ready.map(|c| c.reason.as_str()).unwrap_or("-"),
+                status.task_id.as_deref().unwrap_or("-"),
+                status.code.as_deref().unwrap_or("-"),
+                ready.map(|c| c.message.as_str()).unwrap_or("waiting for the operator"),
+            );
+            if last.get(&key) != Some(&line) {
+                println!("[{:>5.1}s] {key}: {line}", started.elapsed().as_secs_f64());
+                last.insert(key.clone(), line.clone());
+            }
+            if ready.is_none_or(|c| c.status != "True") {
+                pending.push(format!("{key}: {line}"));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(DemoError::Timeout {
+                timeout,
+                pending: pending.join("; "),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every YAML document in a file, or in the `*.yaml`/`*.yml` files of a directory (sorted).
+fn load_documents(path: &std::path::Path) -> Result<Vec<serde_json::Value>, DemoError> {
+    let read_err = |source| DemoError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(read_err)? {
+            let p = entry.map_err(read_err)?.path();
+            if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut documents = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| DemoError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).map_err(|e| DemoError::Yaml {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        documents.extend(docs.into_iter().filter(|d| !d.is_null()));
+    }
+    Ok(documents)
+}
+
+fn of_kind<T: serde::de::DeserializeOwned>(documents: &[serde_json::Value], kind: &str) -> Result<Vec<T>, DemoError> {
+    documents
+        .iter()
+        .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .map(|d| {
+            serde_json::from_value(d.clone()).map_err(|source| DemoError::Malformed {
+                kind: kind.into(),
+                name: d
+                    .pointer("/metadata/name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("?")
+                    .into(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The simulator account matching a credentials Secret, if it is one.
+fn account_of(secret: &Secret) -> Option<Account> {
+    let value = |key: &str| -> Option<String> {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key).cloned())
+            .or_else(|| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            })
+    };
+    Some(Account {
+        access_key: value("accessKey")?,
+        secret_key: crate::koodrive::SecretKey::new(value("secretKey")?),
+        user_id: value("userId")?,
+    })
 }

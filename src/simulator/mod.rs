@@ -77,7 +77,8 @@ fn one() -> u32 {
 
 /// What goes wrong. JSON (for `POST /_sim/faults`): `{"status5xx":503}`,
 /// `{"too_many_requests":{"retry_after_secs":2}}`, `{"latency":250}` (milliseconds),
-/// `"drop_connection"`, `"drop_after_processing"`, `"garbled_json"`.
+/// `"drop_connection"`, `"drop_after_processing"`, `"garbled_json"`,
+/// `{"reject":{"code":13000102,"msg":"parameter validation failed"}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -93,6 +94,9 @@ pub enum FaultKind {
     DropAfterProcessing,
     /// Process the request, then answer with a truncated, unparsable JSON body.
     GarbledJson,
+    /// Refuse the request with HTTP 400 and this KooDrive code and message, without
+    /// processing: a permanent rejection such as `13000102` (parameter validation failed).
+    Reject { code: i64, msg: String },
 }
 
 mod millis {
@@ -380,6 +384,11 @@ async fn handle_with_faults(
             tokio::time::sleep(delay).await;
             Ok(forward(request).await)
         }
+        Some(FaultKind::Reject { code, msg }) => Ok(api::koodrive_error(
+            http::StatusCode::BAD_REQUEST,
+            code,
+            &msg,
+        )),
         Some(FaultKind::DropConnection) => Err(SimulatedDrop),
         Some(FaultKind::DropAfterProcessing) => {
             let _processed = forward(request).await;
