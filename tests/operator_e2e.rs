@@ -243,13 +243,13 @@ async fn a_failed_status_write_after_submission_never_resends() {
     let env = Env::start().await;
     env.create_credentials("creds", SECRET_KEY).await;
     // Recording KooDrive's answer reads /status first: fail those reads for a while, as if
-    // the API server were down right after the request was sent. More failures than the
-    // kube client's own retries absorb, so the operator's retry loop is exercised too.
+    // the API server were failing right after the request was sent. (500, not 503: the kube
+    // client retries 503 by itself, which would hide the operator's own retry loop.)
     env.emulator.inject(ApiFault {
         verb: Some("get".into()),
         path_contains: Some("/userbatches/stubborn/status".into()),
-        times: 20,
-        kind: ApiFaultKind::Status(503),
+        times: 6,
+        kind: ApiFaultKind::Status(500),
     });
     env.create_batch("stubborn", "creds", users("86145", 3, None)).await;
     let operator = env.operator("op", &[]);
