@@ -34,8 +34,6 @@ mod table;
 mod verbs;
 mod watch;
 
-pub use error::ApiError;
-
 use crate::validation::Violation;
 use serde_json::Value;
 use std::collections::VecDeque;

@@ -9,7 +9,7 @@ use super::selectors::Selector;
 use super::server::Query;
 use super::store::{EventType, ResourceKey, Store};
 use super::table;
-use super::watch::{WatchFilter, WatchStream, stream_response, watch_line};
+use super::watch::{Backlog, WatchFilter, WatchStream, stream_response, watch_line};
 use super::{Shared, event_conversion, lock};
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -850,7 +850,7 @@ impl Ctx<'_> {
                     .list(&filter.key, scope)
                     .into_iter()
                     .map(|o| self.present(o.clone()))
-                    .filter(|o| filter.labels.matches(o) && filter.fields.matches(o))
+                    .filter(|o| filter.selects(o))
                     .collect();
                 (Vec::new(), store.subscribe())
             }
@@ -871,7 +871,12 @@ impl Ctx<'_> {
             last_rv,
         };
         let cancel = shared.watch_token();
-        tokio::spawn(stream_ctx.run(tx, initial, send_initial, replay, feed, timeout, cancel));
+        let backlog = Backlog {
+            initial,
+            send_initial,
+            replay,
+        };
+        tokio::spawn(stream_ctx.run(tx, backlog, feed, timeout, cancel));
         let body = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv()
                 .await

@@ -47,16 +47,28 @@ pub(super) struct WatchFilter {
 }
 
 impl WatchFilter {
-    /// Whether a write concerns this watch; selectors apply to the object as presented.
-    fn matches(&self, record: &WatchRecord, presented: &Value) -> bool {
+    /// Whether a write is to this watch's kind and namespace.
+    fn concerns(&self, record: &WatchRecord) -> bool {
         record.resource == self.key
             && self
                 .namespace
                 .as_ref()
                 .is_none_or(|ns| *ns == record.namespace)
-            && self.labels.matches(presented)
-            && self.fields.matches(presented)
     }
+
+    /// Whether the selectors accept an object, as presented to the client.
+    pub(super) fn selects(&self, presented: &Value) -> bool {
+        self.labels.matches(presented) && self.fields.matches(presented)
+    }
+}
+
+/// What a watch sends before live events: the current objects (for a watch without a
+/// `resourceVersion`) or the retained events after the requested one.
+pub(super) struct Backlog {
+    pub(super) initial: Vec<Value>,
+    /// Whether the client asked for a streaming list (`sendInitialEvents=true`).
+    pub(super) send_initial: bool,
+    pub(super) replay: Vec<Arc<WatchRecord>>,
 }
 
 /// One open watch: turns store events into newline-delimited JSON on the response body.
@@ -96,27 +108,24 @@ impl WatchStream {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run(
         mut self,
         tx: mpsc::Sender<Bytes>,
-        initial: Vec<Value>,
-        send_initial: bool,
-        replay: Vec<Arc<WatchRecord>>,
+        backlog: Backlog,
         mut feed: broadcast::Receiver<Arc<WatchRecord>>,
         timeout: Option<Duration>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        for object in initial {
+        for object in backlog.initial {
             let rendered = self.render(object);
             if tx.send(watch_line("ADDED", rendered)).await.is_err() {
                 return;
             }
         }
-        if send_initial && self.bookmarks && tx.send(self.bookmark(true)).await.is_err() {
+        if backlog.send_initial && self.bookmarks && tx.send(self.bookmark(true)).await.is_err() {
             return;
         }
-        for record in replay {
+        for record in backlog.replay {
             if !self.forward(&tx, &record, &cancel).await {
                 return;
             }
@@ -169,8 +178,11 @@ impl WatchStream {
             return true;
         }
         self.last_rv = record.resource_version;
+        if !self.filter.concerns(record) {
+            return true;
+        }
         let presented = present(&self.def, &self.version, record.object.clone());
-        if !self.filter.matches(record, &presented) {
+        if !self.filter.selects(&presented) {
             return true;
         }
         let rendered = self.render(presented);
