@@ -1,6 +1,6 @@
 //! Prometheus metrics (SPEC §8), rendered in the OpenMetrics text format on `/metrics`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -9,13 +9,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    pub result: ReconcileResult,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum ReconcileResult {
-    Success,
-    Error,
+    /// `success` or `error`.
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +125,16 @@ impl Metrics {
                 call: call.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn reconciled(&self, success: bool, seconds: f64) {
+        let result = if success { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+        self.reconcile_duration.observe(seconds);
     }
 
     pub fn users(&self, outcome: &str, n: u64) {

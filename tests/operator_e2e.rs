@@ -33,7 +33,11 @@ async fn event_reasons(env: &Env) -> Vec<String> {
 async fn assert_nothing_leaked(env: &Env, operator: &Operator) {
     assert_no_secrets("the operator's logs", &operator.logs());
     assert_no_secrets("Events", &all_events(env).await);
-    let batches = env.userbatches().list(&ListParams::default()).await.unwrap();
+    let batches = env
+        .userbatches()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     let statuses: Vec<_> = batches.items.iter().map(|b| &b.status).collect();
     assert_no_secrets("status", &serde_json::to_string(&statuses).unwrap());
 }
@@ -42,9 +46,11 @@ async fn assert_nothing_leaked(env: &Env, operator: &Operator) {
 async fn happy_path_reaches_ready_with_task_in_status() {
     let env = Env::start().await;
     let people = users("86138", 3, Some("passwords"));
-    env.create_credentials("koodrive-credentials", SECRET_KEY).await;
+    env.create_credentials("koodrive-credentials", SECRET_KEY)
+        .await;
     env.create_passwords("passwords", &people).await;
-    env.create_batch("onboarding", "koodrive-credentials", people.clone()).await;
+    env.create_batch("onboarding", "koodrive-credentials", people.clone())
+        .await;
     let operator = env.operator("op", &[]);
 
     let ub = env.wait_for("onboarding", "Ready", is_ready).await;
@@ -57,7 +63,10 @@ async fn happy_path_reaches_ready_with_task_in_status() {
     assert_eq!(status.tasks[0].phones.len(), 3);
     assert_eq!(status.phase, Some(koodrive_operator::crd::Phase::Completed));
     let summary = status.summary.clone().unwrap();
-    assert_eq!((summary.requested, summary.submitted, summary.succeeded), (3, 3, 3));
+    assert_eq!(
+        (summary.requested, summary.submitted, summary.succeeded),
+        (3, 3, 3)
+    );
     assert_eq!(status.observed_generation, ub.metadata.generation);
     for c in &status.conditions {
         assert_eq!(c.observed_generation, ub.metadata.generation, "{c:?}");
@@ -69,35 +78,73 @@ async fn happy_path_reaches_ready_with_task_in_status() {
 
     // The printer columns, as kubectl shows them.
     let out = std::process::Command::new("kubectl")
-        .args(["--kubeconfig", env.kubeconfig.to_str().unwrap(), "get", "ub", "onboarding", "-n", NAMESPACE])
+        .args([
+            "--kubeconfig",
+            env.kubeconfig.to_str().unwrap(),
+            "get",
+            "ub",
+            "onboarding",
+            "-n",
+            NAMESPACE,
+        ])
         .output()
         .expect("kubectl is installed");
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
-    for column in ["PHASE", "USERS", "SUBMITTED", "SUCCEEDED", "FAILED", "TASK", "CODE", "AGE"] {
-        assert!(table.contains(column), "column {column} missing in:\n{table}");
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for column in [
+        "PHASE",
+        "USERS",
+        "SUBMITTED",
+        "SUCCEEDED",
+        "FAILED",
+        "TASK",
+        "CODE",
+        "AGE",
+    ] {
+        assert!(
+            table.contains(column),
+            "column {column} missing in:\n{table}"
+        );
     }
-    assert!(table.contains(&task_id) && table.contains("Completed"), "{table}");
+    assert!(
+        table.contains(&task_id) && table.contains("Completed"),
+        "{table}"
+    );
 
     // Quiet status: once Ready, nothing rewrites the object.
     let rv = ub.resource_version();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let again = env.userbatches().get("onboarding").await.unwrap();
-    assert_eq!(again.resource_version(), rv, "status rewritten although nothing changed");
+    assert_eq!(
+        again.resource_version(),
+        rv,
+        "status rewritten although nothing changed"
+    );
     assert_nothing_leaked(&env, &operator).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_secret_is_reported_then_recovers_when_created() {
     let env = Env::start().await;
-    env.create_batch("later", "not-yet", users("86139", 2, None)).await;
+    env.create_batch("later", "not-yet", users("86139", 2, None))
+        .await;
     let operator = env.operator("op", &[]);
 
     let ub = env
-        .wait_for("later", "CredentialsNotFound", |s| ready_reason(s) == Some("CredentialsNotFound"))
+        .wait_for("later", "CredentialsNotFound", |s| {
+            ready_reason(s) == Some("CredentialsNotFound")
+        })
         .await;
     let ready = condition(ub.status.as_ref().unwrap(), "Ready").unwrap();
-    assert!(ready.message.contains("not-yet"), "message names the Secret: {}", ready.message);
+    assert!(
+        ready.message.contains("not-yet"),
+        "message names the Secret: {}",
+        ready.message
+    );
     assert!(env.simulator.submissions().is_empty());
 
     // Creating the Secret alone (the UserBatch is untouched) must lead to Ready.
@@ -111,21 +158,30 @@ async fn missing_secret_is_reported_then_recovers_when_created() {
 async fn wrong_secret_key_stalls_until_the_secret_is_fixed() {
     let env = Env::start().await;
     env.create_credentials("creds", "WRONG-secret-key").await;
-    env.create_batch("badkey", "creds", users("86140", 2, None)).await;
+    env.create_batch("badkey", "creds", users("86140", 2, None))
+        .await;
     let operator = env.operator("op", &[]);
 
     let ub = env
-        .wait_for("badkey", "CredentialsInvalid", |s| ready_reason(s) == Some("CredentialsInvalid"))
+        .wait_for("badkey", "CredentialsInvalid", |s| {
+            ready_reason(s) == Some("CredentialsInvalid")
+        })
         .await;
     let status = ub.status.unwrap();
     assert!(condition(&status, "Stalled").is_some_and(|c| c.status == "True"));
     let message = &condition(&status, "Ready").unwrap().message;
-    assert!(message.contains("APIG.0303") || message.to_lowercase().contains("signature"), "{message}");
+    assert!(
+        message.contains("APIG.0303") || message.to_lowercase().contains("signature"),
+        "{message}"
+    );
     assert!(env.simulator.submissions().is_empty());
     // A stalled batch is not retried in a loop (the gateway would lock the AK/SK).
     let requests = env.simulator.request_count();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(env.simulator.request_count() <= requests + 1, "authentication failures retried quickly");
+    assert!(
+        env.simulator.request_count() <= requests + 1,
+        "authentication failures retried quickly"
+    );
 
     let fixed = credentials_secret("creds", SECRET_KEY);
     env.secrets()
@@ -159,11 +215,16 @@ async fn large_batches_are_split_and_appended_users_go_in_one_new_task() {
         .await
         .unwrap();
     let ub = env
-        .wait_for("big", "Ready with 4 tasks", |s| is_ready(s) && s.tasks.len() == 4)
+        .wait_for("big", "Ready with 4 tasks", |s| {
+            is_ready(s) && s.tasks.len() == 4
+        })
         .await;
     let last = &ub.status.unwrap().tasks[3];
     let added_phones: Vec<String> = added.iter().map(|u| u.phone.clone()).collect();
-    assert_eq!(last.phones, added_phones, "the new task holds only the new users");
+    assert_eq!(
+        last.phones, added_phones,
+        "the new task holds only the new users"
+    );
     let counts = env.simulator.submissions();
     assert_eq!(counts.len(), 2505);
     assert!(counts.values().all(|&c| c == 1));
@@ -181,7 +242,9 @@ async fn transient_koodrive_failures_are_retried_until_ready() {
     env.simulator.inject(Fault {
         call: Some(Call::Create),
         times: 1,
-        kind: FaultKind::TooManyRequests { retry_after_secs: 1 },
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 1,
+        },
     });
     // Reads that time out are safe to repeat.
     env.simulator.inject(Fault {
@@ -189,14 +252,20 @@ async fn transient_koodrive_failures_are_retried_until_ready() {
         times: 1,
         kind: FaultKind::Latency(Duration::from_secs(3)),
     });
-    env.create_batch("flaky", "creds", users("86143", 3, None)).await;
+    env.create_batch("flaky", "creds", users("86143", 3, None))
+        .await;
     let operator = env.operator("op", &["--request-timeout", "1s"]);
 
     env.wait_for("flaky", "Ready", is_ready).await;
     let counts = env.simulator.submissions();
     assert_eq!(counts.len(), 3);
     assert!(counts.values().all(|&c| c == 1));
-    assert!(event_reasons(&env).await.iter().any(|r| r == "KooDriveUnavailable"));
+    assert!(
+        event_reasons(&env)
+            .await
+            .iter()
+            .any(|r| r == "KooDriveUnavailable")
+    );
     assert_nothing_leaked(&env, &operator).await;
 }
 
@@ -212,15 +281,24 @@ async fn a_permanent_rejection_stalls_with_code_and_message() {
             msg: "parameter validation failed".into(),
         },
     });
-    env.create_batch("rejected", "creds", users("86144", 2, None)).await;
+    env.create_batch("rejected", "creds", users("86144", 2, None))
+        .await;
     let _operator = env.operator("op", &[]);
 
     let ub = env
-        .wait_for("rejected", "KooDriveRejected", |s| ready_reason(s) == Some("KooDriveRejected"))
+        .wait_for("rejected", "KooDriveRejected", |s| {
+            ready_reason(s) == Some("KooDriveRejected")
+        })
         .await;
     let status = ub.status.unwrap();
     assert_eq!(status.code.as_deref(), Some("13000102"));
-    assert!(status.message.as_deref().unwrap_or("").contains("parameter validation failed"));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("parameter validation failed")
+    );
     assert!(condition(&status, "Stalled").is_some_and(|c| c.status == "True"));
     assert_eq!(status.phase, Some(koodrive_operator::crd::Phase::Failed));
     // Not resent while nothing changed.
@@ -251,7 +329,8 @@ async fn a_failed_status_write_after_submission_never_resends() {
         times: 6,
         kind: ApiFaultKind::Status(500),
     });
-    env.create_batch("stubborn", "creds", users("86145", 3, None)).await;
+    env.create_batch("stubborn", "creds", users("86145", 3, None))
+        .await;
     let operator = env.operator("op", &[]);
 
     let ub = env.wait_for("stubborn", "Ready", is_ready).await;
@@ -273,18 +352,27 @@ async fn an_unanswered_request_is_in_doubt_until_a_human_resubmits() {
         times: 1,
         kind: FaultKind::DropAfterProcessing,
     });
-    env.create_batch("doubt", "creds", users("86146", 2, None)).await;
+    env.create_batch("doubt", "creds", users("86146", 2, None))
+        .await;
     let _operator = env.operator("op", &[]);
 
     let ub = env
-        .wait_for("doubt", "SubmissionInDoubt", |s| ready_reason(s) == Some("SubmissionInDoubt"))
+        .wait_for("doubt", "SubmissionInDoubt", |s| {
+            ready_reason(s) == Some("SubmissionInDoubt")
+        })
         .await;
     let status = ub.status.unwrap();
     let message = &condition(&status, "Ready").unwrap().message;
-    assert!(message.contains("koodrive.io/resubmit-in-doubt"), "{message}");
+    assert!(
+        message.contains("koodrive.io/resubmit-in-doubt"),
+        "{message}"
+    );
     assert!(condition(&status, "Stalled").is_some_and(|c| c.status == "True"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(env.simulator.submissions().values().all(|&c| c == 1), "resent without a human");
+    assert!(
+        env.simulator.submissions().values().all(|&c| c == 1),
+        "resent without a human"
+    );
 
     let patch = serde_json::json!({"metadata": {"annotations": {"koodrive.io/resubmit-in-doubt": "checked-1"}}});
     env.userbatches()
@@ -292,7 +380,10 @@ async fn an_unanswered_request_is_in_doubt_until_a_human_resubmits() {
         .await
         .unwrap();
     let ub = env.wait_for("doubt", "Ready", is_ready).await;
-    assert_eq!(ub.status.unwrap().resubmitted_in_doubt.as_deref(), Some("checked-1"));
+    assert_eq!(
+        ub.status.unwrap().resubmitted_in_doubt.as_deref(),
+        Some("checked-1")
+    );
     // The human asked for it: exactly one more submission each.
     assert!(env.simulator.submissions().values().all(|&c| c == 2));
 }
@@ -311,7 +402,10 @@ async fn operator_fails_fast_without_the_crd() {
     let status = operator.wait_exit();
     assert!(!status.success());
     let logs = operator.logs();
-    assert!(logs.contains("CRD") && logs.contains("kubectl apply"), "{logs}");
+    assert!(
+        logs.contains("CRD") && logs.contains("kubectl apply"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,8 +434,12 @@ async fn random_kills_never_submit_anyone_twice() {
         kind: FaultKind::Latency(Duration::from_millis(30)),
     });
     for i in 0..50 {
-        env.create_batch(&format!("chaos-{i:02}"), "creds", users(&format!("861{i:02}"), 20, None))
-            .await;
+        env.create_batch(
+            &format!("chaos-{i:02}"),
+            "creds",
+            users(&format!("861{i:02}"), 20, None),
+        )
+        .await;
     }
     let mut kills = 0;
     while kills < 20 {
@@ -364,9 +462,19 @@ async fn random_kills_never_submit_anyone_twice() {
     let batches = api.list(&ListParams::default()).await.unwrap();
     assert_eq!(batches.items.len(), 50, "no UserBatch lost");
     let counts = env.simulator.submissions();
-    for ub in batches.items.iter().filter(|b| b.status.as_ref().is_some_and(is_ready)) {
+    for ub in batches
+        .items
+        .iter()
+        .filter(|b| b.status.as_ref().is_some_and(is_ready))
+    {
         for user in &ub.spec.users {
-            assert_eq!(counts.get(&user.phone), Some(&1), "{} of {}", user.phone, ub.name_any());
+            assert_eq!(
+                counts.get(&user.phone),
+                Some(&1),
+                "{} of {}",
+                user.phone,
+                ub.name_any()
+            );
         }
     }
 }
@@ -375,16 +483,25 @@ async fn random_kills_never_submit_anyone_twice() {
 async fn secrets_are_watched_per_namespace_reference() {
     // A Secret change re-triggers only the UserBatches that reference it.
     let env = Env::start().await;
-    env.create_batch("a", "creds-a", users("86147", 1, None)).await;
-    env.create_batch("b", "creds-b", users("86148", 1, None)).await;
+    env.create_batch("a", "creds-a", users("86147", 1, None))
+        .await;
+    env.create_batch("b", "creds-b", users("86148", 1, None))
+        .await;
     let _operator = env.operator("op", &[]);
-    env.wait_for("a", "CredentialsNotFound", |s| ready_reason(s) == Some("CredentialsNotFound"))
-        .await;
-    env.wait_for("b", "CredentialsNotFound", |s| ready_reason(s) == Some("CredentialsNotFound"))
-        .await;
+    env.wait_for("a", "CredentialsNotFound", |s| {
+        ready_reason(s) == Some("CredentialsNotFound")
+    })
+    .await;
+    env.wait_for("b", "CredentialsNotFound", |s| {
+        ready_reason(s) == Some("CredentialsNotFound")
+    })
+    .await;
     env.create_credentials("creds-a", SECRET_KEY).await;
     env.wait_for("a", "Ready", is_ready).await;
     let b = env.userbatches().get("b").await.unwrap();
-    assert_eq!(ready_reason(b.status.as_ref().unwrap()), Some("CredentialsNotFound"));
+    assert_eq!(
+        ready_reason(b.status.as_ref().unwrap()),
+        Some("CredentialsNotFound")
+    );
     assert_eq!(env.simulator.submissions().len(), 1);
 }

@@ -3,9 +3,9 @@
 
 mod support;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use koodrive_operator::emulator::{Fault as ApiFault, FaultKind as ApiFaultKind};
 use kube::Api;
-use k8s_openapi::api::coordination::v1::Lease;
 use std::time::Duration;
 use support::*;
 
@@ -25,12 +25,22 @@ async fn lease_holder(env: &Env) -> Option<String> {
 async fn only_the_leader_submits_and_a_standby_takes_over() {
     let env = Env::start().await;
     env.create_credentials("creds", SECRET_KEY).await;
-    let ha = ["--leader-elect", "--lease-duration", "3s", "--lease-namespace", NAMESPACE];
+    let ha = [
+        "--leader-elect",
+        "--lease-duration",
+        "3s",
+        "--lease-namespace",
+        NAMESPACE,
+    ];
     let mut first = env.operator("replica-a", &ha);
     let mut second = env.operator("replica-b", &ha);
 
-    let leader = eventually("a leader to be elected", || async { lease_holder(&env).await }).await;
-    env.create_batch("one", "creds", users("86150", 5, None)).await;
+    let leader = eventually("a leader to be elected", || async {
+        lease_holder(&env).await
+    })
+    .await;
+    env.create_batch("one", "creds", users("86150", 5, None))
+        .await;
     env.wait_for("one", "Ready", is_ready).await;
 
     // Only the leader's log shows submissions.
@@ -51,7 +61,8 @@ async fn only_the_leader_submits_and_a_standby_takes_over() {
     })
     .await;
     assert_ne!(new_leader, leader);
-    env.create_batch("two", "creds", users("86151", 5, None)).await;
+    env.create_batch("two", "creds", users("86151", 5, None))
+        .await;
     env.wait_for("two", "Ready", is_ready).await;
     assert!(standby_op.logs().contains("submitted users to KooDrive"));
     let counts = env.simulator.submissions();
@@ -63,7 +74,8 @@ async fn only_the_leader_submits_and_a_standby_takes_over() {
 async fn readiness_waits_for_sync_and_metrics_move() {
     let env = Env::start().await;
     env.create_credentials("creds", SECRET_KEY).await;
-    env.create_batch("metered", "creds", users("86152", 4, None)).await;
+    env.create_batch("metered", "creds", users("86152", 4, None))
+        .await;
     // Hold the initial list of UserBatches so the watches cannot sync yet.
     env.emulator.inject(ApiFault {
         verb: Some("list".into()),
@@ -74,14 +86,21 @@ async fn readiness_waits_for_sync_and_metrics_move() {
     });
     let operator = env.operator("op", &[]);
     let addr = operator.metrics_addr().await;
-    let (code, _) = http_get(&format!("http://{addr}/healthz")).await.expect("healthz answers");
+    let (code, _) = http_get(&format!("http://{addr}/healthz"))
+        .await
+        .expect("healthz answers");
     assert_eq!(code, 200);
-    let (code, _) = http_get(&format!("http://{addr}/readyz")).await.expect("readyz answers");
+    let (code, _) = http_get(&format!("http://{addr}/readyz"))
+        .await
+        .expect("readyz answers");
     assert_eq!(code, 503, "ready before the watches synced");
 
     env.wait_for("metered", "Ready", is_ready).await;
-    let (code, _) = http_get(&format!("http://{addr}/readyz")).await.unwrap();
-    assert_eq!(code, 200);
+    eventually("readiness after sync", || {
+        let url = format!("http://{addr}/readyz");
+        async move { http_get(&url).await.filter(|(code, _)| *code == 200) }
+    })
+    .await;
     let metrics = eventually("metrics to count the submission", || {
         let url = format!("http://{addr}/metrics");
         async move {
@@ -99,6 +118,9 @@ async fn readiness_waits_for_sync_and_metrics_move() {
         "koodrive_operator_koodrive_request_duration_seconds_bucket",
         r#"koodrive_operator_userbatches{phase="Completed"} 1"#,
     ] {
-        assert!(metrics.contains(needle), "{needle} missing from /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from /metrics:\n{metrics}"
+        );
     }
 }

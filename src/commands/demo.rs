@@ -77,7 +77,10 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let secrets: Vec<Secret> = of_kind(&documents, "Secret")?;
     let batches: Vec<UserBatch> = of_kind(&documents, "UserBatch")?;
     if batches.is_empty() {
-        return Err(DemoError::NoUserBatch { path: args.examples }.into());
+        return Err(DemoError::NoUserBatch {
+            path: args.examples,
+        }
+        .into());
     }
 
     // The simulator accepts whatever credentials the example Secrets carry, so the demo
@@ -142,7 +145,11 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 name: format!("{namespace}/{}", batch.name_any()),
                 source,
             })?;
-        println!("applied UserBatch {namespace}/{} ({} users)", batch.name_any(), batch.spec.users.len());
+        println!(
+            "applied UserBatch {namespace}/{} ({} users)",
+            batch.name_any(),
+            batch.spec.users.len()
+        );
         keys.push((namespace, batch.name_any()));
     }
 
@@ -168,7 +175,11 @@ fn loopback() -> std::net::SocketAddr {
 }
 
 /// Prints one line per change of (phase, Ready reason, message) until all are Ready.
-async fn follow_until_ready(client: &kube::Client, keys: &[(String, String)], timeout: Duration) -> Result<(), DemoError> {
+async fn follow_until_ready(
+    client: &kube::Client,
+    keys: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), DemoError> {
     let started = Instant::now();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     loop {
@@ -184,12 +195,17 @@ async fn follow_until_ready(client: &kube::Client, keys: &[(String, String)], ti
             let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
             let line = format!(
                 "phase={} Ready={} ({}) task={} code={}: {}",
-                status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+                status
+                    .phase
+                    .map(|p| format!("{p:?}"))
+                    .unwrap_or_else(|| "-".into()),
                 ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
                 ready.map(|c| c.reason.as_str()).unwrap_or("-"),
                 status.task_id.as_deref().unwrap_or("-"),
                 status.code.as_deref().unwrap_or("-"),
-                ready.map(|c| c.message.as_str()).unwrap_or("waiting for the operator"),
+                ready
+                    .map(|c| c.message.as_str())
+                    .unwrap_or("waiting for the operator"),
             );
             if last.get(&key) != Some(&line) {
                 println!("[{:>5.1}s] {key}: {line}", started.elapsed().as_secs_f64());
@@ -236,16 +252,20 @@ fn load_documents(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Demo
             path: file.clone(),
             source,
         })?;
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).map_err(|e| DemoError::Yaml {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).map_err(|e| DemoError::Yaml {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
         documents.extend(docs.into_iter().filter(|d| !d.is_null()));
     }
     Ok(documents)
 }
 
-fn of_kind<T: serde::de::DeserializeOwned>(documents: &[serde_json::Value], kind: &str) -> Result<Vec<T>, DemoError> {
+fn of_kind<T: serde::de::DeserializeOwned>(
+    documents: &[serde_json::Value],
+    kind: &str,
+) -> Result<Vec<T>, DemoError> {
     documents
         .iter()
         .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some(kind))

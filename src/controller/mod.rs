@@ -201,8 +201,19 @@ pub async fn run(
     let store = controller.store();
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            on_synced();
+        // The store's readiness is a oneshot that wakes only its latest poller, and the
+        // Controller polls it too; re-polling on a short tick observes it all the same.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(50), ready_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    on_synced();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
 

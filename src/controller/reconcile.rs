@@ -81,18 +81,10 @@ pub async fn reconcile(ub: Arc<UserBatch>, ctx: Arc<Context>) -> Result<Action, 
         .instrument(span)
         .await;
     ctx.metrics
-        .reconcile_duration
-        .observe(started.elapsed().as_secs_f64());
-    let outcome = if result.is_ok() {
+        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+    if result.is_ok() {
         ctx.record_success(&key);
-        crate::metrics::ReconcileResult::Success
-    } else {
-        crate::metrics::ReconcileResult::Error
-    };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&crate::metrics::ResultLabels { result: outcome })
-        .inc();
+    }
     result
 }
 
@@ -579,7 +571,12 @@ impl<'a> Reconciler<'a> {
                 self.ctx
                     .metrics
                     .users("skipped", report.skipped.max(0) as u64);
-                for user in report.users.iter().filter(|u| is_failure(u)) {
+                // Skipped users may carry a code too; only a task that counts failures has any.
+                let failed_users = report
+                    .users
+                    .iter()
+                    .filter(|u| report.failed > 0 && is_failure(u));
+                for user in failed_users {
                     if failures.len() < progress::MAX_FAILURES
                         && !failures.iter().any(|f| f.phone == user.phone)
                     {

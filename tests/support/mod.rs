@@ -4,7 +4,9 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use koodrive_operator::crd::{CredentialsRef, SecretKeyRef, User, UserBatch, UserBatchSpec, UserBatchStatus};
+use koodrive_operator::crd::{
+    CredentialsRef, SecretKeyRef, User, UserBatch, UserBatchSpec, UserBatchStatus,
+};
 use koodrive_operator::emulator::{Emulator, EmulatorConfig};
 use koodrive_operator::simulator::{Account, Simulator, SimulatorConfig};
 use kube::Api;
@@ -38,7 +40,10 @@ impl Env {
         Self::start_with(EmulatorConfig::default(), SimulatorConfig::default()).await
     }
 
-    pub async fn start_with(emulator_config: EmulatorConfig, mut sim_config: SimulatorConfig) -> Env {
+    pub async fn start_with(
+        emulator_config: EmulatorConfig,
+        mut sim_config: SimulatorConfig,
+    ) -> Env {
         if sim_config.accounts.is_empty() {
             sim_config.accounts.push(Account {
                 access_key: ACCESS_KEY.into(),
@@ -118,7 +123,10 @@ impl Env {
 
     pub async fn create_credentials(&self, name: &str, secret_key: &str) {
         let secret = credentials_secret(name, secret_key);
-        self.secrets().create(&PostParams::default(), &secret).await.unwrap();
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
     }
 
     pub async fn create_passwords(&self, name: &str, users: &[User]) {
@@ -134,16 +142,27 @@ impl Env {
             string_data: Some(data),
             ..Default::default()
         };
-        self.secrets().create(&PostParams::default(), &secret).await.unwrap();
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
     }
 
     pub async fn create_batch(&self, name: &str, credentials: &str, users: Vec<User>) -> UserBatch {
         let ub = userbatch(name, credentials, users);
-        self.userbatches().create(&PostParams::default(), &ub).await.unwrap()
+        self.userbatches()
+            .create(&PostParams::default(), &ub)
+            .await
+            .unwrap()
     }
 
     /// Polls the UserBatch until `ready` holds for its status, or panics with the last status.
-    pub async fn wait_for(&self, name: &str, what: &str, ready: impl Fn(&UserBatchStatus) -> bool) -> UserBatch {
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        ready: impl Fn(&UserBatchStatus) -> bool,
+    ) -> UserBatch {
         wait_for_batch(&self.userbatches(), name, what, ready).await
     }
 }
@@ -189,7 +208,10 @@ where
     panic!("{what} did not happen within {DEADLINE:?}");
 }
 
-pub fn condition<'a>(status: &'a UserBatchStatus, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+pub fn condition<'a>(
+    status: &'a UserBatchStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -284,7 +306,10 @@ impl Operator {
                 self.child = None;
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "operator did not exit after SIGTERM");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "operator did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -336,9 +361,18 @@ pub fn read_to_string(path: &Path) -> String {
 
 /// Fails if a secret or a password appears anywhere in `haystack`.
 pub fn assert_no_secrets(what: &str, haystack: &str) {
-    assert!(!haystack.contains(SECRET_KEY), "the secret key leaked into {what}");
-    assert!(!haystack.contains("WRONG-secret"), "a (wrong) secret key leaked into {what}");
-    assert!(!haystack.contains(PASSWORD_PREFIX), "a password leaked into {what}");
+    assert!(
+        !haystack.contains(SECRET_KEY),
+        "the secret key leaked into {what}"
+    );
+    assert!(
+        !haystack.contains("WRONG-secret"),
+        "a (wrong) secret key leaked into {what}"
+    );
+    assert!(
+        !haystack.contains(PASSWORD_PREFIX),
+        "a password leaked into {what}"
+    );
 }
 
 /// Plain HTTP GET on loopback, for /metrics, /readyz.
