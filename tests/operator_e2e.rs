@@ -505,3 +505,45 @@ async fn secrets_are_watched_per_namespace_reference() {
     );
     assert_eq!(env.simulator.submissions().len(), 1);
 }
+
+#[test]
+fn demo_applies_the_examples_and_reaches_ready() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+        .args(["demo", "--examples", concat!(env!("CARGO_MANIFEST_DIR"), "/examples"), "--timeout", "60s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("applied UserBatch default/onboarding-2026-11"), "{stdout}");
+    assert!(stdout.contains("AwaitingResults") || stdout.contains("Submitting"), "transitions shown:\n{stdout}");
+    assert!(stdout.contains("Ready=True"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("all UserBatches Ready"), "{stdout}");
+    assert_no_secrets("demo output", &stdout);
+}
+
+#[test]
+fn demo_times_out_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: koodrive-credentials, namespace: default}
+stringData: {accessKey: ak, secretKey: sk, userId: "1"}
+---
+apiVersion: koodrive.io/v1alpha1
+kind: UserBatch
+metadata: {name: orphan, namespace: default}
+spec:
+  credentialsRef: {name: missing-secret}
+  users: [{firstname: Ada, phone: "8613800000001"}]
+"#;
+    std::fs::write(dir.path().join("batch.yaml"), manifest).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+        .args(["demo", "--examples", dir.path().to_str().unwrap(), "--timeout", "3s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out") && stderr.contains("CredentialsNotFound"), "{stderr}");
+    assert!(stderr.contains("missing-secret"), "{stderr}");
+}
