@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "koodrive.io";
 /// Annotation whose new value re-sends users whose submission is in doubt.
 pub const RESUBMIT_IN_DOUBT_ANNOTATION: &str = "koodrive.io/resubmit-in-doubt";
-/// Annotation whose new value re-sends users whose registration failed.
-pub const RETRY_FAILED_ANNOTATION: &str = "koodrive.io/retry-failed";
 /// Default key names inside the credentials Secret.
 pub const DEFAULT_ACCESS_KEY_KEY: &str = "accessKey";
 pub const DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
@@ -271,10 +269,6 @@ pub struct UserBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ANNOTATION_VALUE_LEN))]
     pub resubmitted_in_doubt: Option<String>,
-    /// The `koodrive.io/retry-failed` value last acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = MAX_ANNOTATION_VALUE_LEN))]
-    pub retried_failed: Option<String>,
     /// `<reason>/<digest>`: the condition reason of the last permanent refusal and a digest of
     /// the inputs it was seen with (generation, endpoint, referenced Secrets' versions).
     /// Nothing is resent until those inputs change.
@@ -365,9 +359,10 @@ pub struct TaskRecord {
     /// Phones of the users this request carried.
     #[schemars(length(max = MAX_PHONES_PER_TASK), inner(length(max = 21)))]
     pub phones: Vec<String>,
-    /// Digest of the non-secret fields of the users as sent, to notice later edits.
+    /// Short fingerprints of the users' non-secret fields as sent (8 hex characters per
+    /// phone, in `phones` order), to notice later edits. Holds nothing about passwords.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = MAX_ID_LEN))]
+    #[schemars(length(max = 8000))]
     pub users_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,

@@ -553,6 +553,84 @@ async fn invalid_userbatches_are_rejected_with_422_naming_the_field() {
     );
 }
 
+/// With the default validator (the CRD's own schema and CEL rules), the emulator rejects
+/// what a real API server would, naming the field.
+#[tokio::test]
+async fn the_real_schema_and_cel_rules_reject_invalid_userbatches() {
+    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let api: Api<UserBatch> = Api::default_namespaced(client);
+    let cases = [
+        (
+            json!([{"firstname": "Ada", "phone": "12"}]),
+            "spec.users[0].phone",
+        ),
+        (
+            json!([{"phone": "8613800000001"}]),
+            "spec.users[0].firstname",
+        ),
+        (
+            json!([{"firstname": "Ada", "phone": "8613800000001", "password": "x",
+                    "passwordSecretRef": {"name": "p", "key": "k"}}]),
+            "spec.users[0]",
+        ),
+        (
+            json!([{"firstname": "A", "phone": "8613800000001"}, {"firstname": "B", "phone": "8613800000001"}]),
+            "spec.users[1]",
+        ),
+    ];
+    for (i, (users, field)) in cases.into_iter().enumerate() {
+        let object = json!({
+            "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch",
+            "metadata": {"name": format!("bad-{i}")},
+            "spec": {"credentialsRef": {"name": "c"}, "users": users}
+        });
+        let request =
+            http::Request::post("/apis/koodrive.io/v1alpha1/namespaces/default/userbatches")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&object).unwrap())
+                .unwrap();
+        let err = api_error(client_request(&api, request).await);
+        assert_eq!(
+            (err.code, err.reason.as_str()),
+            (422, "Invalid"),
+            "case {i}"
+        );
+        let causes = err.details.unwrap().causes;
+        assert!(
+            causes.iter().any(|c| c.field == field),
+            "case {i}: {causes:?}"
+        );
+    }
+    let err = api_error(
+        api.create(&PostParams::default(), &{
+            let mut b = batch("insecure", &["1"]);
+            b.spec.endpoint = Some("http://koodrive.example.com".into());
+            b
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.details
+            .unwrap()
+            .causes
+            .iter()
+            .any(|c| c.field == "spec.endpoint")
+    );
+    api.create(&PostParams::default(), &batch("fine", &["1", "2"]))
+        .await
+        .unwrap();
+}
+
+async fn client_request(api: &Api<UserBatch>, request: http::Request<Vec<u8>>) -> kube::Error {
+    let client: Client = api.clone().into_client();
+    client
+        .request::<UserBatch>(request)
+        .await
+        .expect_err("the emulator should refuse this UserBatch")
+}
+
 #[tokio::test]
 async fn faults_fail_or_delay_matching_requests_then_stop() {
     let (emulator, client) = start(EmulatorConfig::default()).await;

@@ -411,8 +411,8 @@ async fn operator_fails_fast_without_the_crd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly() {
     let env = Env::start().await;
-    let mut operator = env.operator("op", &[]);
-    let addr = operator.metrics_addr().await;
+    let mut operator = env.operator("op", &["--log-format", "json"]);
+    let addr = json_metrics_addr(&operator).await;
     eventually("readiness", || {
         let url = format!("http://{addr}/readyz");
         async move { http_get(&url).await.filter(|(code, _)| *code == 200) }
@@ -420,6 +420,33 @@ async fn sigterm_exits_cleanly() {
     .await;
     let status = operator.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    // Structured logs: every line is one JSON object.
+    for line in operator.logs().lines().filter(|l| !l.trim().is_empty()) {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            parsed.get("level").is_some() && parsed.get("timestamp").is_some(),
+            "{line}"
+        );
+    }
+}
+
+/// The metrics address from the JSON log line announcing it.
+async fn json_metrics_addr(operator: &Operator) -> String {
+    eventually("the operator to log its metrics address", || {
+        let logs = operator.logs();
+        async move {
+            logs.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| {
+                    v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("serving /metrics"))
+                })
+                .and_then(|v| v["address"].as_str().map(str::to_string))
+        }
+    })
+    .await
 }
 
 /// SIGKILL the operator at random moments across 50 UserBatches; restart it each time.
@@ -449,7 +476,7 @@ async fn random_kills_never_submit_anyone_twice() {
         operator.kill();
         kills += 1;
     }
-    let _last = env.operator("op-final", &["--max-batch-size", "7"]);
+    let last = env.operator("op-final", &["--max-batch-size", "7"]);
     let api = env.userbatches();
     for i in 0..50 {
         let name = format!("chaos-{i:02}");
@@ -477,6 +504,7 @@ async fn random_kills_never_submit_anyone_twice() {
             );
         }
     }
+    assert_nothing_leaked(&env, &last).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,15 +537,34 @@ async fn secrets_are_watched_per_namespace_reference() {
 #[test]
 fn demo_applies_the_examples_and_reaches_ready() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
-        .args(["demo", "--examples", concat!(env!("CARGO_MANIFEST_DIR"), "/examples"), "--timeout", "60s"])
+        .args([
+            "demo",
+            "--examples",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples"),
+            "--timeout",
+            "60s",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("applied UserBatch default/onboarding-2026-11"), "{stdout}");
-    assert!(stdout.contains("AwaitingResults") || stdout.contains("Submitting"), "transitions shown:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("applied UserBatch default/onboarding-2026-11"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("AwaitingResults") || stdout.contains("Submitting"),
+        "transitions shown:\n{stdout}"
+    );
     assert!(stdout.contains("Ready=True"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("all UserBatches Ready"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("all UserBatches Ready"),
+        "{stdout}"
+    );
     assert_no_secrets("demo output", &stdout);
 }
 
@@ -539,11 +586,139 @@ spec:
 "#;
     std::fs::write(dir.path().join("batch.yaml"), manifest).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
-        .args(["demo", "--examples", dir.path().to_str().unwrap(), "--timeout", "3s"])
+        .args([
+            "demo",
+            "--examples",
+            dir.path().to_str().unwrap(),
+            "--timeout",
+            "3s",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("timed out") && stderr.contains("CredentialsNotFound"), "{stderr}");
+    assert!(
+        stderr.contains("timed out") && stderr.contains("CredentialsNotFound"),
+        "{stderr}"
+    );
     assert!(stderr.contains("missing-secret"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_password_secret_is_named_then_recovers_and_inline_passwords_warn() {
+    let env = Env::start().await;
+    env.create_credentials("creds", SECRET_KEY).await;
+    let people = users("86153", 2, Some("later-passwords"));
+    env.create_batch("pw", "creds", people.clone()).await;
+    let mut inline = users("86154", 1, None);
+    inline[0].password = Some(password_for(&inline[0].phone));
+    env.create_batch("inline", "creds", inline).await;
+    let operator = env.operator("op", &[]);
+
+    let ub = env
+        .wait_for("pw", "PasswordNotFound", |s| {
+            ready_reason(s) == Some("PasswordNotFound")
+        })
+        .await;
+    let message = &condition(ub.status.as_ref().unwrap(), "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("later-passwords"),
+        "names the Secret: {message}"
+    );
+    assert!(
+        env.simulator
+            .submissions()
+            .keys()
+            .all(|p| !p.starts_with("86153"))
+    );
+
+    env.create_passwords("later-passwords", &people).await;
+    env.wait_for("pw", "Ready", is_ready).await;
+    env.wait_for("inline", "Ready", is_ready).await;
+    let events: Api<Event> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InlinePassword")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("inline")),
+        "inline passwords raise a Warning Event"
+    );
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PasswordNotFound"))
+    );
+    all_counts_at_most_once(&env);
+    assert_nothing_leaked(&env, &operator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_and_edited_users_are_reported_never_resent() {
+    let env = Env::start().await;
+    env.create_credentials("creds", SECRET_KEY).await;
+    let mut people = users("86155", 3, None);
+    env.create_batch("edits", "creds", people.clone()).await;
+    let _operator = env.operator("op", &[]);
+    env.wait_for("edits", "Ready", is_ready).await;
+
+    people.remove(0);
+    people[0].email = Some("changed@example.com".into());
+    let patch = serde_json::json!({"spec": {"users": people}});
+    env.userbatches()
+        .patch("edits", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let ub = env
+        .wait_for("edits", "Ready at generation 2", |s| {
+            is_ready(s) && s.observed_generation == Some(2)
+        })
+        .await;
+    assert_eq!(ub.status.unwrap().tasks.len(), 1, "no new task");
+
+    let reasons = eventually("both Events", || {
+        let env = &env;
+        async move {
+            let reasons = event_reasons(env).await;
+            (reasons.iter().any(|r| r == "UsersRemoved")
+                && reasons.iter().any(|r| r == "UsersChangedAfterSubmission"))
+            .then_some(reasons)
+        }
+    })
+    .await;
+    assert!(reasons.iter().any(|r| r == "Ready"));
+    let counts = env.simulator.submissions();
+    assert_eq!(counts.len(), 3);
+    assert!(counts.values().all(|&c| c == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespace_limits_what_the_operator_touches() {
+    let env = Env::start().await;
+    env.create_credentials("creds", SECRET_KEY).await;
+    env.create_batch("elsewhere", "creds", users("86156", 1, None))
+        .await;
+    let operator = env.operator("op", &["--watch-namespace", "team-a"]);
+    let addr = operator.metrics_addr().await;
+    eventually("readiness", || {
+        let url = format!("http://{addr}/readyz");
+        async move { http_get(&url).await.filter(|(code, _)| *code == 200) }
+    })
+    .await;
+    // Synced and idle: a UserBatch outside the watched namespace is never reconciled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ub = env.userbatches().get("elsewhere").await.unwrap();
+    assert!(ub.status.is_none(), "{:?}", ub.status);
+    assert!(env.simulator.submissions().is_empty());
+    assert!(
+        env.emulator
+            .request_log()
+            .iter()
+            .filter(|(verb, _, _)| verb == "list" || verb == "watch")
+            .all(|(_, path, _)| path.contains("/namespaces/team-a/")),
+        "only namespaced lists and watches"
+    );
 }

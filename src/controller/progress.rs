@@ -200,9 +200,8 @@ pub fn assess(
             true,
             reasons::USERS_FAILED,
             format!(
-                "{} of {total} users failed in KooDrive (see status.failures); annotate {}=<new value> to resubmit them",
-                summary.failed.max(failures.len() as i64),
-                crate::crd::RETRY_FAILED_ANNOTATION
+                "{} of {total} users failed in KooDrive (see status.failures); the operator does not resend them: fix the cause and provision them in a new UserBatch",
+                summary.failed.max(failures.len() as i64)
             ),
         ))
     } else {

@@ -183,6 +183,16 @@ impl<'a> Reconciler<'a> {
     /// Emits Events for users removed or edited after submission: KooDrive cannot undo or
     /// update them, so the operator says so instead of acting.
     async fn report_spec_edits(&self, ub: &UserBatch) {
+        if ub.spec.users.iter().any(|u| u.password.is_some()) {
+            self.event(
+                ub,
+                EventType::Warning,
+                "InlinePassword",
+                "Reconcile",
+                "spec.users[].password holds passwords in plain text in the UserBatch; use passwordSecretRef instead".into(),
+            )
+            .await;
+        }
         let Some(status) = ub.status.as_ref() else {
             return;
         };
@@ -209,16 +219,6 @@ impl<'a> Reconciler<'a> {
                 "UsersChangedAfterSubmission",
                 "Reconcile",
                 note,
-            )
-            .await;
-        }
-        if ub.spec.users.iter().any(|u| u.password.is_some()) {
-            self.event(
-                ub,
-                EventType::Warning,
-                "InlinePassword",
-                "Reconcile",
-                "spec.users[].password holds passwords in plain text in the UserBatch; use passwordSecretRef instead".into(),
             )
             .await;
         }
@@ -650,15 +650,24 @@ impl<'a> Reconciler<'a> {
         next.observed_generation = ub.meta().generation;
         next.conditions =
             conditions::merge(&previous.conditions, &desired, ub.meta().generation, &now());
+        if let Some(message) = next.message.as_mut() {
+            truncate_in_place(message, crate::crd::MAX_MESSAGE_LEN);
+        }
         if next == previous {
             return Ok(phase);
         }
+        let transition = ready_transition(&previous.conditions, &next.conditions);
         let mut updated = ub.clone();
         updated.status = Some(next);
-        self.api
+        let updated = self
+            .api
             .replace_status(&self.name, &PostParams::default(), &updated)
             .await
             .map_err(kube_err("writing status"))?;
+        if let Some((type_, reason, message)) = transition {
+            self.event(&updated, type_, &reason, "Reconcile", message)
+                .await;
+        }
         Ok(phase)
     }
 
@@ -705,6 +714,40 @@ impl Context {
             })
             .inc();
     }
+}
+
+/// The Event announcing a new Ready state, for the states not announced where they arise:
+/// completion, and problems only a human or another system can fix.
+fn ready_transition(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    next: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<(EventType, String, String)> {
+    use conditions::reasons;
+    let ready = conditions::find(next, conditions::types::READY)?;
+    let before = conditions::find(previous, conditions::types::READY);
+    if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
+        return None;
+    }
+    if ready.status == "True" {
+        return Some((
+            EventType::Normal,
+            reasons::READY.into(),
+            ready.message.clone(),
+        ));
+    }
+    let announced_here = [
+        reasons::CREDENTIALS_NOT_FOUND,
+        reasons::PASSWORD_NOT_FOUND,
+        reasons::INVALID_SPEC,
+        reasons::USERS_FAILED,
+    ];
+    announced_here.contains(&ready.reason.as_str()).then(|| {
+        (
+            EventType::Warning,
+            ready.reason.clone(),
+            ready.message.clone(),
+        )
+    })
 }
 
 fn is_failure(user: &koodrive::UserResult) -> bool {
@@ -754,42 +797,57 @@ fn chunk_users<'u>(users: &'u [User], phones: &[String]) -> Vec<&'u User> {
         .collect()
 }
 
-/// Digest of the users' non-secret fields as sent. Passwords are represented only by where
-/// they come from, so the digest reveals nothing about them.
-fn users_digest<'u>(users: impl Iterator<Item = &'u User>) -> String {
+/// Hex characters of one user's fingerprint in `TaskRecord::users_digest`.
+const USER_DIGEST_LEN: usize = 8;
+
+/// One user's fingerprint: a short hash of the non-secret fields as sent. Passwords are
+/// represented only by where they come from, so it reveals nothing about them; 32 bits are
+/// plenty to notice an edit.
+fn user_digest(user: &User) -> String {
     let mut hasher = Sha256::new();
-    for user in users {
-        let password_source = match (&user.password, &user.password_secret_ref) {
-            (Some(_), _) => "inline".to_string(),
-            (None, Some(r)) => format!("secret:{}/{}", r.name, r.key),
-            (None, None) => String::new(),
-        };
-        for field in [
-            user.phone.as_str(),
-            user.firstname.as_str(),
-            user.surname.as_deref().unwrap_or(""),
-            user.email.as_deref().unwrap_or(""),
-            password_source.as_str(),
-        ] {
-            hasher.update(field.as_bytes());
-            hasher.update([0]);
-        }
+    let password_source = match (&user.password, &user.password_secret_ref) {
+        (Some(_), _) => "inline".to_string(),
+        (None, Some(r)) => format!("secret:{}/{}", r.name, r.key),
+        (None, None) => String::new(),
+    };
+    for field in [
+        user.phone.as_str(),
+        user.firstname.as_str(),
+        user.surname.as_deref().unwrap_or(""),
+        user.email.as_deref().unwrap_or(""),
+        password_source.as_str(),
+    ] {
+        hasher.update(field.as_bytes());
+        hasher.update([0]);
     }
-    hex::encode(&hasher.finalize()[..16])
+    hex::encode(&hasher.finalize()[..USER_DIGEST_LEN / 2])
 }
 
-/// Phones of submitted users whose task no longer matches the spec's current fields. The
-/// digest is per task, so every still-listed user of an edited task is named.
+/// The fingerprints of a request's users, concatenated in `phones` order.
+fn users_digest<'u>(users: impl Iterator<Item = &'u User>) -> String {
+    users.map(user_digest).collect()
+}
+
+/// Phones of submitted users whose fields changed since they were sent.
 fn changed_after_submission(ub: &UserBatch, status: &UserBatchStatus) -> Vec<String> {
+    let by_phone: std::collections::HashMap<&str, &User> = ub
+        .spec
+        .users
+        .iter()
+        .map(|u| (u.phone.as_str(), u))
+        .collect();
     let mut changed = Vec::new();
     for task in status.tasks.iter().filter(|t| t.task_id.is_some()) {
         let Some(recorded) = &task.users_digest else {
             continue;
         };
-        let current = chunk_users(&ub.spec.users, &task.phones);
-        // Removals are reported on their own; only compare tasks whose users are all present.
-        if current.len() == task.phones.len() && users_digest(current.into_iter()) != *recorded {
-            changed.extend(task.phones.iter().cloned());
+        for (i, phone) in task.phones.iter().enumerate() {
+            let sent = recorded.get(i * USER_DIGEST_LEN..(i + 1) * USER_DIGEST_LEN);
+            if let (Some(sent), Some(user)) = (sent, by_phone.get(phone.as_str()))
+                && user_digest(user) != sent
+            {
+                changed.push(phone.clone());
+            }
         }
     }
     changed
@@ -808,6 +866,12 @@ fn abbreviate(items: &[String], max: usize) -> String {
 }
 
 fn truncate(mut text: String, max: usize) -> String {
+    truncate_in_place(&mut text, max);
+    text
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate_in_place(text: &mut String, max: usize) {
     if text.len() > max {
         let mut cut = max;
         while !text.is_char_boundary(cut) {
@@ -815,5 +879,93 @@ fn truncate(mut text: String, max: usize) -> String {
         }
         text.truncate(cut);
     }
-    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CredentialsRef, UserBatchSpec};
+
+    fn user(phone: &str, email: &str) -> User {
+        User {
+            firstname: "Ada".into(),
+            surname: None,
+            phone: phone.into(),
+            email: Some(email.into()),
+            password: Some("secret-password".into()),
+            password_secret_ref: None,
+        }
+    }
+
+    fn batch(users: Vec<User>, tasks: Vec<TaskRecord>) -> (UserBatch, UserBatchStatus) {
+        let ub = UserBatch::new(
+            "b",
+            UserBatchSpec {
+                credentials_ref: CredentialsRef {
+                    name: "c".into(),
+                    access_key_key: None,
+                    secret_key_key: None,
+                    user_id_key: None,
+                },
+                endpoint: None,
+                users,
+            },
+        );
+        let status = UserBatchStatus {
+            tasks,
+            ..UserBatchStatus::default()
+        };
+        (ub, status)
+    }
+
+    fn task(users: &[User]) -> TaskRecord {
+        TaskRecord {
+            task_id: Some("1".into()),
+            code: Some("0".into()),
+            message: None,
+            trace_id: "t".into(),
+            submitted_at: Time(jiff::Timestamp::UNIX_EPOCH),
+            phones: users.iter().map(|u| u.phone.clone()).collect(),
+            users_digest: Some(users_digest(users.iter())),
+            result: None,
+        }
+    }
+
+    #[test]
+    fn edits_are_named_per_user_even_when_others_were_removed() {
+        let sent = [
+            user("1", "a@x.io"),
+            user("2", "b@x.io"),
+            user("3", "c@x.io"),
+        ];
+        let now = vec![user("2", "changed@x.io"), user("3", "c@x.io")];
+        let (ub, status) = batch(now, vec![task(&sent)]);
+        assert_eq!(changed_after_submission(&ub, &status), ["2"]);
+    }
+
+    #[test]
+    fn unchanged_users_are_not_reported() {
+        let sent = [user("1", "a@x.io"), user("2", "b@x.io")];
+        let (ub, status) = batch(sent.to_vec(), vec![task(&sent)]);
+        assert!(changed_after_submission(&ub, &status).is_empty());
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_the_password_value() {
+        let mut other = user("1", "a@x.io");
+        other.password = Some("another-password".into());
+        assert_eq!(user_digest(&user("1", "a@x.io")), user_digest(&other));
+        assert_eq!(user_digest(&other).len(), USER_DIGEST_LEN);
+    }
+
+    #[test]
+    fn inputs_digest_changes_with_generation_and_secret_versions() {
+        let (mut ub, _) = batch(vec![user("1", "a@x.io")], vec![]);
+        ub.metadata.generation = Some(1);
+        let a = inputs_digest(&ub, "https://e", "creds=1");
+        assert_eq!(a, inputs_digest(&ub, "https://e", "creds=1"));
+        assert_ne!(a, inputs_digest(&ub, "https://e", "creds=2"));
+        ub.metadata.generation = Some(2);
+        assert_ne!(a, inputs_digest(&ub, "https://e", "creds=1"));
+    }
 }
