@@ -17,6 +17,7 @@ pub mod emulator;
 pub mod health;
 pub mod koodrive;
 pub mod leader;
+pub mod manifests;
 pub mod metrics;
 pub mod simulator;
 pub mod telemetry;

@@ -41,14 +41,10 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid YAML: {message}")]
-    Yaml { path: PathBuf, message: String },
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path} is not valid YAML (at {location})")]
+    Yaml { path: PathBuf, location: String },
     #[error("{path} holds no UserBatch to demonstrate")]
     NoUserBatch { path: PathBuf },
     #[error("the examples hold no credentials Secret with accessKey, secretKey and userId")]
@@ -228,34 +224,26 @@ async fn follow_until_ready(
     }
 }
 
-/// Every YAML document in a file, or in the `*.yaml`/`*.yml` files of a directory (sorted).
+/// Every YAML document in a file, or in the `*.yaml`/`*.yml` files below a directory.
 fn load_documents(path: &std::path::Path) -> Result<Vec<serde_json::Value>, DemoError> {
-    let read_err = |source| DemoError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut files = Vec::new();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(read_err)? {
-            let p = entry.map_err(read_err)?.path();
-            if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(p);
-            }
-        }
-        files.sort();
-    } else {
-        files.push(path.to_path_buf());
-    }
     let mut documents = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| DemoError::Read {
-            path: file.clone(),
-            source,
+    for file in crate::manifests::expand(path) {
+        let file = file.map_err(|(path, err)| DemoError::Read {
+            path,
+            message: err.to_string(),
         })?;
+        let text = std::fs::read_to_string(&file).map_err(|err| DemoError::Read {
+            path: file.clone(),
+            message: err.to_string(),
+        })?;
+        // Only the location is reported: the offending line may hold a password.
         let docs: Vec<serde_json::Value> =
             serde_saphyr::from_multiple(&text).map_err(|e| DemoError::Yaml {
                 path: file.clone(),
-                message: e.to_string(),
+                location: e
+                    .location()
+                    .map(|at| format!("line {}, column {}", at.line(), at.column()))
+                    .unwrap_or_else(|| "unknown location".into()),
             })?;
         documents.extend(docs.into_iter().filter(|d| !d.is_null()));
     }

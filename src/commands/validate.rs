@@ -7,6 +7,7 @@
 //! could not be read.
 
 use crate::cli::CliError;
+use crate::manifests::{InputError, expand};
 use crate::validation::{self, Document};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,17 +30,6 @@ pub struct Args {
         num_args = 1..
     )]
     pub files: Vec<PathBuf>,
-}
-
-/// A manifest path that could not be read.
-#[derive(Debug, thiserror::Error)]
-enum InputError {
-    #[error("cannot read file: {source}")]
-    ReadFile { source: std::io::Error },
-    #[error("cannot list directory: {source}")]
-    ListDirectory { source: std::io::Error },
-    #[error("cannot read standard input: {source}")]
-    ReadStdin { source: std::io::Error },
 }
 
 /// What was found, for the exit status and the closing summary.
@@ -145,46 +135,4 @@ fn read(path: &Path) -> Result<String, InputError> {
         return Ok(text);
     }
     std::fs::read_to_string(path).map_err(|source| InputError::ReadFile { source })
-}
-
-/// The files `input` stands for: itself, or every `*.yaml`/`*.yml` below it, in a stable
-/// order so output is reproducible.
-fn expand(input: &Path) -> Vec<Result<PathBuf, (PathBuf, InputError)>> {
-    if input != Path::new("-") && input.is_dir() {
-        let mut files = Vec::new();
-        collect_yaml(input, &mut files);
-        files
-    } else {
-        // A named file is checked whatever its extension: the user asked for it.
-        vec![Ok(input.to_path_buf())]
-    }
-}
-
-fn collect_yaml(dir: &Path, out: &mut Vec<Result<PathBuf, (PathBuf, InputError)>>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(source) => {
-            out.push(Err((
-                dir.to_path_buf(),
-                InputError::ListDirectory { source },
-            )));
-            return;
-        }
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let path = entry.path();
-        // Symlinked directories are not followed, so a link cycle cannot recurse forever.
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir {
-            collect_yaml(&path, out);
-        } else if path
-            .extension()
-            .and_then(|ext| ext.to_str())
-            .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        {
-            out.push(Ok(path));
-        }
-    }
 }
