@@ -140,29 +140,31 @@ impl<'a> Reconciler<'a> {
         let status = ub.status.clone().unwrap_or_default();
         let mut secrets = SecretReader::new(self.ctx.client.clone(), &self.namespace);
 
-        if !progress::in_doubt(&status.tasks).is_empty() {
-            // Nothing is sent while a request's fate is unknown; the condition explains why.
-        } else {
-            let pending: Vec<User> = progress::pending_users(&ub.spec.users, &status.tasks)
+        // Nothing is sent while a request's fate is unknown (the condition explains why), but
+        // the results of recorded tasks are still collected.
+        let pending: Vec<User> = if progress::in_doubt(&status.tasks).is_empty() {
+            progress::pending_users(&ub.spec.users, &status.tasks)
                 .into_iter()
                 .cloned()
-                .collect();
-            let unfinished = status
-                .tasks
-                .iter()
-                .any(|t| t.task_id.is_some() && !t.result.as_ref().is_some_and(|r| r.finished));
-            if !pending.is_empty() || unfinished {
-                match self.koodrive_client(&ub, &mut secrets).await? {
-                    Err(blocker) => observed.blocker = Some(blocker),
-                    Ok(client) => {
-                        if !pending.is_empty() {
-                            ub = self
-                                .submit(ub, &client, &pending, &mut secrets, &mut observed)
-                                .await?;
-                        }
-                        if observed.blocker.is_none() {
-                            ub = self.poll_results(ub, &client, &mut observed).await?;
-                        }
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let unfinished = status
+            .tasks
+            .iter()
+            .any(|t| t.task_id.is_some() && !t.result.as_ref().is_some_and(|r| r.finished));
+        if !pending.is_empty() || unfinished {
+            match self.koodrive_client(&ub, &mut secrets).await? {
+                Err(blocker) => observed.blocker = Some(blocker),
+                Ok(client) => {
+                    if !pending.is_empty() {
+                        ub = self
+                            .submit(ub, &client, &pending, &mut secrets, &mut observed)
+                            .await?;
+                    }
+                    if observed.blocker.is_none() {
+                        ub = self.poll_results(ub, &client, &mut observed).await?;
                     }
                 }
             }
@@ -378,9 +380,9 @@ impl<'a> Reconciler<'a> {
                     self.ctx.metrics.users("submitted", chunk.len() as u64);
                     tracing::info!(trace_id = %trace_id, task_id = %created.task_id, users = chunk.len(), "submitted users to KooDrive");
                     let (task_id, code, message) = (
-                        created.task_id.clone(),
-                        created.code.clone(),
-                        created.message.clone(),
+                        bounded(&created.task_id, crate::crd::MAX_ID_LEN),
+                        bounded(&created.code, crate::crd::MAX_ID_LEN),
+                        bounded(&created.message, crate::crd::MAX_MESSAGE_LEN),
                     );
                     let digest = users_digest(chunk_users(pending, &phones).into_iter());
                     ub = self
@@ -436,7 +438,8 @@ impl<'a> Reconciler<'a> {
                         ),
                     };
                     let stalled_inputs = permanent.then(|| format!("{reason}/{inputs}"));
-                    let (record_message, record_code) = (message.clone(), code.clone());
+                    let record_message = bounded(&message, crate::crd::MAX_MESSAGE_LEN);
+                    let record_code = code.as_deref().map(|c| bounded(c, crate::crd::MAX_ID_LEN));
                     ub = self
                         .record(&trace_id, |status| {
                             if in_doubt {
@@ -572,18 +575,34 @@ impl<'a> Reconciler<'a> {
                     .metrics
                     .users("skipped", report.skipped.max(0) as u64);
                 // Skipped users may carry a code too; only a task that counts failures has any.
-                let failed_users = report
-                    .users
-                    .iter()
-                    .filter(|u| report.failed > 0 && is_failure(u));
+                let carried: std::collections::HashSet<&str> = ub
+                    .status
+                    .as_ref()
+                    .and_then(|s| {
+                        s.tasks
+                            .iter()
+                            .find(|t| t.task_id.as_deref() == Some(task_id.as_str()))
+                    })
+                    .map(|t| t.phones.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                // Only phones this task carried: whatever else KooDrive reports is not ours.
+                let failed_users = report.users.iter().filter(|u| {
+                    report.failed > 0 && is_failure(u) && carried.contains(u.phone.as_str())
+                });
                 for user in failed_users {
                     if failures.len() < progress::MAX_FAILURES
                         && !failures.iter().any(|f| f.phone == user.phone)
                     {
                         failures.push(UserFailure {
                             phone: user.phone.clone(),
-                            code: user.code.clone(),
-                            reason: user.reason.clone(),
+                            code: user
+                                .code
+                                .as_deref()
+                                .map(|c| bounded(c, crate::crd::MAX_ID_LEN)),
+                            reason: user
+                                .reason
+                                .as_deref()
+                                .map(|r| bounded(r, crate::crd::MAX_REASON_LEN)),
                         });
                     }
                 }
@@ -868,6 +887,11 @@ fn abbreviate(items: &[String], max: usize) -> String {
 fn truncate(mut text: String, max: usize) -> String {
     truncate_in_place(&mut text, max);
     text
+}
+
+/// A copy of `text` that fits a schema bound of `max` bytes.
+fn bounded(text: &str, max: usize) -> String {
+    truncate(text.to_string(), max)
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
