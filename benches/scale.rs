@@ -21,6 +21,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::{Env, Operator, SECRET_KEY, is_ready, userbatch, users};
 
@@ -92,10 +94,7 @@ async fn time_to_ready(operator: &Operator, spawned: Instant) -> Result<Duration
             return Ok(spawned.elapsed());
         }
         if spawned.elapsed() > GIVE_UP_AFTER {
-            return Err(format!(
-                "/readyz never answered 200:\n{}",
-                operator.logs()
-            ));
+            return Err(format!("/readyz never answered 200:\n{}", operator.logs()));
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
@@ -152,6 +151,16 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Keeps `peak` at the most file descriptors (mostly sockets) the process held at once.
+async fn track_open_files(pid: u32, peak: Arc<AtomicUsize>) {
+    loop {
+        if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            peak.fetch_max(entries.count(), Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 struct StartFigures {
     runs: Vec<Duration>,
     idle_hwm_kib: u64,
@@ -182,6 +191,7 @@ struct ScaleFigures {
     readyz: Duration,
     all_ready: Duration,
     hwm_kib: u64,
+    peak_fds: usize,
     operator_cpu: f64,
     bench_cpu: f64,
     spec_json: usize,
@@ -192,9 +202,14 @@ struct ScaleFigures {
 
 /// Creates `batches` UserBatches of `users_per_batch` users, starts the operator and waits
 /// until every one is Ready; then checks each phone was submitted exactly once.
-async fn scale(batches: usize, users_per_batch: usize, phone_prefix: &str) -> Result<ScaleFigures, String> {
+async fn scale(
+    batches: usize,
+    users_per_batch: usize,
+    phone_prefix: &str,
+) -> Result<ScaleFigures, String> {
     let env = Env::start_with(EmulatorConfig::default(), SimulatorConfig::default()).await;
-    env.create_credentials("koodrive-credentials", SECRET_KEY).await;
+    env.create_credentials("koodrive-credentials", SECRET_KEY)
+        .await;
     let api = env.userbatches();
 
     let started = Instant::now();
@@ -228,6 +243,8 @@ async fn scale(batches: usize, users_per_batch: usize, phone_prefix: &str) -> Re
     let spawned = Instant::now();
     let mut operator = spawn_operator(&env, &format!("scale-{batches}x{users_per_batch}"));
     let pid = operator.child.as_ref().map_or(0, |c| c.id());
+    let peak_fds = Arc::new(AtomicUsize::new(0));
+    let sampler = tokio::spawn(track_open_files(pid, peak_fds.clone()));
     let readyz = time_to_ready(&operator, spawned).await?;
     let done = watch
         .await
@@ -236,6 +253,8 @@ async fn scale(batches: usize, users_per_batch: usize, phone_prefix: &str) -> Re
     let hwm_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let operator_cpu = cpu_seconds(&pid.to_string()).unwrap_or(0.0);
     let bench_cpu = cpu_seconds("self").unwrap_or(0.0) - bench_cpu_before;
+    sampler.abort();
+    let peak_fds = peak_fds.load(Ordering::Relaxed);
     let logs = operator.logs();
     operator.kill();
 
@@ -287,6 +306,7 @@ async fn scale(batches: usize, users_per_batch: usize, phone_prefix: &str) -> Re
         readyz,
         all_ready,
         hwm_kib,
+        peak_fds,
         operator_cpu,
         bench_cpu,
         spec_json,
@@ -315,6 +335,7 @@ fn print_scale(f: &ScaleFigures) {
         f.spec_json as f64 / MIB,
         f.stored_json as f64 / MIB
     );
+    println!("  operator's peak open file descriptors: {}", f.peak_fds);
     println!(
         "  CPU while converging: operator {:.2} s, bench process (emulator + simulator + watch) {:.2} s",
         f.operator_cpu, f.bench_cpu
@@ -335,7 +356,10 @@ fn print_scale(f: &ScaleFigures) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
-    println!("operator binary: {}", env!("CARGO_BIN_EXE_koodrive-operator"));
+    println!(
+        "operator binary: {}",
+        env!("CARGO_BIN_EXE_koodrive-operator")
+    );
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
