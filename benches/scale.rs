@@ -31,14 +31,30 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(180);
 /// The readiness probe is polled this often, so the figure is not quantised by the poll.
 const PROBE_EVERY: Duration = Duration::from_millis(2);
 const START_RUNS: usize = 5;
-const MAX_IN_FLIGHT: &str = "16";
+/// The operator's own default, so the figures describe an unconfigured deployment.
+const MAX_IN_FLIGHT: &str = "4";
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Starts the operator with the rate limit lifted and a short result poll.
 fn spawn_operator(env: &Env, name: &str) -> Operator {
     let log = env.dir.path().join(format!("{name}.log"));
     let stderr = std::fs::File::create(&log).expect("create the operator's log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+    // For profiling, e.g. SCALE_WRAPPER="heaptrack -o /tmp/op" (RSS figures then include it).
+    let wrapper = std::env::var("SCALE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command
+                .args(words)
+                .arg(env!("CARGO_BIN_EXE_koodrive-operator"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_koodrive-operator")),
+    };
+    let max_in_flight =
+        std::env::var("SCALE_MAX_IN_FLIGHT").unwrap_or_else(|_| MAX_IN_FLIGHT.to_string());
+    let child = command
         .args([
             "run",
             "--metrics-addr",
@@ -49,7 +65,7 @@ fn spawn_operator(env: &Env, name: &str) -> Operator {
             "--requests-per-second",
             "0",
             "--max-in-flight",
-            MAX_IN_FLIGHT,
+            &max_in_flight,
             "--poll-interval",
             "100ms",
             "--log-level",
@@ -370,6 +386,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
+    // For profiling one scenario on its own.
+    if std::env::var("SCALE_ONLY").as_deref() == Ok("large") {
+        println!("100 x 1000:");
+        print_scale(&scale(100, 1000, "87").await?);
+        return Ok(());
+    }
     let start = start_to_ready().await?;
     let median = start.runs[start.runs.len() / 2];
     let runs: Vec<String> = start
