@@ -104,7 +104,6 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
 
     let client = emulator.client().await?;
     let mut settings = Settings::new(simulator.url());
-    settings.allow_insecure_endpoints = true;
     settings.koodrive.allow_insecure_endpoints = true;
     settings.poll_interval = Duration::from_millis(500);
     settings.retry_base_delay = Duration::from_millis(500);

@@ -102,7 +102,6 @@ impl Args {
         settings.max_in_flight = self.max_in_flight as usize;
         settings.requests_per_second = self.requests_per_second;
         settings.poll_interval = self.poll_interval;
-        settings.allow_insecure_endpoints = self.allow_insecure_endpoints;
         settings.koodrive.allow_insecure_endpoints = self.allow_insecure_endpoints;
         settings.koodrive.request_timeout = self.request_timeout;
         settings.retry_base_delay = self.retry_base_delay;

@@ -41,7 +41,6 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub requests_per_second: f64,
     pub poll_interval: Duration,
-    pub allow_insecure_endpoints: bool,
     /// First delay after a failure of one UserBatch; doubles per consecutive failure.
     pub retry_base_delay: Duration,
     /// Cap of the per-UserBatch backoff.
@@ -61,7 +60,6 @@ impl Settings {
             max_in_flight: 4,
             requests_per_second: 5.0,
             poll_interval: Duration::from_secs(30),
-            allow_insecure_endpoints: false,
             retry_base_delay: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(300),
             koodrive: koodrive::ClientConfig::default(),
