@@ -10,7 +10,7 @@ use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser};
 use jiff::Timestamp;
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,13 +243,7 @@ impl Client {
     ) -> Result<PreparedRequest, Error> {
         validate_users(users)?;
         check_trace_id(trace_id)?;
-        // Sized for typical entries so the buffer is not regrown a dozen times for 1000 users.
-        let mut body = Vec::with_capacity(64 + users.len() * 160);
-        serde_json::to_writer(&mut body, &CreateBody { user_list: users }).map_err(|e| {
-            Error::InvalidRequest {
-                reason: format!("the user list cannot be encoded as JSON: {e}"),
-            }
-        })?;
+        let body = super::body::encode_create_body(users);
         Ok(self.prepare("POST", CREATE_PATH, &[], body, trace_id, now))
     }
 
@@ -539,12 +533,6 @@ impl Client {
             &prepared.signature.canonical_request,
         )
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateBody<'a> {
-    user_list: &'a [RegisterUser],
 }
 
 /// Either of KooDrive's envelopes: `code`/`msg`/`data`, or the gateway's
