@@ -5,6 +5,7 @@
 //! reported as [`ErrorClass::InDoubt`]. `get_task` is a read and retries every transient
 //! failure. Every attempt is signed afresh, because KooDrive rejects stale or reused dates.
 
+use super::body::HashedBody;
 use super::error::{Call, Error, ErrorClass};
 use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser};
@@ -252,21 +253,23 @@ impl Client {
         method: &'static str,
         call_path: &str,
         query: &[(String, String)],
-        body: Vec<u8>,
+        body: HashedBody,
         trace_id: &str,
         now: Timestamp,
     ) -> PreparedRequest {
         let inner = &self.inner;
         let path = format!("{}{call_path}", inner.path_prefix);
-        let signature = signer::sign(
-            &SigningInput {
-                method,
-                path: &path,
-                query,
-                host: &inner.host,
-                user_id: &inner.credentials.user_id,
-                body: &body,
-            },
+        let input = SigningInput {
+            method,
+            path: &path,
+            query,
+            host: &inner.host,
+            user_id: &inner.credentials.user_id,
+            body: &body.bytes,
+        };
+        let signature = signer::sign_with_body_hash(
+            &input,
+            &body.sha256_hex,
             &inner.credentials.access_key,
             &inner.credentials.secret_key,
             now,
@@ -292,7 +295,7 @@ impl Client {
             host: inner.host.clone(),
             headers,
             signature,
-            body,
+            body: body.bytes,
         }
     }
 
@@ -354,7 +357,7 @@ impl Client {
                         "GET",
                         GET_PATH,
                         &query,
-                        Vec::new(),
+                        HashedBody::empty(),
                         &super::new_trace_id(),
                         Timestamp::now(),
                     );
