@@ -52,13 +52,19 @@ impl HashedBody {
     }
 }
 
-/// The JSON body of a `batchRegister/create` request for `users`, with its SHA-256.
-pub(super) fn encode_create_body(users: &[RegisterUser]) -> HashedBody {
+/// The JSON body of a `batchRegister/create` request for `users`, with its SHA-256, or
+/// `None` when a user's firstname or phone is blank (KooDrive requires both; the caller
+/// reports which). Checked here rather than in a separate pass over 1000 users because the
+/// encoder reads those strings anyway, and the check is mostly one byte already in hand.
+pub(super) fn encode_create_body(users: &[RegisterUser]) -> Option<HashedBody> {
     let mut body = Vec::with_capacity(unescaped_len(users));
     let mut hasher = Sha256::new();
     let mut hashed = 0;
     body.extend_from_slice(OPEN);
     for (index, user) in users.iter().enumerate() {
+        if is_blank(&user.firstname) || is_blank(&user.phone) {
+            return None;
+        }
         body.extend_from_slice(if index == 0 { FIRST_USER } else { NEXT_USER });
         push_string_contents(&mut body, &user.firstname);
         if let Some(surname) = &user.surname {
@@ -84,9 +90,18 @@ pub(super) fn encode_create_body(users: &[RegisterUser]) -> HashedBody {
     }
     body.extend_from_slice(CLOSE);
     hasher.update(&body[hashed..]);
-    HashedBody {
+    Some(HashedBody {
         sha256_hex: hex::encode(hasher.finalize()),
         bytes: body,
+    })
+}
+
+/// Whether `text` is empty or only whitespace (`text.trim().is_empty()`), deciding on the
+/// first byte when it is visible ASCII, which names and phone numbers start with.
+pub(super) fn is_blank(text: &str) -> bool {
+    match text.as_bytes().first() {
+        Some(&first) if first > b' ' && first < 0x7f => false,
+        _ => text.chars().all(char::is_whitespace),
     }
 }
 
@@ -292,10 +307,17 @@ mod tests {
 
     fn random_user(rng: &mut StdRng) -> RegisterUser {
         let maybe = |rng: &mut StdRng| rng.random_bool(0.6).then(|| random_text(rng));
+        // Blank required fields make the encoder refuse the list (tested separately).
+        let required = |rng: &mut StdRng| loop {
+            let text = random_text(rng);
+            if !text.trim().is_empty() {
+                return text;
+            }
+        };
         RegisterUser {
-            firstname: random_text(rng),
+            firstname: required(rng),
             surname: maybe(rng),
-            phone: random_text(rng),
+            phone: required(rng),
             email: maybe(rng),
             password: maybe(rng).map(Password::new),
         }
@@ -310,7 +332,7 @@ mod tests {
             let HashedBody {
                 bytes: ours,
                 sha256_hex,
-            } = encode_create_body(&users);
+            } = encode_create_body(&users).unwrap();
             let expected = serde_json_bytes(&users);
             assert_eq!(sha256_hex, signer::sha256_hex(&expected), "round {round}");
             assert_eq!(
@@ -327,7 +349,7 @@ mod tests {
         let every_ascii: String = (0u8..0x80).map(char::from).collect();
         let mut users = vec![user(&every_ascii)];
         users[0].password = Some(Password::new(every_ascii.clone()));
-        let ours = encode_create_body(&users).bytes;
+        let ours = encode_create_body(&users).unwrap().bytes;
         assert_eq!(ours, serde_json_bytes(&users));
         let text = String::from_utf8(ours).unwrap();
         assert!(text.contains(r#"\u0000\u0001"#), "{text}");
@@ -343,7 +365,7 @@ mod tests {
         full.email = Some("ada@example.com".into());
         full.password = Some(Password::new("pw".into()));
         let users = [user("Bob"), full];
-        let ours = encode_create_body(&users).bytes;
+        let ours = encode_create_body(&users).unwrap().bytes;
         assert_eq!(
             String::from_utf8(ours).unwrap(),
             concat!(
@@ -352,7 +374,7 @@ mod tests {
                 r#""email":"ada@example.com","password":"pw"}]}"#
             )
         );
-        let empty = encode_create_body(&[]);
+        let empty = encode_create_body(&[]).unwrap();
         assert_eq!(empty.bytes, br#"{"userList":[]}"#);
         assert_eq!(empty.sha256_hex, signer::sha256_hex(br#"{"userList":[]}"#));
     }
@@ -367,7 +389,7 @@ mod tests {
                 u
             })
             .collect();
-        let body = encode_create_body(&users).bytes;
+        let body = encode_create_body(&users).unwrap().bytes;
         assert_eq!(body.len(), unescaped_len(&users));
         assert_eq!(body.capacity(), body.len());
     }
@@ -406,9 +428,41 @@ mod tests {
         let users: Vec<RegisterUser> = (0..300)
             .map(|i| user(&format!("\"First\\{i}\n\u{1}{}", "x".repeat(i % 70))))
             .collect();
-        let encoded = encode_create_body(&users);
+        let encoded = encode_create_body(&users).unwrap();
         assert_eq!(encoded.bytes, serde_json_bytes(&users));
         assert!(encoded.bytes.len() > 100 * SHA256_BLOCK);
         assert_eq!(encoded.sha256_hex, signer::sha256_hex(&encoded.bytes));
+    }
+
+    #[test]
+    fn refuses_blank_firstnames_and_phones_exactly_like_trim() {
+        for text in [
+            "",
+            " ",
+            "\t\n",
+            "\u{3000}",
+            "\u{a0} ",
+            "a",
+            " a",
+            "\u{7f}",
+            "Émile",
+            "\u{3000}x",
+        ] {
+            assert_eq!(is_blank(text), text.trim().is_empty(), "{text:?}");
+            let mut blank_name = user(text);
+            assert_eq!(
+                encode_create_body(std::slice::from_ref(&blank_name)).is_none(),
+                text.trim().is_empty(),
+                "firstname {text:?}"
+            );
+            blank_name.firstname = "Ada".into();
+            blank_name.phone = text.into();
+            let users = [user("Bob"), blank_name];
+            assert_eq!(
+                encode_create_body(&users).is_none(),
+                text.trim().is_empty(),
+                "phone {text:?}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! reported as [`ErrorClass::InDoubt`]. `get_task` is a read and retries every transient
 //! failure. Every attempt is signed afresh, because KooDrive rejects stale or reused dates.
 
-use super::body::HashedBody;
+use super::body::{HashedBody, is_blank};
 use super::error::{Call, Error, ErrorClass};
 use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser};
@@ -242,9 +242,16 @@ impl Client {
         trace_id: &str,
         now: Timestamp,
     ) -> Result<PreparedRequest, Error> {
-        validate_users(users)?;
+        check_user_count(users)?;
         check_trace_id(trace_id)?;
-        let body = super::body::encode_create_body(users);
+        let Some(body) = super::body::encode_create_body(users) else {
+            // The encoder only notices that a required field is blank; say which.
+            return Err(validate_users(users)
+                .err()
+                .unwrap_or_else(|| Error::InvalidRequest {
+                    reason: "a user has a blank firstname or phone, which KooDrive requires".into(),
+                }));
+        };
         Ok(self.prepare("POST", CREATE_PATH, &[], body, trace_id, now))
     }
 
@@ -715,19 +722,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 fn validate_users(users: &[RegisterUser]) -> Result<(), Error> {
-    if users.is_empty() {
-        return Err(Error::InvalidRequest {
-            reason: "the user list is empty".into(),
-        });
-    }
-    if users.len() > MAX_USERS_PER_REQUEST {
-        return Err(Error::InvalidRequest {
-            reason: format!(
-                "{} users in one request; KooDrive accepts at most {MAX_USERS_PER_REQUEST}, so split them",
-                users.len()
-            ),
-        });
-    }
+    check_user_count(users)?;
     for (index, user) in users.iter().enumerate() {
         if is_blank(&user.phone) {
             return Err(Error::InvalidRequest {
@@ -750,10 +745,21 @@ fn validate_users(users: &[RegisterUser]) -> Result<(), Error> {
     Ok(())
 }
 
-/// `text.trim().is_empty()`, but it stops at the first non-blank character instead of
-/// trimming both ends: this runs twice per user on every 1000-user request (SPEC §9).
-fn is_blank(text: &str) -> bool {
-    text.chars().all(char::is_whitespace)
+fn check_user_count(users: &[RegisterUser]) -> Result<(), Error> {
+    if users.is_empty() {
+        return Err(Error::InvalidRequest {
+            reason: "the user list is empty".into(),
+        });
+    }
+    if users.len() > MAX_USERS_PER_REQUEST {
+        return Err(Error::InvalidRequest {
+            reason: format!(
+                "{} users in one request; KooDrive accepts at most {MAX_USERS_PER_REQUEST}, so split them",
+                users.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_trace_id(trace_id: &str) -> Result<(), Error> {
