@@ -5,12 +5,13 @@
 //! reported as [`ErrorClass::InDoubt`]. `get_task` is a read and retries every transient
 //! failure. Every attempt is signed afresh, because KooDrive rejects stale or reused dates.
 
+use super::body::{HashedBody, is_blank};
 use super::error::{Call, Error, ErrorClass};
 use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser};
 use jiff::Timestamp;
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,15 +242,16 @@ impl Client {
         trace_id: &str,
         now: Timestamp,
     ) -> Result<PreparedRequest, Error> {
-        validate_users(users)?;
+        check_user_count(users)?;
         check_trace_id(trace_id)?;
-        // Sized for typical entries so the buffer is not regrown a dozen times for 1000 users.
-        let mut body = Vec::with_capacity(64 + users.len() * 160);
-        serde_json::to_writer(&mut body, &CreateBody { user_list: users }).map_err(|e| {
-            Error::InvalidRequest {
-                reason: format!("the user list cannot be encoded as JSON: {e}"),
-            }
-        })?;
+        let Some(body) = super::body::encode_create_body(users) else {
+            // The encoder only notices that a required field is blank; say which.
+            return Err(validate_users(users)
+                .err()
+                .unwrap_or_else(|| Error::InvalidRequest {
+                    reason: "a user has a blank firstname or phone, which KooDrive requires".into(),
+                }));
+        };
         Ok(self.prepare("POST", CREATE_PATH, &[], body, trace_id, now))
     }
 
@@ -258,21 +260,23 @@ impl Client {
         method: &'static str,
         call_path: &str,
         query: &[(String, String)],
-        body: Vec<u8>,
+        body: HashedBody,
         trace_id: &str,
         now: Timestamp,
     ) -> PreparedRequest {
         let inner = &self.inner;
         let path = format!("{}{call_path}", inner.path_prefix);
-        let signature = signer::sign(
-            &SigningInput {
-                method,
-                path: &path,
-                query,
-                host: &inner.host,
-                user_id: &inner.credentials.user_id,
-                body: &body,
-            },
+        let input = SigningInput {
+            method,
+            path: &path,
+            query,
+            host: &inner.host,
+            user_id: &inner.credentials.user_id,
+            body: &body.bytes,
+        };
+        let signature = signer::sign_with_body_hash(
+            &input,
+            &body.sha256_hex,
             &inner.credentials.access_key,
             &inner.credentials.secret_key,
             now,
@@ -298,7 +302,7 @@ impl Client {
             host: inner.host.clone(),
             headers,
             signature,
-            body,
+            body: body.bytes,
         }
     }
 
@@ -360,7 +364,7 @@ impl Client {
                         "GET",
                         GET_PATH,
                         &query,
-                        Vec::new(),
+                        HashedBody::empty(),
                         &super::new_trace_id(),
                         Timestamp::now(),
                     );
@@ -541,12 +545,6 @@ impl Client {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateBody<'a> {
-    user_list: &'a [RegisterUser],
-}
-
 /// Either of KooDrive's envelopes: `code`/`msg`/`data`, or the gateway's
 /// `error_code`/`error_msg`/`request_id`.
 #[derive(Deserialize, Default, Debug)]
@@ -724,6 +722,30 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 fn validate_users(users: &[RegisterUser]) -> Result<(), Error> {
+    check_user_count(users)?;
+    for (index, user) in users.iter().enumerate() {
+        if is_blank(&user.phone) {
+            return Err(Error::InvalidRequest {
+                reason: format!(
+                    "user #{} ({}) has no phone, which KooDrive requires",
+                    index + 1,
+                    user.firstname
+                ),
+            });
+        }
+        if is_blank(&user.firstname) {
+            return Err(Error::InvalidRequest {
+                reason: format!(
+                    "user with phone {} has no firstname, which KooDrive requires",
+                    user.phone
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_user_count(users: &[RegisterUser]) -> Result<(), Error> {
     if users.is_empty() {
         return Err(Error::InvalidRequest {
             reason: "the user list is empty".into(),
@@ -736,25 +758,6 @@ fn validate_users(users: &[RegisterUser]) -> Result<(), Error> {
                 users.len()
             ),
         });
-    }
-    for (index, user) in users.iter().enumerate() {
-        if user.phone.trim().is_empty() {
-            return Err(Error::InvalidRequest {
-                reason: format!(
-                    "user #{} ({}) has no phone, which KooDrive requires",
-                    index + 1,
-                    user.firstname
-                ),
-            });
-        }
-        if user.firstname.trim().is_empty() {
-            return Err(Error::InvalidRequest {
-                reason: format!(
-                    "user with phone {} has no firstname, which KooDrive requires",
-                    user.phone
-                ),
-            });
-        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! Secrets (the SK and users' initial passwords) only ever live in [`SecretKey`] and
 //! [`Password`], whose `Debug` output is redacted, so they cannot leak through `{:?}`.
 
+mod body;
 mod client;
 mod error;
 pub mod signer;
@@ -66,6 +67,11 @@ pub struct Password(String);
 impl Password {
     pub fn new(password: String) -> Self {
         Self(password)
+    }
+
+    /// The plain password, for encoding the request body and nothing else.
+    fn expose(&self) -> &str {
+        &self.0
     }
 }
 

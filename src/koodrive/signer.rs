@@ -236,6 +236,24 @@ pub fn sign(
     secret: &SecretKey,
     now: Timestamp,
 ) -> Signature {
+    sign_with_body_hash(input, &sha256_hex(input.body), access_key, secret, now)
+}
+
+/// [`sign`] for a caller that already has the body's lower-case hex SHA-256, so the body is
+/// not hashed twice (the client hashes the create body while encoding it). The hash must
+/// be of exactly `input.body`; debug builds check it.
+pub fn sign_with_body_hash(
+    input: &SigningInput<'_>,
+    body_sha256_hex: &str,
+    access_key: &str,
+    secret: &SecretKey,
+    now: Timestamp,
+) -> Signature {
+    debug_assert_eq!(
+        body_sha256_hex,
+        sha256_hex(input.body),
+        "the body hash given to the signer is not the hash of the body"
+    );
     let x_date = format_x_date(now);
     let canonical_request = canonical_request(
         input.method,
@@ -246,7 +264,7 @@ pub fn sign(
             ("x-date", &x_date),
             ("x-user-id", input.user_id),
         ],
-        &sha256_hex(input.body),
+        body_sha256_hex,
     );
     let string_to_sign = string_to_sign(&canonical_request);
     let signature = hmac_hex(secret, &string_to_sign);
