@@ -58,16 +58,24 @@ fn value_set(text: &str, whole: &str) -> Result<Vec<String>, ApiError> {
     Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
 }
 
+/// `k!=v`, `k==v` or `k=v`: the forms label and field selectors share.
+fn equality(part: &str) -> Option<Requirement> {
+    if let Some((k, v)) = part.split_once("!=") {
+        Some(Requirement::NotEquals(k.trim().into(), v.trim().into()))
+    } else if let Some((k, v)) = part.split_once("==") {
+        Some(Requirement::Equals(k.trim().into(), v.trim().into()))
+    } else {
+        part.split_once('=')
+            .map(|(k, v)| Requirement::Equals(k.trim().into(), v.trim().into()))
+    }
+}
+
 impl Selector {
     pub fn labels(text: &str) -> Result<Selector, ApiError> {
         let mut requirements = Vec::new();
         for part in split_top_level(text) {
-            let req = if let Some((k, v)) = part.split_once("!=") {
-                Requirement::NotEquals(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once("==") {
-                Requirement::Equals(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once('=') {
-                Requirement::Equals(k.trim().into(), v.trim().into())
+            let req = if let Some(req) = equality(part) {
+                req
             } else if let Some((k, v)) = part.split_once(" notin ") {
                 Requirement::NotIn(k.trim().into(), value_set(v, part)?)
             } else if let Some((k, v)) = part.split_once(" in ") {
@@ -92,12 +100,8 @@ impl Selector {
     pub fn fields(text: &str) -> Result<Selector, ApiError> {
         let mut requirements = Vec::new();
         for part in split_top_level(text) {
-            let req = if let Some((k, v)) = part.split_once("!=") {
-                Requirement::NotEquals(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once("==") {
-                Requirement::Equals(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once('=') {
-                Requirement::Equals(k.trim().into(), v.trim().into())
+            let req = if let Some(req) = equality(part) {
+                req
             } else {
                 return Err(ApiError::bad_request(format!(
                     "invalid field selector requirement {part:?}: expected key=value or key!=value"
