@@ -289,14 +289,21 @@ fn every_cel_rule_compiles_and_is_cheap() {
 #[test]
 fn kubernetes_validate_accepts_the_crd_strictly() {
     let file = repo_file("crds/userbatch.yaml");
-    let output = match Command::new("kubernetes-validate")
+    // PATH first, then the project-local install of scripts/install-test-tools.sh.
+    let local = repo_file(".tools/bin/kubernetes-validate");
+    let program = if local.exists() && which_on_path("kubernetes-validate").is_none() {
+        local
+    } else {
+        std::path::PathBuf::from("kubernetes-validate")
+    };
+    let output = match Command::new(&program)
         .args(["--strict", "--kubernetes-version", "1.33"])
         .arg(&file)
         .output()
     {
         Ok(output) => output,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-            "`kubernetes-validate` is not on PATH; run scripts/install-test-tools.sh to install it"
+            "`kubernetes-validate` is neither on PATH nor in .tools/bin; run scripts/install-test-tools.sh to install it"
         ),
         Err(error) => panic!("could not run kubernetes-validate: {error}"),
     };
@@ -308,4 +315,10 @@ fn kubernetes_validate_accepts_the_crd_strictly() {
         file.display()
     );
     assert!(stdout.contains("passed"), "{stdout}{stderr}");
+}
+
+fn which_on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
