@@ -598,26 +598,11 @@ impl Ctx<'_> {
             .ok_or_else(|| self.not_found(name))?;
         let body = self.to_storage(body);
         self.check_precondition(name, &stored.value, &body)?;
-        let old = stored.value.clone();
-        let mut ownership = stored.ownership.clone();
-        let candidate = self.scoped_candidate(&old, body, status);
-        ownership.record_update(
-            ManagerKey {
-                manager: manager.into(),
-                status,
-            },
-            &old,
-            &candidate,
-            &self.def,
-        );
-        let updated = self.commit_update(
-            &mut store,
-            name,
-            candidate,
-            ownership,
-            query.get("dryRun").is_some(),
-        )?;
-        Ok(ok_json(self.present(updated)))
+        let (old, ownership) = (stored.value.clone(), stored.ownership.clone());
+        let dry_run = query.get("dryRun").is_some();
+        self.write_over(
+            &mut store, name, &old, ownership, body, status, manager, dry_run,
+        )
     }
 
     pub(super) fn patch(
@@ -668,18 +653,37 @@ impl Ctx<'_> {
         }
         self.check_precondition(name, &old, &patched)?;
         let patched = self.to_storage(patched);
-        let mut ownership = stored.ownership.clone();
-        let candidate = self.scoped_candidate(&old, patched, status);
+        let ownership = stored.ownership.clone();
+        self.write_over(
+            &mut store, name, &old, ownership, patched, status, manager, dry_run,
+        )
+    }
+
+    /// The common end of PUT and PATCH: scope the write to the main resource or `/status`,
+    /// record field ownership, then commit (admission, generation, resourceVersion, watch).
+    #[allow(clippy::too_many_arguments)]
+    fn write_over(
+        &self,
+        store: &mut Store,
+        name: &str,
+        old: &Value,
+        mut ownership: Ownership,
+        written: Value,
+        status: bool,
+        manager: &str,
+        dry_run: bool,
+    ) -> Result<Response, ApiError> {
+        let candidate = self.scoped_candidate(old, written, status);
         ownership.record_update(
             ManagerKey {
                 manager: manager.into(),
                 status,
             },
-            &old,
+            old,
             &candidate,
             &self.def,
         );
-        let updated = self.commit_update(&mut store, name, candidate, ownership, dry_run)?;
+        let updated = self.commit_update(store, name, candidate, ownership, dry_run)?;
         Ok(ok_json(self.present(updated)))
     }
 
