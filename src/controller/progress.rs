@@ -123,13 +123,21 @@ pub fn summary(users: &[User], tasks: &[TaskRecord]) -> Summary {
     summary
 }
 
-/// The phase and conditions for what was observed.
+/// What the status should say about what was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    pub phase: Phase,
+    pub conditions: Vec<Desired>,
+    pub summary: Summary,
+}
+
+/// The phase, conditions and summary for what was observed.
 pub fn assess(
     users: &[User],
     tasks: &[TaskRecord],
     failures: &[UserFailure],
     blocker: Option<&Blocker>,
-) -> (Phase, Vec<Desired>) {
+) -> Assessment {
     let total = users.len();
     let summary = summary(users, tasks);
     let submitted = summary.submitted as usize;
@@ -255,10 +263,11 @@ pub fn assess(
             )
         }
     };
-    (
+    Assessment {
         phase,
-        vec![ready, submitted_condition, reconciling, stalled],
-    )
+        conditions: vec![ready, submitted_condition, reconciling, stalled],
+        summary,
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +334,9 @@ mod tests {
 
     #[test]
     fn nothing_sent_is_pending_and_reconciling() {
-        let (phase, conditions) = assess(&[user("1")], &[], &[], None);
+        let Assessment {
+            phase, conditions, ..
+        } = assess(&[user("1")], &[], &[], None);
         assert_eq!(phase, Phase::Pending);
         assert_eq!(ready_of(&conditions).reason, reasons::SUBMITTING);
         assert!(
@@ -337,14 +348,18 @@ mod tests {
 
     #[test]
     fn submitted_but_unfinished_awaits_results() {
-        let (phase, conditions) = assess(&[user("1")], &[task(Some("t"), &["1"], None)], &[], None);
+        let Assessment {
+            phase, conditions, ..
+        } = assess(&[user("1")], &[task(Some("t"), &["1"], None)], &[], None);
         assert_eq!(phase, Phase::Submitted);
         assert_eq!(ready_of(&conditions).reason, reasons::AWAITING_RESULTS);
     }
 
     #[test]
     fn finished_without_failures_is_ready() {
-        let (phase, conditions) = assess(
+        let Assessment {
+            phase, conditions, ..
+        } = assess(
             &[user("1")],
             &[task(Some("t"), &["1"], finished(1, 0))],
             &[],
@@ -361,7 +376,9 @@ mod tests {
 
     #[test]
     fn failed_users_stall() {
-        let (phase, conditions) = assess(
+        let Assessment {
+            phase, conditions, ..
+        } = assess(
             &[user("1")],
             &[task(Some("t"), &["1"], finished(1, 1))],
             &[],
@@ -378,7 +395,9 @@ mod tests {
 
     #[test]
     fn an_intent_without_task_is_in_doubt_and_names_the_annotation() {
-        let (phase, conditions) = assess(&[user("1")], &[task(None, &["1"], None)], &[], None);
+        let Assessment {
+            phase, conditions, ..
+        } = assess(&[user("1")], &[task(None, &["1"], None)], &[], None);
         assert_eq!(phase, Phase::Failed);
         let ready = ready_of(&conditions);
         assert_eq!(ready.reason, reasons::SUBMISSION_IN_DOUBT);
@@ -389,7 +408,7 @@ mod tests {
     #[test]
     fn missing_credentials_keep_reconciling_but_rejections_stall() {
         let users = [user("1")];
-        let (_, conditions) = assess(
+        let Assessment { conditions, .. } = assess(
             &users,
             &[],
             &[],
@@ -405,7 +424,9 @@ mod tests {
                 .iter()
                 .any(|c| c.type_ == types::STALLED && !c.status)
         );
-        let (phase, conditions) = assess(
+        let Assessment {
+            phase, conditions, ..
+        } = assess(
             &users,
             &[],
             &[],

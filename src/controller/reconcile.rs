@@ -646,7 +646,11 @@ impl<'a> Reconciler<'a> {
         if let Some(failures) = &observed.failures {
             next.failures = failures.clone();
         }
-        let (phase, desired) = progress::assess(
+        let progress::Assessment {
+            phase,
+            conditions: desired,
+            summary,
+        } = progress::assess(
             &ub.spec.users,
             &next.tasks,
             &next.failures,
@@ -665,7 +669,7 @@ impl<'a> Reconciler<'a> {
             next.message = Some(ready.message.clone());
         }
         next.phase = Some(phase);
-        next.summary = Some(progress::summary(&ub.spec.users, &next.tasks));
+        next.summary = Some(summary);
         next.observed_generation = ub.meta().generation;
         next.conditions =
             conditions::merge(&previous.conditions, &desired, ub.meta().generation, &now());
