@@ -9,13 +9,13 @@
 //!
 //! `cargo bench --bench scale`
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support.rs"]
 mod support;
 
 use futures::{StreamExt, TryStreamExt};
 use koodrive_operator::crd::UserBatch;
-use koodrive_operator::emulator::EmulatorConfig;
-use koodrive_operator::simulator::SimulatorConfig;
+use koodrive_operator::devtools::emulator_config;
+use koodrive_simulator::SimulatorConfig;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -184,7 +184,7 @@ struct StartFigures {
 
 /// Start-to-ready of an operator with nothing to do, `START_RUNS` times.
 async fn start_to_ready() -> Result<StartFigures, String> {
-    let env = Env::start_with(EmulatorConfig::default(), SimulatorConfig::default()).await;
+    let env = Env::start_with(emulator_config(), SimulatorConfig::default()).await;
     let mut runs = Vec::new();
     let mut idle_hwm_kib = 0;
     for run in 0..START_RUNS {
@@ -223,7 +223,7 @@ async fn scale(
     users_per_batch: usize,
     phone_prefix: &str,
 ) -> Result<ScaleFigures, String> {
-    let env = Env::start_with(EmulatorConfig::default(), SimulatorConfig::default()).await;
+    let env = Env::start_with(emulator_config(), SimulatorConfig::default()).await;
     env.create_credentials("koodrive-credentials", SECRET_KEY)
         .await;
     let api = env.userbatches();

@@ -34,10 +34,13 @@ pub enum Command {
     /// Query a KooDrive batch provisioning task and print its results.
     Task(commands::task::Args),
     /// Run a local KooDrive simulator that verifies every request's signature.
+    #[cfg(feature = "dev-tools")]
     Simulator(commands::simulator::Args),
     /// Run a local Kubernetes API emulator (UserBatch, Secret, Event, Lease) for experiments.
+    #[cfg(feature = "dev-tools")]
     Emulator(commands::emulator::Args),
     /// Run the whole flow locally: emulator + simulator + controller, until the example is Ready.
+    #[cfg(feature = "dev-tools")]
     Demo(commands::demo::Args),
 }
 
@@ -48,24 +51,11 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Validate(args) => commands::validate::run(args),
         Command::Submit(args) => commands::submit::run(args).await,
         Command::Task(args) => commands::task::run(args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Simulator(args) => commands::simulator::run(args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Emulator(args) => commands::emulator::run(args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => commands::demo::run(args).await,
     }
-}
-
-/// Renders an error and its sources on one line: `outer: inner: root cause`.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // Many errors already embed their source's text; don't print it twice.
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("cannot set up leader election on Lease {namespace}/{name}: {source}")]
+    #[error("cannot set up leader election on Lease {namespace}/{name}")]
     Setup {
         namespace: String,
         name: String,
@@ -33,7 +33,7 @@ pub fn identity() -> String {
                 .map(|h| h.trim().to_string())
         })
         .unwrap_or_else(|| "koodrive-operator".to_string());
-    let suffix: String = crate::koodrive::new_trace_id().chars().take(8).collect();
+    let suffix: String = koodrive_client::new_trace_id().chars().take(8).collect();
     format!("{host}-{suffix}")
 }
 
@@ -86,7 +86,9 @@ impl Election {
         drop(self.is_leader);
         match self.task.await {
             Ok(Ok(_)) => tracing::info!("released the leader Lease"),
-            Ok(Err(err)) => tracing::warn!(error = %err, "could not release the leader Lease"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %crate::report::chain(&err), "could not release the leader Lease")
+            }
             Err(err) => tracing::warn!(error = %err, "leader election task failed"),
         }
     }

@@ -3,22 +3,27 @@
 //! Module map (find a behaviour by its name):
 //! - [`crd`] — the `UserBatch` API types (plain data).
 //! - [`validation`] — offline checks of UserBatch manifests against the CRD schema and CEL rules.
-//! - [`koodrive`] — KooDrive's HTTP API: request signing and the client. Knows nothing of Kubernetes.
-//! - [`simulator`] — a local KooDrive that verifies signatures, for tests and experiments.
-//! - [`emulator`] — an in-process Kubernetes API server subset, for tests and `demo`.
 //! - [`controller`] — the reconciler that turns UserBatches into KooDrive tasks.
+//! - [`leader`] — leader election on a Lease, so only one replica reconciles.
+//! - [`health`] and [`metrics`] — `/healthz`, `/readyz` and Prometheus `/metrics`.
+//! - [`telemetry`] — logging set-up; [`report`] — how errors are printed.
 //! - [`commands`] — one module per CLI subcommand; [`cli`] wires them to clap.
+//! - [`devtools`] (feature `dev-tools`) — the test doubles configured for this operator.
+//!
+//! KooDrive's API (signing, the client) is the `koodrive-client` crate; the Kubernetes API
+//! emulator and the KooDrive simulator are the `kube-emulator` and `koodrive-simulator`
+//! crates, linked only with the `dev-tools` feature.
 
 pub mod cli;
 pub mod commands;
 pub mod controller;
 pub mod crd;
-pub mod emulator;
+#[cfg(feature = "dev-tools")]
+pub mod devtools;
 pub mod health;
-pub mod koodrive;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;
-pub mod simulator;
+pub mod report;
 pub mod telemetry;
 pub mod validation;

@@ -10,10 +10,7 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One clear line, with the chain of causes, and a non-zero exit.
-            eprintln!(
-                "error: {}",
-                koodrive_operator::cli::error_chain(err.as_ref())
-            );
+            eprintln!("error: {}", koodrive_operator::report::chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

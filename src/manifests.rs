@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 /// A manifest path that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot read file: {source}")]
+    #[error("cannot read file")]
     ReadFile { source: std::io::Error },
-    #[error("cannot list directory: {source}")]
+    #[error("cannot list directory")]
     ListDirectory { source: std::io::Error },
-    #[error("cannot read standard input: {source}")]
+    #[error("cannot read standard input")]
     ReadStdin { source: std::io::Error },
 }
 

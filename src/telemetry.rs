@@ -15,7 +15,7 @@ pub enum LogFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("invalid log filter {filter:?}: {source}")]
+    #[error("invalid log filter {filter:?}")]
     Filter {
         filter: String,
         #[source]

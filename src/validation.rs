@@ -215,7 +215,7 @@ pub enum Document {
 /// Why a manifest could not be checked at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("not valid YAML: {0}")]
+    #[error("not valid YAML")]
     Yaml(#[from] serde_saphyr::Error),
 }
 

@@ -6,12 +6,12 @@
 use crate::cli::CliError;
 use crate::controller::{self, Settings};
 use crate::crd::UserBatch;
-use crate::emulator::{Emulator, EmulatorConfig};
 use crate::metrics::Metrics;
-use crate::simulator::{Account, Simulator, SimulatorConfig};
 use k8s_openapi::api::core::v1::Secret;
+use koodrive_simulator::{Account, Simulator, SimulatorConfig};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
+use kube_emulator::Emulator;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,14 +49,14 @@ pub enum DemoError {
     NoUserBatch { path: PathBuf },
     #[error("the examples hold no credentials Secret with accessKey, secretKey and userId")]
     NoCredentials,
-    #[error("cannot apply {kind} {name}: {source}")]
+    #[error("cannot apply {kind} {name}")]
     Apply {
         kind: String,
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error("{kind} {name} in the examples is malformed: {source}")]
+    #[error("{kind} {name} in the examples is malformed")]
     Malformed {
         kind: String,
         name: String,
@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         },
     )
     .await?;
-    let emulator = Emulator::start(loopback(), EmulatorConfig::default()).await?;
+    let emulator = Emulator::start(loopback(), crate::devtools::emulator_config()).await?;
     println!("KooDrive simulator listening on {}", simulator.url());
     println!("Kubernetes API emulator listening on {}", emulator.url());
     if let Some(path) = &args.keep_running {
@@ -287,7 +287,7 @@ fn account_of(secret: &Secret) -> Option<Account> {
     };
     Some(Account {
         access_key: value("accessKey")?,
-        secret_key: crate::koodrive::SecretKey::new(value("secretKey")?),
+        secret_key: koodrive_client::SecretKey::new(value("secretKey")?),
         user_id: value("userId")?,
     })
 }

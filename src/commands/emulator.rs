@@ -2,7 +2,7 @@
 //! and write a kubeconfig so the operator and `kubectl` can talk to it.
 
 use crate::cli::CliError;
-use crate::emulator::{Emulator, EmulatorConfig};
+use kube_emulator::{Emulator, EmulatorConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,11 +47,13 @@ pub enum EmulatorCommandError {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
-    let config = EmulatorConfig {
-        install_crd: !args.no_crd,
+    let mut config = EmulatorConfig {
         watch_history: args.watch_history,
-        ..EmulatorConfig::default()
+        ..crate::devtools::emulator_config()
     };
+    if args.no_crd {
+        config.crds.clear();
+    }
     let emulator = Emulator::start(args.listen, config)
         .await
         .map_err(|source| EmulatorCommandError::Listen {

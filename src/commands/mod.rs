@@ -1,9 +1,12 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `run`.
 
 pub mod crd;
+#[cfg(feature = "dev-tools")]
 pub mod demo;
+#[cfg(feature = "dev-tools")]
 pub mod emulator;
 pub mod run;
+#[cfg(feature = "dev-tools")]
 pub mod simulator;
 pub mod submit;
 pub mod task;

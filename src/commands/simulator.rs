@@ -2,8 +2,8 @@
 
 use crate::cli::CliError;
 use crate::commands::run::parse_duration;
-use crate::koodrive::SecretKey;
-use crate::simulator::{Account, Simulator, SimulatorConfig};
+use koodrive_client::SecretKey;
+use koodrive_simulator::{Account, Simulator, SimulatorConfig};
 use serde::Deserialize;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -81,7 +81,7 @@ pub enum SimulatorCommandError {
         secret_keys: usize,
         user_ids: usize,
     },
-    #[error("cannot read credentials file {path}: {source}")]
+    #[error("cannot read credentials file {path}")]
     ReadCredentials {
         path: PathBuf,
         #[source]
@@ -93,13 +93,13 @@ pub enum SimulatorCommandError {
     ParseCredentials { path: PathBuf },
     #[error("no accounts: give --access-key/--secret-key/--user-id or --credentials-file")]
     NoAccounts,
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot wait for Ctrl-C/SIGTERM: {0}")]
+    #[error("cannot wait for Ctrl-C/SIGTERM")]
     Signal(#[source] std::io::Error),
 }
 

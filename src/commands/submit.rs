@@ -3,7 +3,7 @@
 
 use crate::cli::CliError;
 use crate::crd::UserBatch;
-use crate::koodrive::{
+use koodrive_client::{
     self, Client, ClientConfig, Credentials, MAX_USERS_PER_REQUEST, Password, RegisterUser,
     SecretKey,
 };
@@ -45,7 +45,7 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     ReadManifest {
         path: PathBuf,
         #[source]
@@ -71,9 +71,9 @@ pub enum SubmitError {
         what: &'static str,
     },
     #[error(transparent)]
-    Client(Box<koodrive::Error>),
+    Client(Box<koodrive_client::Error>),
     #[error(
-        "request {index} of {requests} ({users} users, trace {trace_id}) failed: {source}{}",
+        "request {index} of {requests} ({users} users, trace {trace_id}) failed{}",
         not_sent_note(*not_sent_users, *not_sent_requests)
     )]
     Request {
@@ -84,12 +84,12 @@ pub enum SubmitError {
         not_sent_users: usize,
         not_sent_requests: usize,
         #[source]
-        source: Box<koodrive::Error>,
+        source: Box<koodrive_client::Error>,
     },
 }
 
 impl SubmitError {
-    pub(crate) fn client(err: koodrive::Error) -> Self {
+    pub(crate) fn client(err: koodrive_client::Error) -> Self {
         SubmitError::Client(Box::new(err))
     }
 }
@@ -98,7 +98,7 @@ fn not_sent_note(users: usize, requests: usize) -> String {
     if users == 0 {
         String::new()
     } else {
-        format!("; {users} users in {requests} later requests were not sent")
+        format!(" ({users} users in {requests} later requests were not sent)")
     }
 }
 
@@ -179,7 +179,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     }
     for (index, chunk) in chunks.iter().enumerate() {
-        let trace_id = koodrive::new_trace_id();
+        let trace_id = koodrive_client::new_trace_id();
         match client.create_batch(chunk, &trace_id).await {
             Ok(task) => println!(
                 "task {} code {} users {} trace {}",
@@ -220,7 +220,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
 
 fn print_dry_run(client: &Client, chunks: &[&[RegisterUser]]) -> Result<(), SubmitError> {
     for (index, chunk) in chunks.iter().enumerate() {
-        let trace_id = koodrive::new_trace_id();
+        let trace_id = koodrive_client::new_trace_id();
         let prepared = client
             .prepare_create(chunk, &trace_id, jiff::Timestamp::now())
             .map_err(SubmitError::client)?;

@@ -2,7 +2,7 @@
 
 use crate::cli::CliError;
 use crate::commands::submit::{CREDENTIALS_HELP, SubmitError, credentials_from_env};
-use crate::koodrive::{Client, ClientConfig};
+use koodrive_client::{Client, ClientConfig};
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]

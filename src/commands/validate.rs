@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
                 Ok(text) => text,
                 Err(error) => {
                     tally.unreadable += 1;
-                    writeln!(stdout, "{shown}: {error}")?;
+                    writeln!(stdout, "{shown}: {}", crate::report::chain(&error))?;
                     continue;
                 }
             };
@@ -102,7 +102,7 @@ fn report_file(
         Ok(documents) => documents,
         Err(error) => {
             tally.unreadable += 1;
-            return writeln!(stdout, "{shown}: {error}");
+            return writeln!(stdout, "{shown}: {}", crate::report::chain(&error));
         }
     };
     for document in documents {

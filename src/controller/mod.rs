@@ -14,7 +14,6 @@ pub mod secrets;
 pub mod throttle;
 
 use crate::crd::UserBatch;
-use crate::koodrive;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
@@ -46,7 +45,7 @@ pub struct Settings {
     /// Cap of the per-UserBatch backoff.
     pub retry_max_delay: Duration,
     /// How the KooDrive client connects and retries within one call.
-    pub koodrive: koodrive::ClientConfig,
+    pub koodrive: koodrive_client::ClientConfig,
     /// Reported in Events (`reportingInstance`): the pod name.
     pub instance: Option<String>,
 }
@@ -56,13 +55,13 @@ impl Settings {
         Self {
             watch_namespace: None,
             default_endpoint: default_endpoint.into(),
-            max_batch_size: koodrive::MAX_USERS_PER_REQUEST,
+            max_batch_size: koodrive_client::MAX_USERS_PER_REQUEST,
             max_in_flight: 4,
             requests_per_second: 5.0,
             poll_interval: Duration::from_secs(30),
             retry_base_delay: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(300),
-            koodrive: koodrive::ClientConfig::default(),
+            koodrive: koodrive_client::ClientConfig::default(),
             instance: None,
         }
     }
@@ -75,7 +74,7 @@ pub enum StartError {
         "the UserBatch CRD (userbatches.koodrive.io) is not installed in this cluster; install it with `kubectl apply -f crds/userbatch.yaml` (or `koodrive-operator crd | kubectl apply -f -`)"
     )]
     CrdNotInstalled,
-    #[error("cannot list UserBatches to check the CRD is installed: {0}")]
+    #[error("cannot list UserBatches to check the CRD is installed")]
     CrdCheck(#[source] kube::Error),
 }
 
@@ -89,7 +88,7 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<UserBatch>, u32>>,
     /// KooDrive clients by endpoint and credentials Secret version, so a reconcile reuses
     /// connections instead of opening new TLS sessions each time.
-    clients: Mutex<HashMap<String, koodrive::Client>>,
+    clients: Mutex<HashMap<String, koodrive_client::Client>>,
     /// Last phase seen per UserBatch, to keep the per-phase gauge exact.
     phases: Mutex<HashMap<ObjectRef<UserBatch>, crate::crd::Phase>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -147,15 +146,16 @@ impl Context {
         &self,
         endpoint: &str,
         secret_version: &str,
-        credentials: koodrive::Credentials,
-    ) -> Result<koodrive::Client, koodrive::Error> {
+        credentials: koodrive_client::Credentials,
+    ) -> Result<koodrive_client::Client, koodrive_client::Error> {
         let key = format!("{endpoint}|{secret_version}");
         if let Ok(clients) = self.clients.lock()
             && let Some(client) = clients.get(&key)
         {
             return Ok(client.clone());
         }
-        let client = koodrive::Client::new(endpoint, credentials, self.settings.koodrive.clone())?;
+        let client =
+            koodrive_client::Client::new(endpoint, credentials, self.settings.koodrive.clone())?;
         if let Ok(mut clients) = self.clients.lock() {
             // Old entries belong to rotated credentials; a small cache is enough.
             if clients.len() >= 256 {
@@ -237,7 +237,7 @@ pub async fn run(
         .run(reconcile::reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(err) = result {
-                tracing::debug!(error = %crate::cli::error_chain(&err), "reconcile loop");
+                tracing::debug!(error = %crate::report::chain(&err), "reconcile loop");
             }
         })
         .await;
@@ -271,7 +271,7 @@ fn error_policy(ub: Arc<UserBatch>, error: &reconcile::Error, ctx: Arc<Context>)
     let delay = ctx.backoff(&key, error.retry_after());
     tracing::warn!(
         userbatch = %key,
-        error = %crate::cli::error_chain(error),
+        error = %crate::report::chain(error),
         retry_in = ?delay,
         "reconcile failed"
     );

@@ -18,8 +18,8 @@ use crate::crd::{
     Phase, RESUBMIT_IN_DOUBT_ANNOTATION, TaskRecord, TaskResult, User, UserBatch, UserBatchStatus,
     UserFailure,
 };
-use crate::koodrive::{self, ErrorClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use koodrive_client::ErrorClass;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -33,7 +33,7 @@ use tracing::Instrument;
 /// Why a reconcile did not finish; the error policy turns it into a per-object backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
+    #[error("Kubernetes API request failed while {action}")]
     Kube {
         action: &'static str,
         #[source]
@@ -270,7 +270,7 @@ impl<'a> Reconciler<'a> {
         &self,
         ub: &UserBatch,
         secrets: &mut SecretReader,
-    ) -> Result<Result<koodrive::Client, Blocker>, Error> {
+    ) -> Result<Result<koodrive_client::Client, Blocker>, Error> {
         let endpoint = ub
             .spec
             .endpoint
@@ -300,7 +300,7 @@ impl<'a> Reconciler<'a> {
     async fn submit(
         &self,
         mut ub: UserBatch,
-        client: &koodrive::Client,
+        client: &koodrive_client::Client,
         pending: &[User],
         secrets: &mut SecretReader,
         observed: &mut Observed,
@@ -346,9 +346,9 @@ impl<'a> Reconciler<'a> {
             .ctx
             .settings
             .max_batch_size
-            .clamp(1, koodrive::MAX_USERS_PER_REQUEST);
+            .clamp(1, koodrive_client::MAX_USERS_PER_REQUEST);
         for chunk in users.chunks(batch_size) {
-            let trace_id = koodrive::new_trace_id();
+            let trace_id = koodrive_client::new_trace_id();
             let phones: Vec<String> = chunk.iter().map(|u| u.phone.clone()).collect();
             // Rule 1: the intent is on record before anything is sent.
             let status = ub.status.get_or_insert_with(UserBatchStatus::default);
@@ -504,7 +504,7 @@ impl<'a> Reconciler<'a> {
                 Err(err) => {
                     tracing::warn!(
                         trace_id,
-                        error = %crate::cli::error_chain(&err),
+                        error = %crate::report::chain(&err),
                         retry_in = ?delay,
                         "cannot record KooDrive's answer yet; retrying the status write (not the request)"
                     );
@@ -519,7 +519,7 @@ impl<'a> Reconciler<'a> {
     async fn poll_results(
         &self,
         mut ub: UserBatch,
-        client: &koodrive::Client,
+        client: &koodrive_client::Client,
         observed: &mut Observed,
     ) -> Result<UserBatch, Error> {
         let unfinished: Vec<String> = ub
@@ -711,7 +711,7 @@ impl<'a> Reconciler<'a> {
         };
         if let Err(err) = self.ctx.recorder.publish(&event, &ub.object_ref(&())).await {
             // Events are best effort: a lost Event must not stop provisioning.
-            tracing::warn!(error = %crate::cli::error_chain(&err), reason, "cannot publish Event");
+            tracing::warn!(error = %crate::report::chain(&err), reason, "cannot publish Event");
         }
     }
 }
@@ -773,7 +773,7 @@ fn ready_transition(
     })
 }
 
-fn is_failure(user: &koodrive::UserResult) -> bool {
+fn is_failure(user: &koodrive_client::UserResult) -> bool {
     user.code
         .as_deref()
         .is_some_and(|c| !c.is_empty() && c != "0")

@@ -8,8 +8,8 @@ use crate::crd::{
     CredentialsRef, DEFAULT_ACCESS_KEY_KEY, DEFAULT_SECRET_KEY_KEY, DEFAULT_USER_ID_KEY,
     SecretKeyRef, User,
 };
-use crate::koodrive::{Credentials, Password, RegisterUser, SecretKey};
 use k8s_openapi::api::core::v1::Secret;
+use koodrive_client::{Credentials, Password, RegisterUser, SecretKey};
 use kube::Api;
 use std::collections::BTreeMap;
 

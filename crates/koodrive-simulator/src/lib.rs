@@ -9,14 +9,14 @@
 
 mod api;
 
-pub use crate::koodrive::Call;
-use crate::koodrive::{CREATE_PATH, GET_PATH, SecretKey};
 use axum::Router;
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+pub use koodrive_client::Call;
+use koodrive_client::{CREATE_PATH, GET_PATH, SecretKey};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

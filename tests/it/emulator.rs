@@ -7,13 +7,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use koodrive_operator::crd::{CredentialsRef, User, UserBatch, UserBatchSpec};
-use koodrive_operator::emulator::{Emulator, EmulatorConfig, Fault, FaultKind};
-use koodrive_operator::validation::Violation;
+use koodrive_operator::devtools::emulator_config;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::watcher;
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
+use kube_emulator::{Admission, Violation};
+use kube_emulator::{Emulator, EmulatorConfig, Fault, FaultKind};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,7 +56,7 @@ fn userbatch_crd() -> Value {
 /// An emulator whose UserBatch CRD declares the list-maps, installed through the API.
 async fn start_with_list_maps(config: EmulatorConfig) -> (Emulator, Client) {
     let (emulator, client) = start(EmulatorConfig {
-        install_crd: false,
+        crds: Vec::new(),
         ..config
     })
     .await;
@@ -129,7 +130,7 @@ where
 
 #[tokio::test]
 async fn generation_follows_spec_and_status_writes_are_separate() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client.clone());
     let mut with_status = batch("b", &["1"]);
     with_status.status = Some(Default::default());
@@ -221,7 +222,7 @@ async fn generation_follows_spec_and_status_writes_are_separate() {
 
 #[tokio::test]
 async fn stale_writes_conflict_and_missing_objects_are_not_found() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let first = api
         .create(&PostParams::default(), &batch("b", &["1"]))
@@ -273,7 +274,7 @@ async fn stale_writes_conflict_and_missing_objects_are_not_found() {
 
 #[tokio::test]
 async fn watch_resumes_from_a_resource_version_and_sends_bookmarks() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let a = api
         .create(&PostParams::default(), &batch("a", &["1"]))
@@ -324,7 +325,7 @@ async fn watch_resumes_from_a_resource_version_and_sends_bookmarks() {
 async fn expired_resource_version_gets_410_and_kube_watcher_relists() {
     let (emulator, client) = start(EmulatorConfig {
         watch_history: 1,
-        ..EmulatorConfig::default()
+        ..emulator_config()
     })
     .await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
@@ -379,7 +380,7 @@ async fn expired_resource_version_gets_410_and_kube_watcher_relists() {
 
 #[tokio::test]
 async fn apply_merges_list_maps_where_merge_patch_replaces() {
-    let (_emulator, client) = start_with_list_maps(EmulatorConfig::default()).await;
+    let (_emulator, client) = start_with_list_maps(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let alice = json!({
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},
@@ -461,7 +462,7 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
 
 #[tokio::test]
 async fn finalizers_hold_deletion_until_removed() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let mut held = batch("b", &["1"]);
     held.metadata.finalizers = Some(vec!["koodrive.io/cleanup".into()]);
@@ -519,8 +520,12 @@ fn reject_bad_phones(object: &Value) -> Vec<Violation> {
 #[tokio::test]
 async fn invalid_userbatches_are_rejected_with_422_naming_the_field() {
     let (_emulator, client) = start(EmulatorConfig {
-        validator: reject_bad_phones,
-        ..EmulatorConfig::default()
+        admission: vec![Admission::new(
+            "koodrive.io",
+            "UserBatch",
+            reject_bad_phones,
+        )],
+        ..emulator_config()
     })
     .await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
@@ -557,7 +562,7 @@ async fn invalid_userbatches_are_rejected_with_422_naming_the_field() {
 /// what a real API server would, naming the field.
 #[tokio::test]
 async fn the_real_schema_and_cel_rules_reject_invalid_userbatches() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let cases = [
         (
@@ -633,7 +638,7 @@ async fn client_request(api: &Api<UserBatch>, request: http::Request<Vec<u8>>) -
 
 #[tokio::test]
 async fn faults_fail_or_delay_matching_requests_then_stop() {
-    let (emulator, client) = start(EmulatorConfig::default()).await;
+    let (emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     api.create(&PostParams::default(), &batch("b", &["1"]))
         .await
@@ -686,8 +691,8 @@ async fn faults_fail_or_delay_matching_requests_then_stop() {
 #[tokio::test]
 async fn crd_absence_is_a_404_until_the_crd_is_created() {
     let (_emulator, client) = start(EmulatorConfig {
-        install_crd: false,
-        ..EmulatorConfig::default()
+        crds: Vec::new(),
+        ..emulator_config()
     })
     .await;
     let api: Api<UserBatch> = Api::default_namespaced(client.clone());
@@ -721,7 +726,7 @@ async fn crd_absence_is_a_404_until_the_crd_is_created() {
 
 #[tokio::test]
 async fn lists_page_filter_by_label_and_span_namespaces() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     for (ns, name, team) in [("a", "one", "x"), ("a", "two", "y"), ("b", "three", "x")] {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
         let mut secret = Secret::default();
@@ -755,7 +760,7 @@ async fn lists_page_filter_by_label_and_span_namespaces() {
 
 #[tokio::test]
 async fn lease_apply_conflicts_protect_the_holder() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let leases: Api<Lease> = Api::default_namespaced(client);
     let claim = |holder: &str| {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"},
@@ -806,7 +811,7 @@ async fn lease_apply_conflicts_protect_the_holder() {
 #[tokio::test]
 async fn the_event_recorder_creates_then_updates_events() {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client.clone());
     let created = api
         .create(&PostParams::default(), &batch("b", &["1"]))
@@ -1085,7 +1090,7 @@ async fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
 #[tokio::test]
 async fn lease_based_leader_election_elects_one_replica_and_hands_over() {
     use kube_lease_manager::LeaseManagerBuilder;
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let replica = |identity: &str| {
         LeaseManagerBuilder::new(client.clone(), "koodrive-operator")
             .with_namespace("default")
@@ -1112,7 +1117,7 @@ async fn lease_based_leader_election_elects_one_replica_and_hands_over() {
 
 #[tokio::test]
 async fn streaming_list_watches_send_initial_events_then_a_marking_bookmark() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     api.create(&PostParams::default(), &batch("a", &["1"]))
         .await
@@ -1136,7 +1141,7 @@ async fn streaming_list_watches_send_initial_events_then_a_marking_bookmark() {
 
 #[tokio::test]
 async fn the_written_kubeconfig_works_and_shutdown_ends_open_watches() {
-    let (emulator, _) = start(EmulatorConfig::default()).await;
+    let (emulator, _) = start(emulator_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     emulator.write_kubeconfig(&path).unwrap();
@@ -1168,7 +1173,7 @@ async fn the_written_kubeconfig_works_and_shutdown_ends_open_watches() {
 
 #[tokio::test]
 async fn json_patches_apply_with_test_preconditions_and_watches_honour_timeouts() {
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     api.create(&PostParams::default(), &batch("b", &["1"]))
         .await
@@ -1216,7 +1221,7 @@ async fn kube_finalizer_helper_adds_and_removes_its_finalizer() {
     use kube::runtime::controller::Action;
     use kube::runtime::finalizer::{Event as Finalizer, finalizer};
     use std::sync::Arc;
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     let created = api
         .create(&PostParams::default(), &batch("b", &["1"]))
@@ -1248,7 +1253,7 @@ async fn kube_finalizer_helper_adds_and_removes_its_finalizer() {
 async fn a_kube_controller_reconciles_objects_and_their_status_changes() {
     use kube::runtime::controller::{Action, Controller};
     use std::sync::Arc;
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let api: Api<UserBatch> = Api::default_namespaced(client);
     api.create(&PostParams::default(), &batch("b", &["1"]))
         .await
@@ -1298,7 +1303,7 @@ async fn a_kube_controller_reconciles_objects_and_their_status_changes() {
 #[tokio::test]
 async fn a_crashed_leaders_lease_expires_and_another_replica_takes_over() {
     use kube_lease_manager::LeaseManagerBuilder;
-    let (_emulator, client) = start(EmulatorConfig::default()).await;
+    let (_emulator, client) = start(emulator_config()).await;
     let replica = |identity: &str| {
         LeaseManagerBuilder::new(client.clone(), "koodrive-operator")
             .with_namespace("default")

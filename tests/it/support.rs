@@ -7,10 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use koodrive_operator::crd::{
     CredentialsRef, SecretKeyRef, User, UserBatch, UserBatchSpec, UserBatchStatus,
 };
-use koodrive_operator::emulator::{Emulator, EmulatorConfig};
-use koodrive_operator::simulator::{Account, Simulator, SimulatorConfig};
+use koodrive_simulator::{Account, Simulator, SimulatorConfig};
 use kube::Api;
 use kube::api::PostParams;
+use kube_emulator::{Emulator, EmulatorConfig};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Env {
-        Self::start_with(EmulatorConfig::default(), SimulatorConfig::default()).await
+        Self::start_with(
+            koodrive_operator::devtools::emulator_config(),
+            SimulatorConfig::default(),
+        )
+        .await
     }
 
     pub async fn start_with(
@@ -47,7 +51,7 @@ impl Env {
         if sim_config.accounts.is_empty() {
             sim_config.accounts.push(Account {
                 access_key: ACCESS_KEY.into(),
-                secret_key: koodrive_operator::koodrive::SecretKey::new(SECRET_KEY.into()),
+                secret_key: koodrive_client::SecretKey::new(SECRET_KEY.into()),
                 user_id: USER_ID.into(),
             });
         }

@@ -293,10 +293,16 @@ impl Ctx<'_> {
     }
 
     pub(super) fn validate(&self, object: &Value) -> Result<(), ApiError> {
-        if self.def.group != crate::crd::GROUP || self.def.kind != "UserBatch" {
+        let Some(admission) = self
+            .shared
+            .config
+            .admission
+            .iter()
+            .find(|a| a.group == self.def.group && a.kind == self.def.kind)
+        else {
             return Ok(());
-        }
-        let violations = (self.shared.config.validator)(object);
+        };
+        let violations = (admission.check)(object);
         if violations.is_empty() {
             return Ok(());
         }

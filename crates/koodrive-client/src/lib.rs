@@ -10,7 +10,7 @@ mod error;
 pub mod signer;
 
 pub use client::{Client, ClientConfig, CreatedTask, PreparedRequest, TaskReport, UserResult};
-pub use error::{Call, Error, ErrorClass};
+pub use error::{Call, CanonicalRequests, Error, ErrorClass};
 
 use rand::RngExt;
 use serde::{Serialize, Serializer};

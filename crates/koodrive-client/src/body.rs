@@ -232,7 +232,7 @@ fn push_string_contents(body: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::koodrive::Password;
+    use crate::Password;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 

@@ -6,7 +6,7 @@
 //! failure. Every attempt is signed afresh, because KooDrive rejects stale or reused dates.
 
 use super::body::{HashedBody, is_blank};
-use super::error::{Call, Error, ErrorClass};
+use super::error::{Call, CanonicalRequests, Error, ErrorClass};
 use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser};
 use jiff::Timestamp;
@@ -215,9 +215,7 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("koodrive-operator/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::HttpClient {
-                detail: error_chain(&e),
-            })?;
+            .map_err(|source| Error::HttpClient { source })?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -504,19 +502,18 @@ impl Client {
             .find(|(name, _)| name == "X-Traceid")
             .map(|(_, value)| value.as_str())
             .unwrap_or_default();
-        let response = request.send().await.map_err(|e| {
-            tracing::warn!(%call, trace_id, error = %error_chain(&e), "KooDrive request failed");
-            if e.is_connect() {
-                Error::Connect {
-                    call,
-                    detail: error_chain(&e),
-                }
+        let response = request.send().await.map_err(|source| {
+            let error = if source.is_connect() {
+                Error::Connect { call, source }
             } else {
                 Error::NoAnswer {
                     call,
-                    detail: error_chain(&e),
+                    status: None,
+                    source,
                 }
-            }
+            };
+            tracing::warn!(%call, trace_id, %error, "KooDrive request failed");
+            error
         })?;
         let status = response.status().as_u16();
         let header_request_id = response
@@ -529,9 +526,10 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = response.bytes().await.map_err(|e| Error::NoAnswer {
+        let body = response.bytes().await.map_err(|source| Error::NoAnswer {
             call,
-            detail: format!("HTTP {status}, body unreadable: {}", error_chain(&e)),
+            status: Some(status),
+            source,
         })?;
         tracing::debug!(%call, trace_id, status, "KooDrive answered");
         classify(
@@ -698,8 +696,10 @@ fn classify(
             code,
             msg,
             request_id,
-            server_canonical_request,
-            client_canonical_request: client_canonical_request.to_string(),
+            canonical: Box::new(CanonicalRequests {
+                server: server_canonical_request,
+                client: client_canonical_request.to_string(),
+            }),
         });
     }
     Err(Error::Rejected {
@@ -791,15 +791,10 @@ fn check_header_text(what: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// An error and its causes on one line (reqwest's own message alone says little).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    crate::cli::error_chain(err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::koodrive::SecretKey;
+    use crate::SecretKey;
 
     fn client(endpoint: &str, allow_insecure: bool) -> Result<Client, Error> {
         Client::new(
@@ -889,7 +884,7 @@ mod tests {
     fn debug_shows_neither_sk_nor_body() {
         let c = client("https://example.com", false).unwrap();
         let mut u = user("1");
-        u.password = Some(crate::koodrive::Password::new("pw-secret".into()));
+        u.password = Some(crate::Password::new("pw-secret".into()));
         let prepared = c.prepare_create(&[u], "t", Timestamp::now()).unwrap();
         let shown = format!("{c:?} {prepared:?}");
         assert!(!shown.contains("the-sk"), "{shown}");

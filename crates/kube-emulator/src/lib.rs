@@ -1,10 +1,16 @@
-//! An in-process emulator of the Kubernetes API subset the operator uses (UserBatch, Secret,
-//! Event, Lease, CustomResourceDefinition), so end-to-end tests and `demo` can run the real
-//! controller, a real kube client and real watch streams where no API server can be installed.
+//! An in-process emulator of the Kubernetes API subset an operator uses (Secret, Event,
+//! Lease, Namespace, CustomResourceDefinition and the custom resources those define), so
+//! end-to-end tests and demos can run a real controller, a real kube client and real watch
+//! streams where no API server can be installed.
 //!
-//! It is faithful where the operator's correctness depends on it: `resourceVersion`
+//! It knows no particular operator: it is configured with the CRDs it serves from the start
+//! ([`EmulatorConfig::crds`]) and the admission checks it runs on writes of a kind
+//! ([`EmulatorConfig::admission`]), as a real cluster gets its CRDs applied and its
+//! validation from their schemas and CEL rules.
+//!
+//! It is faithful where an operator's correctness depends on it: `resourceVersion`
 //! preconditions (409), `generation` vs status writes, watch resumption and `410 Gone`,
-//! finalizers, server-side apply merging list-maps, admission of invalid UserBatches (422).
+//! finalizers, server-side apply merging list-maps, admission (422 with field paths).
 //! Tests can inject faults, drop watches and read the request log.
 //!
 //! Deliberate simplifications, none of which the operator depends on:
@@ -34,7 +40,6 @@ mod table;
 mod verbs;
 mod watch;
 
-use crate::validation::Violation;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -44,40 +49,78 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Admission check run on every write of a `koodrive.io` UserBatch.
-pub type Validator = fn(&Value) -> Vec<Violation>;
+/// One field an admission check refuses: `path` in the API server's notation
+/// (`spec.users[0].phone`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub path: String,
+    pub problem: String,
+}
+
+/// Validates one object of a kind on create and update (spec and status writes alike);
+/// violations become `422 Invalid` with one cause per violation.
+pub type AdmissionFn = Arc<dyn Fn(&Value) -> Vec<Violation> + Send + Sync>;
+
+/// An admission check and the kind it applies to.
+#[derive(Clone)]
+pub struct Admission {
+    pub group: String,
+    pub kind: String,
+    pub check: AdmissionFn,
+}
+
+impl Admission {
+    pub fn new(
+        group: impl Into<String>,
+        kind: impl Into<String>,
+        check: impl Fn(&Value) -> Vec<Violation> + Send + Sync + 'static,
+    ) -> Admission {
+        Admission {
+            group: group.into(),
+            kind: kind.into(),
+            check: Arc::new(check),
+        }
+    }
+}
 
 /// How an emulator behaves.
 #[derive(Clone)]
 pub struct EmulatorConfig {
-    /// Whether the UserBatch CRD exists from the start. Without it, UserBatch paths answer
-    /// 404 until a CRD is created, as on a cluster where it was never installed.
-    pub install_crd: bool,
+    /// CustomResourceDefinitions (as JSON objects) that exist from the start, as if applied
+    /// before the test. A kind whose CRD is absent answers 404 until one is created, as on a
+    /// cluster where it was never installed.
+    pub crds: Vec<Value>,
     /// How many past watch events are kept for resuming watches; older `resourceVersion`s get
     /// `410 Gone`. Small values let tests force expiry.
     pub watch_history: usize,
-    /// Admission for UserBatches: violations become `422 Invalid`.
-    pub validator: Validator,
+    /// Admission checks by kind (the first matching check applies).
+    pub admission: Vec<Admission>,
 }
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
         EmulatorConfig {
-            install_crd: true,
-            // Every retained event holds a full object; large UserBatches make this the
+            crds: Vec::new(),
+            // Every retained event holds a full object; large custom resources make this the
             // emulator's main memory cost.
             watch_history: 1_000,
-            validator: crate::validation::validate_userbatch,
+            admission: Vec::new(),
         }
     }
 }
 
 impl std::fmt::Debug for EmulatorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<String> = self
+            .admission
+            .iter()
+            .map(|a| format!("{}/{}", a.group, a.kind))
+            .collect();
         f.debug_struct("EmulatorConfig")
-            .field("install_crd", &self.install_crd)
+            .field("crds", &self.crds.len())
             .field("watch_history", &self.watch_history)
-            .finish_non_exhaustive()
+            .field("admission", &kinds)
+            .finish()
     }
 }
 
@@ -210,9 +253,8 @@ impl Emulator {
         // Seeding only fails on a bug in the emulator itself; report it as a start-up error.
         server::seed_default_namespace(&shared)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        if shared.config.install_crd {
-            server::install_userbatch_crd(&shared)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for crd in shared.config.crds.clone() {
+            server::install_crd(&shared, crd).map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {

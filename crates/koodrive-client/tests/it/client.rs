@@ -1,10 +1,10 @@
 //! The KooDrive client against the simulator over real HTTP on loopback: signing verified
 //! by recomputation, error classification, retries, and at-most-once submission.
 
-use koodrive_operator::koodrive::{
-    self, Client, ClientConfig, Credentials, ErrorClass, Password, RegisterUser, SecretKey, signer,
+use koodrive_client::{
+    Client, ClientConfig, Credentials, ErrorClass, Password, RegisterUser, SecretKey, signer,
 };
-use koodrive_operator::simulator::{Account, Call, Fault, FaultKind, Simulator, SimulatorConfig};
+use koodrive_simulator::{Account, Call, Fault, FaultKind, Simulator, SimulatorConfig};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ fn phones(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|i| format!("86138{i:08}")).collect()
 }
 
-async fn wait_until_finished(client: &Client, task_id: &str) -> koodrive::TaskReport {
+async fn wait_until_finished(client: &Client, task_id: &str) -> koodrive_client::TaskReport {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let report = client.get_task(task_id).await.unwrap();
@@ -108,7 +108,7 @@ async fn creates_a_task_and_reports_per_user_results_once_the_delay_has_passed()
     let mut batch = phones(0..3);
     batch.push(REGISTERED.into());
     batch.push(FAILING.into());
-    let trace_id = koodrive::new_trace_id();
+    let trace_id = koodrive_client::new_trace_id();
     let created = client
         .create_batch(&users(batch.clone()), &trace_id)
         .await
@@ -136,7 +136,7 @@ async fn results_are_withheld_until_the_delay_has_passed() {
     let sim = simulator(Duration::from_secs(3600)).await;
     let client = client(&sim);
     let created = client
-        .create_batch(&users(phones(0..4)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..4)), &koodrive_client::new_trace_id())
         .await
         .unwrap();
     let report = client.get_task(&created.task_id).await.unwrap();
@@ -153,7 +153,7 @@ async fn get_task_merges_every_page() {
     let client = client(&sim);
     let batch = phones(0..20);
     let created = client
-        .create_batch(&users(batch.clone()), &koodrive::new_trace_id())
+        .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
         .await
         .unwrap();
     let before = sim.request_count();
@@ -169,7 +169,7 @@ async fn wrong_secret_key_is_an_authentication_error_with_both_canonical_request
     let sim = simulator(Duration::ZERO).await;
     let client = client_with(&sim, AK, "not-the-right-secret");
     let err = client
-        .create_batch(&users(phones(0..2)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..2)), &koodrive_client::new_trace_id())
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Authentication);
@@ -213,7 +213,7 @@ async fn raw_create(
     let signature = signer::sign(
         &signer::SigningInput {
             method: "POST",
-            path: koodrive::CREATE_PATH,
+            path: koodrive_client::CREATE_PATH,
             query: &[],
             host: &host,
             user_id: USER_ID,
@@ -230,7 +230,7 @@ async fn raw_create(
         ("Content-Type", "application/json"),
     ];
     let mut request =
-        reqwest::Client::new().post(format!("{}{}", sim.url(), koodrive::CREATE_PATH));
+        reqwest::Client::new().post(format!("{}{}", sim.url(), koodrive_client::CREATE_PATH));
     for (name, value) in headers {
         if Some(name) != skip_header {
             request = request.header(name, value);
@@ -328,7 +328,7 @@ async fn invalid_bodies_are_rejected_with_parameter_validation_failed() {
     let err = client
         .create_batch(
             &users(vec!["1".into(), "1".into()]),
-            &koodrive::new_trace_id(),
+            &koodrive_client::new_trace_id(),
         )
         .await
         .unwrap_err();
@@ -342,7 +342,7 @@ async fn invalid_bodies_are_rejected_with_parameter_validation_failed() {
 async fn more_than_1000_users_are_refused_without_sending() {
     let sim = simulator(Duration::ZERO).await;
     let err = client(&sim)
-        .create_batch(&users(phones(0..1001)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..1001)), &koodrive_client::new_trace_id())
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Invalid);
@@ -367,7 +367,7 @@ async fn provably_unprocessed_failures_are_retried_and_the_batch_is_sent_once() 
     let batch = phones(0..10);
     let started = Instant::now();
     let created = client(&sim)
-        .create_batch(&users(batch.clone()), &koodrive::new_trace_id())
+        .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
         .await
         .unwrap();
     assert!(!created.task_id.is_empty());
@@ -386,7 +386,7 @@ async fn a_persistent_fault_ends_as_transient_after_max_attempts() {
         kind: FaultKind::Status5xx(500),
     });
     let err = client(&sim)
-        .create_batch(&users(phones(0..3)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..3)), &koodrive_client::new_trace_id())
         .await
         .unwrap_err();
     assert!(
@@ -413,7 +413,7 @@ async fn an_unanswered_create_is_in_doubt_and_never_resent() {
         });
         let batch = phones(0..5);
         let err = client(&sim)
-            .create_batch(&users(batch.clone()), &koodrive::new_trace_id())
+            .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
             .await
             .unwrap_err();
         assert_eq!(err.class(), ErrorClass::InDoubt, "{kind:?}: {err}");
@@ -437,7 +437,7 @@ async fn reads_are_retried_through_every_transient_failure() {
     let sim = simulator(Duration::ZERO).await;
     let client = client(&sim);
     let created = client
-        .create_batch(&users(phones(0..2)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..2)), &koodrive_client::new_trace_id())
         .await
         .unwrap();
     sim.inject(Fault {
@@ -481,7 +481,7 @@ async fn connection_refused_is_transient_and_retried() {
     )
     .unwrap();
     let err = client
-        .create_batch(&users(phones(0..1)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..1)), &koodrive_client::new_trace_id())
         .await
         .unwrap_err();
     assert!(
@@ -507,7 +507,7 @@ async fn faults_and_submissions_are_reachable_over_http() {
     assert_eq!(response.status().as_u16(), 204);
     let batch = phones(0..2);
     client(&sim)
-        .create_batch(&users(batch.clone()), &koodrive::new_trace_id())
+        .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
         .await
         .unwrap();
     assert_eq!(sim.request_count(), 2, "a 502, then a delayed success");
@@ -546,7 +546,7 @@ async fn a_create_that_times_out_is_in_doubt_because_koodrive_may_still_process_
     .unwrap();
     let batch = phones(0..3);
     let err = client
-        .create_batch(&users(batch.clone()), &koodrive::new_trace_id())
+        .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
         .await
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::InDoubt, "{err}");
@@ -594,7 +594,7 @@ async fn a_long_retry_after_is_handed_back_to_the_caller() {
         },
     });
     let err = client(&sim)
-        .create_batch(&users(phones(0..1)), &koodrive::new_trace_id())
+        .create_batch(&users(phones(0..1)), &koodrive_client::new_trace_id())
         .await
         .unwrap_err();
     assert_eq!(

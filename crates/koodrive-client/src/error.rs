@@ -37,6 +37,15 @@ pub enum ErrorClass {
     InDoubt,
 }
 
+/// The canonical requests of a signature mismatch, with real newlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalRequests {
+    /// The gateway's, echoed in `verify signature fail` messages.
+    pub server: Option<String>,
+    /// The one this client signed, to compare with the server's.
+    pub client: String,
+}
+
 /// A failed KooDrive call. `Display` is one actionable line and never contains a secret
 /// (SKs and passwords never reach this type).
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +56,30 @@ pub enum Error {
     #[error("request not sent: {reason}")]
     InvalidRequest { reason: String },
 
-    #[error("could not set up the HTTPS client: {detail}")]
-    HttpClient { detail: String },
+    #[error("could not set up the HTTPS client")]
+    HttpClient {
+        #[source]
+        source: reqwest::Error,
+    },
 
-    #[error("could not connect to KooDrive for {call} ({detail}); nothing was sent")]
-    Connect { call: Call, detail: String },
+    #[error(
+        "could not connect to KooDrive for {call} ({}); nothing was sent",
+        transport_cause(source)
+    )]
+    Connect {
+        call: Call,
+        #[source]
+        source: reqwest::Error,
+    },
 
-    #[error("{call}: the request was sent but no answer was read ({detail}){}", in_doubt_hint(*call))]
-    NoAnswer { call: Call, detail: String },
+    #[error("{call}: the request was sent but no answer was read ({}{}){}", status.map(|s| format!("HTTP {s}, ")).unwrap_or_default(), transport_cause(source), in_doubt_hint(*call))]
+    NoAnswer {
+        call: Call,
+        /// Set when the status line arrived but the body did not.
+        status: Option<u16>,
+        #[source]
+        source: reqwest::Error,
+    },
 
     #[error(
         "KooDrive is unavailable ({call}): HTTP {status}{}{}{}{}",
@@ -84,10 +109,9 @@ pub enum Error {
         code: Option<String>,
         msg: Option<String>,
         request_id: Option<String>,
-        /// The gateway's canonical request, echoed in `verify signature fail` messages.
-        server_canonical_request: Option<String>,
-        /// The canonical request this client signed, to compare with the server's.
-        client_canonical_request: String,
+        /// What was signed, and what the gateway says it verified (boxed: rarely present,
+        /// and it would otherwise double the size of every `Result` carrying this error).
+        canonical: Box<CanonicalRequests>,
     },
 
     #[error(
@@ -109,6 +133,32 @@ pub enum Error {
         status: u16,
         detail: String,
     },
+}
+
+/// What went wrong on the wire, in a few stable words: the full chain (with the URL and OS
+/// error text) stays available through `source()` for logs.
+fn transport_cause(error: &reqwest::Error) -> String {
+    let mut io_kind = None;
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        cause = inner.source();
+    }
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "the answer's body could not be read"
+    } else {
+        "transport error"
+    };
+    match io_kind {
+        Some(kind) if !error.is_timeout() => format!("{what}: {kind}"),
+        _ => what.to_string(),
+    }
 }
 
 fn in_doubt_hint(call: Call) -> &'static str {
@@ -200,11 +250,10 @@ impl Error {
     /// For a signature mismatch: `(server's canonical request, ours)`, with real newlines.
     pub fn canonical_requests(&self) -> Option<(&str, &str)> {
         match self {
-            Error::Authentication {
-                server_canonical_request: Some(server),
-                client_canonical_request,
-                ..
-            } => Some((server.as_str(), client_canonical_request.as_str())),
+            Error::Authentication { canonical, .. } => canonical
+                .server
+                .as_deref()
+                .map(|server| (server, canonical.client.as_str())),
             _ => None,
         }
     }
@@ -271,8 +320,10 @@ mod tests {
             code: Some("APIG.0303".into()),
             msg: Some(msg.into()),
             request_id: Some("req-1".into()),
-            server_canonical_request: None,
-            client_canonical_request: "POST\n/".into(),
+            canonical: Box::new(CanonicalRequests {
+                server: None,
+                client: "POST\n/".into(),
+            }),
         }
     }
 
@@ -322,7 +373,11 @@ mod tests {
         );
         let no_answer = |call| Error::NoAnswer {
             call,
-            detail: "timed out".into(),
+            status: None,
+            source: reqwest::Client::new()
+                .get("not a url")
+                .build()
+                .expect_err("an unparsable URL is refused"),
         };
         assert_eq!(no_answer(Call::Create).class(), ErrorClass::InDoubt);
         assert_eq!(

@@ -1,15 +1,13 @@
 //! End to end: the real `koodrive-operator run` binary, as a child process, against the
 //! Kubernetes API emulator and the KooDrive simulator (both in this test process).
 
-mod support;
-
+use crate::support::*;
 use k8s_openapi::api::events::v1::Event;
-use koodrive_operator::emulator::{EmulatorConfig, Fault as ApiFault, FaultKind as ApiFaultKind};
-use koodrive_operator::simulator::{Call, Fault, FaultKind, SimulatorConfig};
+use koodrive_simulator::{Call, Fault, FaultKind, SimulatorConfig};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
+use kube_emulator::{EmulatorConfig, Fault as ApiFault, FaultKind as ApiFaultKind};
 use std::time::Duration;
-use support::*;
 
 fn all_counts_at_most_once(env: &Env) {
     for (phone, count) in env.simulator.submissions() {
@@ -392,8 +390,8 @@ async fn an_unanswered_request_is_in_doubt_until_a_human_resubmits() {
 async fn operator_fails_fast_without_the_crd() {
     let env = Env::start_with(
         EmulatorConfig {
-            install_crd: false,
-            ..EmulatorConfig::default()
+            crds: Vec::new(),
+            ..koodrive_operator::devtools::emulator_config()
         },
         SimulatorConfig::default(),
     )

@@ -2,7 +2,7 @@
 //! the floor: hashing the same body bytes once with SHA-256 (the body must be hashed).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use koodrive_operator::koodrive::{
+use koodrive_client::{
     Client, ClientConfig, Credentials, Password, RegisterUser, SecretKey, signer,
 };
 use std::hint::black_box;
@@ -39,7 +39,7 @@ fn bench_signing(c: &mut Criterion) {
     )
     .expect("valid endpoint");
     let users = users();
-    let trace_id = koodrive_operator::koodrive::new_trace_id();
+    let trace_id = koodrive_client::new_trace_id();
     let now = jiff::Timestamp::now();
     let body = serde_json::to_vec(&CreateBody { user_list: &users }).expect("json");
     // The floor must hash the very bytes the client signs.
@@ -90,7 +90,7 @@ fn bench_signing(c: &mut Criterion) {
             signer::sign(
                 &signer::SigningInput {
                     method: "POST",
-                    path: koodrive_operator::koodrive::CREATE_PATH,
+                    path: koodrive_client::CREATE_PATH,
                     query: &[],
                     host: "intl.myhuaweicloud-koodrive.com",
                     user_id: "1505084218764547200",

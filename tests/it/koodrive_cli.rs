@@ -1,8 +1,8 @@
 //! The `submit`, `task` and `simulator` commands as processes, against a simulator on
 //! loopback.
 
-use koodrive_operator::koodrive::SecretKey;
-use koodrive_operator::simulator::{Account, Call, Fault, FaultKind, Simulator, SimulatorConfig};
+use koodrive_client::SecretKey;
+use koodrive_simulator::{Account, Call, Fault, FaultKind, Simulator, SimulatorConfig};
 use std::collections::HashSet;
 use std::io::Write;
 use std::process::{Output, Stdio};

@@ -15,7 +15,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
-use kube::CustomResourceExt;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,10 +52,8 @@ pub fn seed_default_namespace(shared: &Shared) -> Result<(), ApiError> {
     )
 }
 
-/// Stores the UserBatch CRD, as `kubectl apply -f crds/` would have.
-pub fn install_userbatch_crd(shared: &Shared) -> Result<(), ApiError> {
-    let crd = serde_json::to_value(crate::crd::UserBatch::crd())
-        .map_err(|e| ApiError::for_code(500, format!("cannot serialise the UserBatch CRD: {e}")))?;
+/// Stores a CRD, as `kubectl apply -f crds/` would have.
+pub fn install_crd(shared: &Shared, crd: serde_json::Value) -> Result<(), ApiError> {
     seed(shared, CRD_PLURAL, crd)
 }
 

@@ -2,13 +2,13 @@
 //! the `/_sim/` control endpoints.
 
 use super::{Fault, Inner, Outcome, State, Task};
-use crate::koodrive::signer::{self, parse_authorization};
-use crate::koodrive::{CREATE_PATH, GET_PATH, MAX_USERS_PER_REQUEST};
 use axum::body::{Body, Bytes};
 use axum::extract::State as Extract;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, Method, StatusCode, Uri};
+use koodrive_client::signer::{self, parse_authorization};
+use koodrive_client::{CREATE_PATH, GET_PATH, MAX_USERS_PER_REQUEST};
 use rand::RngExt;
 use serde::Deserialize;
 use serde_json::{Value, json};

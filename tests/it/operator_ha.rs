@@ -1,13 +1,11 @@
 //! Production behaviour of `koodrive-operator run`: leader election between two replicas,
 //! readiness after sync, and Prometheus metrics — against the API emulator and simulator.
 
-mod support;
-
+use crate::support::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use koodrive_operator::emulator::{Fault as ApiFault, FaultKind as ApiFaultKind};
 use kube::Api;
+use kube_emulator::{Fault as ApiFault, FaultKind as ApiFaultKind};
 use std::time::Duration;
-use support::*;
 
 async fn lease_holder(env: &Env) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), NAMESPACE);
