@@ -49,6 +49,24 @@ podDisruptionBudget:
   minAvailable: 1
 ";
 
+/// Every optional feature of the chart switched on at once (cluster-wide).
+const ALL_ON_VALUES: &str = "\
+replicaCount: 2
+crds:
+  install: true
+  keep: true
+metrics:
+  serviceMonitor:
+    enabled: true
+    interval: 15s
+    scrapeTimeout: 10s
+    labels:
+      release: prometheus
+podDisruptionBudget:
+  enabled: true
+  minAvailable: 1
+";
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -107,11 +125,16 @@ fn values_file(values: &str) -> tempfile::NamedTempFile {
 
 /// `helm template` with the given values (and `--set` pairs); returns the raw output.
 fn helm_template(values: Option<&str>, set: &[&str]) -> Output {
+    helm_template_chart(&chart_dir(), values, set)
+}
+
+/// `helm template` of a chart directory or packaged `.tgz`.
+fn helm_template_chart(chart: &Path, values: Option<&str>, set: &[&str]) -> Output {
     let file = values.map(values_file);
     let mut command = Command::new(tool("helm"));
     command
         .args(["template", RELEASE])
-        .arg(chart_dir())
+        .arg(chart)
         .args(["--namespace", RELEASE_NAMESPACE])
         .args(["--kube-version", KUBE_VERSION])
         .arg("--include-crds");
@@ -194,13 +217,22 @@ fn operator_container(deployment: &Deployment) -> Container {
 
 /// Renders the chart and splits helm's output into its documents.
 fn render(values: Option<&str>) -> Rendered {
-    let output = helm_template(values, &[]);
+    render_with(values, &[])
+}
+
+/// `render` with `--set` pairs on top of the values.
+fn render_with(values: Option<&str>, set: &[&str]) -> Rendered {
+    let output = helm_template(values, set);
     assert!(
         output.status.success(),
         "helm template failed:\n{}",
         output_text(&output)
     );
     let text = String::from_utf8(output.stdout).expect("helm output is UTF-8");
+    split_manifests(&text)
+}
+
+fn split_manifests(text: &str) -> Rendered {
     let mut manifests = Vec::new();
     for chunk in text.split("\n---\n") {
         let chunk = chunk.strip_prefix("---\n").unwrap_or(chunk);
@@ -231,14 +263,16 @@ fn chart_lints_strictly_with_default_and_variant_values() {
             .args(["lint", "--strict"])
             .arg(chart_dir()),
     );
-    let variant = values_file(VARIANT_VALUES);
-    run_ok(
-        Command::new(tool("helm"))
-            .args(["lint", "--strict"])
-            .arg(chart_dir())
-            .arg("--values")
-            .arg(variant.path()),
-    );
+    for values in [VARIANT_VALUES, ALL_ON_VALUES] {
+        let variant = values_file(values);
+        run_ok(
+            Command::new(tool("helm"))
+                .args(["lint", "--strict"])
+                .arg(chart_dir())
+                .arg("--values")
+                .arg(variant.path()),
+        );
+    }
 }
 
 #[test]
@@ -821,17 +855,31 @@ fn service_monitor_and_budget_select_what_they_should() {
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
 }
 
+const PROMETHEUS_OPERATOR_KINDS: [&str; 3] = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+
 #[test]
 fn rendered_manifests_are_valid_kubernetes_objects() {
     let validator = tool("kubernetes-validate");
-    for (variant, rendered) in renders() {
+    let mut variants = Vec::from(renders());
+    variants.push(("everything on", render(Some(ALL_ON_VALUES))));
+    variants.push((
+        "everything on, CRDs installed separately",
+        render_with(Some(ALL_ON_VALUES), &["crds.install=false"]),
+    ));
+    for (variant, rendered) in variants {
         let dir = tempfile::tempdir().unwrap();
         let mut files = Vec::new();
-        // The ServiceMonitor is a Prometheus Operator CRD kind without a built-in schema.
+        // Prometheus Operator kinds are CRDs without a built-in schema; they are checked by
+        // their own tests (and the rules by promtool).
+        let unchecked = |m: &&Manifest| PROMETHEUS_OPERATOR_KINDS.contains(&m.kind());
+        assert!(
+            rendered.manifests.iter().any(|m| !unchecked(&m)),
+            "{variant}: nothing to validate"
+        );
         for (index, manifest) in rendered
             .manifests
             .iter()
-            .filter(|m| m.kind() != "ServiceMonitor")
+            .filter(|m| !unchecked(m))
             .enumerate()
         {
             let file = dir.path().join(format!(
@@ -1086,4 +1134,203 @@ fn readme_shows_the_tested_health_check_verbatim() {
         "the README's argocd-cm example differs from argocd/health.lua; paste the file into \
          it indented by 4 spaces"
     );
+}
+
+fn yaml_file(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The generated CRDs the chart ships, one per file in `files/crds/`.
+fn committed_crds() -> Vec<Value> {
+    let dir = chart_dir().join("files/crds");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| yaml_file(p)).collect()
+}
+
+/// Where two JSON values first differ, as a path with both sides, or None when equal.
+fn first_difference(expected: &Value, actual: &Value, path: &str) -> Option<String> {
+    match (expected, actual) {
+        (Value::Object(a), Value::Object(b)) => a
+            .keys()
+            .chain(b.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .find_map(|key| {
+                let (x, y) = (a.get(key), b.get(key));
+                let path = format!("{path}.{key}");
+                match (x, y) {
+                    (Some(x), Some(y)) => first_difference(x, y, &path),
+                    _ => Some(format!("{path}: {x:?} vs {y:?}")),
+                }
+            }),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        // fromYaml reads every number as a float64 and toYaml prints `0.0` as `0`: the API
+        // server compares numbers by value, and so does this.
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        _ if expected == actual => None,
+        _ => Some(format!("{path}: {expected} vs {actual}")),
+    }
+}
+
+fn crd_named<'a>(rendered: &'a Rendered, name: &str) -> Option<&'a Manifest> {
+    rendered
+        .of_kind("CustomResourceDefinition")
+        .into_iter()
+        .find(|m| m.name() == name)
+}
+
+#[test]
+fn crds_are_templates_so_upgrades_update_them_and_uninstall_keeps_them() {
+    // Helm installs crds/ once and never upgrades it: nothing may live there.
+    assert!(
+        !chart_dir().join("crds").exists(),
+        "charts/koodrive-operator/crds/ is never upgraded by Helm; CRDs belong in files/crds/"
+    );
+    let committed = committed_crds();
+    assert!(!committed.is_empty(), "files/crds/ holds the UserBatch CRD");
+    let rendered = render(None);
+    assert_eq!(
+        rendered.of_kind("CustomResourceDefinition").len(),
+        committed.len(),
+        "one rendered CRD per file in files/crds/"
+    );
+    let deployment_labels = rendered
+        .deployment()
+        .metadata
+        .labels
+        .expect("the Deployment has labels");
+    for crd in &committed {
+        let name = crd["metadata"]["name"].as_str().expect("CRD name");
+        let manifest = crd_named(&rendered, name)
+            .unwrap_or_else(|| panic!("CRD {name} from files/crds/ is not rendered"));
+        let metadata = &manifest.value["metadata"];
+        assert_eq!(
+            metadata["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}: crds.keep defaults to true"
+        );
+        for key in [
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ] {
+            assert_eq!(
+                metadata["labels"][key].as_str(),
+                deployment_labels.get(key).map(String::as_str),
+                "{name}: label {key}"
+            );
+        }
+        // Apart from the labels and annotations the chart adds, the rendered CRD is the
+        // generated one, byte for byte as data: the fromYaml/toYaml round trip loses nothing.
+        let mut stripped = manifest.value.clone();
+        let mut original = crd.clone();
+        for value in [&mut stripped, &mut original] {
+            let metadata = value["metadata"].as_object_mut().unwrap();
+            metadata.remove("labels");
+            metadata.remove("annotations");
+        }
+        if let Some(difference) = first_difference(&original, &stripped, "") {
+            panic!(
+                "{name}: the rendered CRD differs from files/crds/ beyond labels and \
+                 annotations, at {difference}"
+            );
+        }
+    }
+
+    let not_kept = render_with(None, &["crds.keep=false"]);
+    for manifest in not_kept.of_kind("CustomResourceDefinition") {
+        assert!(
+            manifest.value["metadata"]["annotations"]
+                .get("helm.sh/resource-policy")
+                .is_none(),
+            "crds.keep=false: {} has no keep policy",
+            manifest.name()
+        );
+    }
+    assert_eq!(
+        not_kept.of_kind("CustomResourceDefinition").len(),
+        committed.len()
+    );
+
+    let external = render_with(None, &["crds.install=false"]);
+    assert!(
+        external.of_kind("CustomResourceDefinition").is_empty(),
+        "crds.install=false renders no CRD"
+    );
+    assert_eq!(
+        external.manifests.len() + committed.len(),
+        rendered.manifests.len(),
+        "crds.install only removes the CRDs"
+    );
+}
+
+#[test]
+fn chart_version_and_app_version_are_the_operators_version() {
+    let chart = yaml_file(&chart_dir().join("Chart.yaml"));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart["version"], version, "Chart.yaml version");
+    assert_eq!(chart["appVersion"], version, "Chart.yaml appVersion");
+}
+
+#[test]
+fn packaged_chart_lints_and_renders_like_the_chart_directory() {
+    let version = env!("CARGO_PKG_VERSION");
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(tool("helm"))
+            .arg("package")
+            .arg(chart_dir())
+            .arg("--destination")
+            .arg(dir.path()),
+    );
+    let package = dir.path().join(format!("koodrive-operator-{version}.tgz"));
+    assert!(
+        package.is_file(),
+        "helm package wrote no {}",
+        package.display()
+    );
+    let shown = run_ok(
+        Command::new(tool("helm"))
+            .args(["show", "chart"])
+            .arg(&package),
+    );
+    let shown: Value = serde_saphyr::from_str(&shown).unwrap();
+    assert_eq!(shown["version"], version);
+    assert_eq!(shown["appVersion"], version);
+
+    for values in [None, Some(VARIANT_VALUES), Some(ALL_ON_VALUES)] {
+        let file = values.map(values_file);
+        let mut lint = Command::new(tool("helm"));
+        lint.args(["lint", "--strict"]).arg(&package);
+        if let Some(file) = &file {
+            lint.arg("--values").arg(file.path());
+        }
+        run_ok(&mut lint);
+
+        // Everything the templates read (files/crds/, files/dashboards/) made it into the
+        // package: it renders exactly what the directory renders.
+        let from_package = helm_template_chart(&package, values, &[]);
+        let from_directory = helm_template(values, &[]);
+        assert!(
+            from_package.status.success(),
+            "helm template of the package failed:\n{}",
+            output_text(&from_package)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&from_package.stdout),
+            String::from_utf8_lossy(&from_directory.stdout),
+            "the packaged chart renders differently from charts/koodrive-operator"
+        );
+    }
 }
