@@ -666,6 +666,10 @@ fn field_ref(var: &EnvVar) -> Option<String> {
         .map(|f| f.field_path.clone())
 }
 
+/// Environment variables the chart sets only when their value is configured (`caBundle`); the
+/// operator's flag then has no default, and its absence means "off".
+const CONDITIONAL_ENV: &[&str] = &["KOODRIVE_CA_BUNDLE"];
+
 /// Feeds the Deployment's env to clap the way the binary would read it, so a flag added to
 /// `run` without a chart value, or a value the flag's parser rejects, fails here.
 fn parse_run_args_from_env(
@@ -682,9 +686,18 @@ fn parse_run_args_from_env(
             continue;
         };
         let long = arg.get_long().expect("every run flag has a long name");
-        let var = env.get(env_name).unwrap_or_else(|| {
-            panic!("{variant}: flag --{long} (env {env_name}) is not set by the Deployment")
-        });
+        let Some(var) = env.get(env_name) else {
+            assert!(
+                CONDITIONAL_ENV.contains(&env_name),
+                "{variant}: flag --{long} (env {env_name}) is not set by the Deployment"
+            );
+            assert!(
+                arg.get_default_values().is_empty(),
+                "{variant}: the chart leaves {env_name} unset unless configured, so --{long} \
+                 must mean \"off\" when absent, but it has a default"
+            );
+            continue;
+        };
         let Some(value) = var.value.as_deref() else {
             assert!(
                 field_ref(var).is_some(),
@@ -916,7 +929,8 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
 
 #[test]
 fn unsafe_or_misspelt_values_are_refused() {
-    let cases: [(&[&str], &str); 6] = [
+    let grace = "must be longer than koodrive.requestTimeout";
+    let cases: [(&[&str], &str); 10] = [
         (&["koodrive.maxBatchSize=5000"], "maxBatchSize"),
         (
             &["replicaCount=2", "leaderElection.enabled=false"],
@@ -931,6 +945,22 @@ fn unsafe_or_misspelt_values_are_refused() {
                 "podDisruptionBudget.maxUnavailable=1",
             ],
             "only one of minAvailable and maxUnavailable",
+        ),
+        (&["terminationGracePeriodSeconds=30"], grace),
+        (&["koodrive.requestTimeout=1m"], grace),
+        (
+            &[
+                "koodrive.requestTimeout=1m30s",
+                "terminationGracePeriodSeconds=90",
+            ],
+            grace,
+        ),
+        (
+            &[
+                "caBundle.configMap.name=corp-ca",
+                "caBundle.secret.name=corp-ca",
+            ],
+            "only one of caBundle.configMap.name and caBundle.secret.name",
         ),
     ];
     for (set, expected) in cases {
@@ -1332,5 +1362,169 @@ fn packaged_chart_lints_and_renders_like_the_chart_directory() {
             String::from_utf8_lossy(&from_directory.stdout),
             "the packaged chart renders differently from charts/koodrive-operator"
         );
+    }
+}
+
+fn env_of(container: &Container) -> BTreeMap<String, EnvVar> {
+    container
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.name.clone(), v))
+        .collect()
+}
+
+#[test]
+fn grace_period_outlasts_the_request_timeout() {
+    let mut variants = Vec::from(renders());
+    variants.push((
+        "long timeout",
+        render(Some(
+            "koodrive:\n  requestTimeout: 1m30s\nterminationGracePeriodSeconds: 120\n",
+        )),
+    ));
+    for (variant, rendered) in variants {
+        let deployment = rendered.deployment();
+        let grace = pod_spec(&deployment)
+            .termination_grace_period_seconds
+            .unwrap_or_else(|| panic!("{variant}: terminationGracePeriodSeconds is not set"));
+        let container = operator_container(&deployment);
+        let timeout = parse_run_args_from_env(&env_of(&container), variant).request_timeout;
+        assert!(
+            Duration::from_secs(grace.try_into().unwrap()) > timeout,
+            "{variant}: a {grace}s grace period cuts a {timeout:?} KooDrive request short"
+        );
+        if variant == "default values" {
+            assert_eq!(grace, 60, "{variant}: documented default");
+        }
+    }
+    // The chart's own check, with a timeout in another unit than seconds.
+    let output = helm_template(
+        None,
+        &[
+            "koodrive.requestTimeout=2m",
+            "terminationGracePeriodSeconds=120",
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "a grace period equal to the timeout is refused"
+    );
+}
+
+#[test]
+fn extra_args_volumes_and_mounts_reach_the_operator_container() {
+    let rendered = render(Some(
+        r#"
+extraArgs: ["--log-level=debug", "--max-in-flight=2"]
+extraVolumes:
+  - name: scratch
+    emptyDir: {medium: Memory, sizeLimit: 16Mi}
+extraVolumeMounts:
+  - name: scratch
+    mountPath: /scratch
+extraEnv:
+  - name: HTTPS_PROXY
+    value: http://proxy.example:3128
+"#,
+    ));
+    let deployment = rendered.deployment();
+    let container = operator_container(&deployment);
+    let args = container.args.clone().unwrap_or_default();
+    assert_eq!(args, ["run", "--log-level=debug", "--max-in-flight=2"]);
+    // The operator's own parser accepts them after `run`.
+    let argv = std::iter::once("koodrive-operator".to_string()).chain(args);
+    let cli = Cli::try_parse_from(argv).expect("extraArgs parse as run flags");
+    assert!(matches!(cli.command, CliCommand::Run(_)));
+
+    let volumes = pod_spec(&deployment).volumes.unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == "scratch" && v.empty_dir.is_some()),
+        "extraVolumes reach the pod: {volumes:?}"
+    );
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "scratch" && m.mount_path == "/scratch"),
+        "extraVolumeMounts reach the container: {mounts:?}"
+    );
+    assert_eq!(
+        env_of(&container)
+            .get("HTTPS_PROXY")
+            .and_then(|v| v.value.as_deref()),
+        Some("http://proxy.example:3128")
+    );
+}
+
+#[test]
+fn ca_bundle_is_mounted_read_only_and_named_by_the_environment() {
+    // No bundle: no variable, no volume; the operator trusts its built-in roots alone.
+    for (variant, rendered) in renders() {
+        let deployment = rendered.deployment();
+        let container = operator_container(&deployment);
+        assert!(
+            !env_of(&container).contains_key("KOODRIVE_CA_BUNDLE"),
+            "{variant}: KOODRIVE_CA_BUNDLE without a configured bundle"
+        );
+        assert!(
+            pod_spec(&deployment)
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .all(|v| v.name != "ca-bundle"),
+            "{variant}: a ca-bundle volume without a configured bundle"
+        );
+    }
+
+    for source in ["configMap", "secret"] {
+        let values =
+            format!("caBundle:\n  {source}:\n    name: corporate-ca\n    key: bundle.pem\n");
+        let rendered = render(Some(&values));
+        let deployment = rendered.deployment();
+        let container = operator_container(&deployment);
+        let env = env_of(&container);
+        let path = env
+            .get("KOODRIVE_CA_BUNDLE")
+            .and_then(|v| v.value.clone())
+            .unwrap_or_else(|| panic!("{source}: KOODRIVE_CA_BUNDLE is not set"));
+
+        let volumes = pod_spec(&deployment).volumes.unwrap_or_default();
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == "ca-bundle")
+            .unwrap_or_else(|| panic!("{source}: no ca-bundle volume"));
+        let (name, items) = match source {
+            "configMap" => {
+                let c = volume.config_map.clone().expect("a ConfigMap volume");
+                (c.name, c.items)
+            }
+            _ => {
+                let s = volume.secret.clone().expect("a Secret volume");
+                (s.secret_name.unwrap_or_default(), s.items)
+            }
+        };
+        assert_eq!(name, "corporate-ca", "{source}: the configured object");
+        let items = items.unwrap_or_default();
+        assert_eq!(items.len(), 1, "{source}: only the bundle is projected");
+        assert_eq!(items[0].key, "bundle.pem", "{source}: the configured key");
+
+        let mounts = container.volume_mounts.clone().unwrap_or_default();
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == "ca-bundle")
+            .unwrap_or_else(|| panic!("{source}: the bundle is not mounted"));
+        assert_eq!(mount.read_only, Some(true), "{source}: mounted read-only");
+        assert_eq!(
+            path,
+            format!("{}/{}", mount.mount_path, items[0].path),
+            "{source}: KOODRIVE_CA_BUNDLE names the mounted file"
+        );
+        assert!(path.starts_with("/etc/koodrive-operator/ca/"));
+        // Once `run` has --ca-bundle, this also checks that the flag accepts the path.
+        parse_run_args_from_env(&env, source);
     }
 }
