@@ -557,8 +557,10 @@ fn assert_secrets_read_only(grants: &BTreeSet<Grant>, variant: &str) {
 fn default_rbac_is_a_cluster_role_with_exactly_the_needed_permissions() {
     let rendered = render(None);
     assert_no_wildcards(&rendered, "default values");
+    // The aggregated tenant roles (see userbatch_access_is_aggregated_...) are not the
+    // operator's: nothing binds them.
     assert_eq!(
-        rendered.of_kind("ClusterRole").len(),
+        operator_cluster_roles(&rendered).len(),
         1,
         "one ClusterRole by default"
     );
@@ -1526,5 +1528,115 @@ fn ca_bundle_is_mounted_read_only_and_named_by_the_environment() {
         assert!(path.starts_with("/etc/koodrive-operator/ca/"));
         // Once `run` has --ca-bundle, this also checks that the flag accepts the path.
         parse_run_args_from_env(&env, source);
+    }
+}
+
+const AGGREGATE_LABEL_PREFIX: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+/// The ClusterRoles aggregated into built-in roles, with the roles each feeds.
+fn aggregated_cluster_roles(rendered: &Rendered) -> Vec<(ClusterRole, BTreeSet<String>)> {
+    rendered
+        .of_kind("ClusterRole")
+        .into_iter()
+        .map(|m| m.typed::<ClusterRole>())
+        .filter_map(|role| {
+            let into: BTreeSet<String> = role
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .filter(|(_, v)| v.as_str() == "true")
+                .filter_map(|(k, _)| k.strip_prefix(AGGREGATE_LABEL_PREFIX))
+                .map(str::to_string)
+                .collect();
+            (!into.is_empty()).then_some((role, into))
+        })
+        .collect()
+}
+
+fn operator_cluster_roles(rendered: &Rendered) -> Vec<ClusterRole> {
+    rendered
+        .of_kind("ClusterRole")
+        .into_iter()
+        .map(|m| m.typed::<ClusterRole>())
+        .filter(|role| {
+            !role
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .any(|(k, _)| k.starts_with(AGGREGATE_LABEL_PREFIX))
+        })
+        .collect()
+}
+
+#[test]
+fn userbatch_access_is_aggregated_into_the_default_namespace_roles() {
+    let read: &[&str] = &["get", "list", "watch"];
+    let write: &[&str] = &[
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+    for (variant, rendered) in renders() {
+        let aggregated = aggregated_cluster_roles(&rendered);
+        let mut feeds: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
+        for (role, into) in &aggregated {
+            let grants = expand("cluster", role.rules.as_deref().unwrap_or_default());
+            for target in into {
+                feeds
+                    .entry(target.clone())
+                    .or_default()
+                    .extend(grants.clone());
+            }
+        }
+        let expected: BTreeMap<String, BTreeSet<Grant>> =
+            [("view", read), ("edit", write), ("admin", write)]
+                .into_iter()
+                .map(|(target, verbs)| {
+                    (
+                        target.to_string(),
+                        grants("cluster", &[("koodrive.io", "userbatches", verbs, None)]),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            feeds, expected,
+            "{variant}: exactly these UserBatch grants reach view, edit and admin"
+        );
+        // `view` must stay read-only: a role aggregated into view must not write.
+        for (role, into) in &aggregated {
+            if into.contains("view") {
+                assert_eq!(
+                    into,
+                    &BTreeSet::from(["view".to_string()]),
+                    "{variant}: the read role feeds only view"
+                );
+            }
+            let name = role.metadata.name.clone().unwrap_or_default();
+            for kind in ["ClusterRoleBinding", "RoleBinding"] {
+                for binding in rendered.of_kind(kind) {
+                    assert_ne!(
+                        binding.value["roleRef"]["name"], name,
+                        "{variant}: {name} works through aggregation; nothing binds it"
+                    );
+                }
+            }
+        }
+    }
+    for set in [
+        &["rbac.aggregateToDefaultRoles=false"][..],
+        &["rbac.create=false"][..],
+    ] {
+        let rendered = render_with(None, set);
+        assert!(
+            aggregated_cluster_roles(&rendered).is_empty(),
+            "{set:?}: no aggregated ClusterRoles"
+        );
     }
 }
