@@ -65,6 +65,25 @@ metrics:
 podDisruptionBudget:
   enabled: true
   minAvailable: 1
+networkPolicy:
+  enabled: true
+  metrics:
+    from:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+  extraEgress:
+    - to: [{ipBlock: {cidr: 10.0.0.0/8}}]
+      ports: [{port: 3128, protocol: TCP}]
+extraArgs: [\"--log-level=debug\"]
+extraVolumes:
+  - name: scratch
+    emptyDir: {}
+extraVolumeMounts:
+  - name: scratch
+    mountPath: /scratch
+caBundle:
+  configMap:
+    name: corporate-ca
+terminationGracePeriodSeconds: 45
 ";
 
 fn repo_root() -> PathBuf {
@@ -1639,4 +1658,426 @@ fn userbatch_access_is_aggregated_into_the_default_namespace_roles() {
             "{set:?}: no aggregated ClusterRoles"
         );
     }
+}
+
+/// One end of a connection as a NetworkPolicy sees it: an address, and for a pod its
+/// namespace, the namespace's labels and the pod's labels.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    ip: std::net::IpAddr,
+    pod: Option<PodIdentity>,
+}
+
+#[derive(Clone, Debug)]
+struct PodIdentity {
+    namespace: String,
+    namespace_labels: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    fn external(ip: &str) -> Self {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            pod: None,
+        }
+    }
+
+    fn pod(ip: &str, namespace: &str, labels: &[(&str, &str)]) -> Self {
+        let owned = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            pod: Some(PodIdentity {
+                namespace: namespace.to_string(),
+                // The label every namespace carries since Kubernetes 1.22.
+                namespace_labels: owned(&[("kubernetes.io/metadata.name", namespace)]),
+                labels: owned(labels),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Traffic to or from the operator pod: the peer, the protocol and the port on the side that
+/// listens (the operator for ingress, the peer for egress).
+#[derive(Clone, Debug)]
+struct Traffic {
+    direction: Direction,
+    peer: Endpoint,
+    protocol: &'static str,
+    port: i32,
+}
+
+fn ingress(peer: &Endpoint, protocol: &'static str, port: i32) -> Traffic {
+    Traffic {
+        direction: Direction::Ingress,
+        peer: peer.clone(),
+        protocol,
+        port,
+    }
+}
+
+fn egress(peer: &Endpoint, protocol: &'static str, port: i32) -> Traffic {
+    Traffic {
+        direction: Direction::Egress,
+        peer: peer.clone(),
+        protocol,
+        port,
+    }
+}
+
+fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("unknown label selector operator {other}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+fn cidr_contains(cidr: &str, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (network, bits) = cidr
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{cidr} is not a CIDR"));
+    let network: IpAddr = network.parse().unwrap_or_else(|e| panic!("{cidr}: {e}"));
+    let bits: u32 = bits.parse().unwrap_or_else(|e| panic!("{cidr}: {e}"));
+    let (network, ip, width) = match (network, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+        (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+        _ => return false,
+    };
+    assert!(bits <= width, "{cidr}: prefix longer than the address");
+    let shift = width - bits;
+    shift == width || (network >> shift) == (ip >> shift)
+}
+
+fn peer_matches(
+    peer: &k8s_openapi::api::networking::v1::NetworkPolicyPeer,
+    policy_namespace: &str,
+    endpoint: &Endpoint,
+) -> bool {
+    if let Some(block) = &peer.ip_block {
+        return cidr_contains(&block.cidr, endpoint.ip)
+            && !block
+                .except
+                .iter()
+                .flatten()
+                .any(|except| cidr_contains(except, endpoint.ip));
+    }
+    // Selectors only ever match pods.
+    let Some(pod) = &endpoint.pod else {
+        return false;
+    };
+    let namespace_ok = match &peer.namespace_selector {
+        None => pod.namespace == policy_namespace,
+        Some(selector) => selector_matches(selector, &pod.namespace_labels),
+    };
+    let pod_ok = peer
+        .pod_selector
+        .as_ref()
+        .is_none_or(|selector| selector_matches(selector, &pod.labels));
+    namespace_ok && pod_ok
+}
+
+/// Whether one NetworkPolicy, the only one selecting the operator pod, lets `traffic` through.
+/// Named ports are resolved against the operator's container ports (ingress only: for
+/// egress they would name the peer's ports, which this chart never does).
+fn network_policy_allows(
+    policy: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    operator: &Container,
+    traffic: &Traffic,
+) -> bool {
+    let spec = policy.spec.as_ref().expect("NetworkPolicy has a spec");
+    let policy_namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
+    let types = spec.policy_types.clone().unwrap_or_default();
+    let wanted = match traffic.direction {
+        Direction::Ingress => "Ingress",
+        Direction::Egress => "Egress",
+    };
+    if !types.iter().any(|t| t == wanted) {
+        return true; // Not isolated in that direction.
+    }
+    let port_matches = |port: &k8s_openapi::api::networking::v1::NetworkPolicyPort| {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        let number = match &port.port {
+            None => return protocol == traffic.protocol,
+            Some(IntOrString::Int(n)) => *n,
+            Some(IntOrString::String(name)) => {
+                assert_eq!(
+                    traffic.direction,
+                    Direction::Ingress,
+                    "named egress port {name}: the evaluator does not know the peer's ports"
+                );
+                operator
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .unwrap_or_else(|| panic!("named port {name} is not a container port"))
+                    .container_port
+            }
+        };
+        let end = port.end_port.unwrap_or(number);
+        protocol == traffic.protocol && (number..=end).contains(&traffic.port)
+    };
+    let rule_matches = |ports: &Option<Vec<_>>, peers: &Option<Vec<_>>| {
+        let ports_ok = match ports {
+            None => true,
+            Some(ports) if ports.is_empty() => true,
+            Some(ports) => ports.iter().any(port_matches),
+        };
+        let peers_ok = match peers {
+            None => true,
+            Some(peers) if peers.is_empty() => true,
+            Some(peers) => peers
+                .iter()
+                .any(|p| peer_matches(p, policy_namespace, &traffic.peer)),
+        };
+        ports_ok && peers_ok
+    };
+    match traffic.direction {
+        Direction::Ingress => spec
+            .ingress
+            .iter()
+            .flatten()
+            .any(|rule| rule_matches(&rule.ports, &rule.from)),
+        Direction::Egress => spec
+            .egress
+            .iter()
+            .flatten()
+            .any(|rule| rule_matches(&rule.ports, &rule.to)),
+    }
+}
+
+/// Renders the chart with a NetworkPolicy and checks each (traffic, allowed) pair.
+fn check_network_policy(values: &str, expectations: &[(&str, Traffic, bool)]) {
+    let rendered = render(Some(values));
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = rendered.one("NetworkPolicy");
+    let deployment = rendered.deployment();
+    let pod_labels = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let spec = policy.spec.clone().unwrap();
+    assert!(
+        selector_matches(&spec.pod_selector.clone().unwrap_or_default(), &pod_labels)
+            && !spec
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_none_or(BTreeMap::is_empty),
+        "the NetworkPolicy selects the operator pods, and only them"
+    );
+    assert_eq!(
+        policy.metadata.namespace.as_deref(),
+        Some(RELEASE_NAMESPACE)
+    );
+    let operator = operator_container(&deployment);
+    let mut wrong = Vec::new();
+    for (what, traffic, allowed) in expectations {
+        if network_policy_allows(&policy, &operator, traffic) != *allowed {
+            wrong.push(format!(
+                "{what}: expected {}",
+                if *allowed { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the NetworkPolicy does not implement the documented traffic pattern:\n{}\n{}",
+        wrong.join("\n"),
+        serde_json::to_string_pretty(&spec).unwrap()
+    );
+}
+
+#[test]
+fn network_policy_allows_exactly_the_documented_traffic() {
+    assert!(
+        render(None).of_kind("NetworkPolicy").is_empty(),
+        "off by default"
+    );
+
+    let prometheus = Endpoint::pod(
+        "10.244.1.5",
+        "monitoring",
+        &[("app.kubernetes.io/name", "prometheus")],
+    );
+    let tenant = Endpoint::pod("10.244.2.7", "team-a", &[("app", "shell")]);
+    let coredns = Endpoint::pod("10.244.0.3", "kube-system", &[("k8s-app", "kube-dns")]);
+    let public_dns = Endpoint::external("8.8.8.8");
+    let api_endpoint = Endpoint::external("172.18.0.2");
+    let api_service = Endpoint::external("10.96.0.1");
+    let other_node = Endpoint::external("172.18.0.3");
+    let koodrive = Endpoint::external("203.0.113.10");
+    let elsewhere = Endpoint::external("198.51.100.1");
+    let proxy = Endpoint::external("10.1.2.3");
+
+    // Defaults: any source on the metrics port; DNS anywhere; API server and KooDrive
+    // anywhere, on their ports only.
+    check_network_policy(
+        "networkPolicy:\n  enabled: true\n",
+        &[
+            ("metrics scrape", ingress(&prometheus, "TCP", 8080), true),
+            ("metrics from a tenant", ingress(&tenant, "TCP", 8080), true),
+            ("another port", ingress(&prometheus, "TCP", 9090), false),
+            (
+                "UDP to the metrics port",
+                ingress(&prometheus, "UDP", 8080),
+                false,
+            ),
+            ("DNS over UDP", egress(&coredns, "UDP", 53), true),
+            ("DNS over TCP", egress(&coredns, "TCP", 53), true),
+            ("mDNS", egress(&coredns, "UDP", 5353), false),
+            (
+                "API server endpoint",
+                egress(&api_endpoint, "TCP", 6443),
+                true,
+            ),
+            ("API server Service", egress(&api_service, "TCP", 443), true),
+            ("KooDrive", egress(&koodrive, "TCP", 443), true),
+            (
+                "KooDrive over plain HTTP",
+                egress(&koodrive, "TCP", 80),
+                false,
+            ),
+            ("QUIC", egress(&koodrive, "UDP", 443), false),
+            ("SMTP", egress(&koodrive, "TCP", 25), false),
+            ("a tenant pod", egress(&tenant, "TCP", 8080), false),
+        ],
+    );
+
+    // Narrowed to known peers and addresses, plus a proxy through extraEgress.
+    check_network_policy(
+        r#"
+networkPolicy:
+  enabled: true
+  metrics:
+    from:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+        podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
+  dns:
+    to:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}
+        podSelector:
+          matchExpressions:
+            - {key: k8s-app, operator: In, values: [kube-dns]}
+  apiServer:
+    cidrs: [172.18.0.2/32]
+    ports: [6443]
+  koodrive:
+    cidrs: [203.0.113.0/24]
+  extraEgress:
+    - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.96.0.0/12]}}]
+      ports: [{port: 3128, protocol: TCP}]
+"#,
+        &[
+            ("metrics scrape", ingress(&prometheus, "TCP", 8080), true),
+            (
+                "metrics from a tenant",
+                ingress(&tenant, "TCP", 8080),
+                false,
+            ),
+            ("DNS to kube-dns", egress(&coredns, "UDP", 53), true),
+            ("DNS to the internet", egress(&public_dns, "UDP", 53), false),
+            (
+                "API server endpoint",
+                egress(&api_endpoint, "TCP", 6443),
+                true,
+            ),
+            ("another node", egress(&other_node, "TCP", 6443), false),
+            (
+                "API server Service port",
+                egress(&api_service, "TCP", 443),
+                false,
+            ),
+            ("KooDrive", egress(&koodrive, "TCP", 443), true),
+            ("HTTPS elsewhere", egress(&elsewhere, "TCP", 443), false),
+            ("the proxy", egress(&proxy, "TCP", 3128), true),
+            (
+                "the proxy port in the Service range",
+                egress(&api_service, "TCP", 3128),
+                false,
+            ),
+            ("SMTP", egress(&koodrive, "TCP", 25), false),
+        ],
+    );
+
+    // The ingress rule follows the metrics port wherever it is moved.
+    let moved = "networkPolicy:\n  enabled: true\nmetrics:\n  port: 9090\n";
+    check_network_policy(
+        moved,
+        &[
+            (
+                "moved metrics port",
+                ingress(&prometheus, "TCP", 9090),
+                true,
+            ),
+            ("old metrics port", ingress(&prometheus, "TCP", 8080), false),
+        ],
+    );
+}
+
+#[test]
+fn network_policy_evaluator_matches_cidrs_and_selectors() {
+    // The evaluator's own corner cases, so a bug there cannot hide a bug in the policy.
+    let ip = |s: &str| s.parse().unwrap();
+    assert!(cidr_contains("0.0.0.0/0", ip("203.0.113.10")));
+    assert!(!cidr_contains("0.0.0.0/0", ip("2001:db8::1")));
+    assert!(cidr_contains("::/0", ip("2001:db8::1")));
+    assert!(cidr_contains("10.0.0.0/8", ip("10.255.0.1")));
+    assert!(!cidr_contains("10.0.0.0/8", ip("11.0.0.1")));
+    assert!(cidr_contains("172.18.0.2/32", ip("172.18.0.2")));
+    assert!(!cidr_contains("172.18.0.2/32", ip("172.18.0.3")));
+    let labels: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+    let selector = |json: Value| -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        serde_json::from_value(json).unwrap()
+    };
+    assert!(selector_matches(&selector(serde_json::json!({})), &labels));
+    assert!(selector_matches(
+        &selector(serde_json::json!({"matchLabels": {"a": "1"}})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &selector(serde_json::json!({"matchLabels": {"a": "2"}})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &selector(serde_json::json!({"matchExpressions": [
+            {"key": "a", "operator": "NotIn", "values": ["1"]}
+        ]})),
+        &labels
+    ));
+    assert!(selector_matches(
+        &selector(serde_json::json!({"matchExpressions": [
+            {"key": "b", "operator": "DoesNotExist"}
+        ]})),
+        &labels
+    ));
 }
