@@ -84,6 +84,10 @@ caBundle:
   configMap:
     name: corporate-ca
 terminationGracePeriodSeconds: 45
+prometheusRule:
+  enabled: true
+  labels:
+    release: prometheus
 ";
 
 fn repo_root() -> PathBuf {
@@ -951,7 +955,7 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
 #[test]
 fn unsafe_or_misspelt_values_are_refused() {
     let grace = "must be longer than koodrive.requestTimeout";
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["koodrive.maxBatchSize=5000"], "maxBatchSize"),
         (
             &["replicaCount=2", "leaderElection.enabled=false"],
@@ -969,6 +973,13 @@ fn unsafe_or_misspelt_values_are_refused() {
         ),
         (&["terminationGracePeriodSeconds=30"], grace),
         (&["koodrive.requestTimeout=1m"], grace),
+        (
+            &[
+                "metrics.serviceMonitor.enabled=true",
+                "metrics.podMonitor.enabled=true",
+            ],
+            "enable only one of metrics.serviceMonitor and metrics.podMonitor",
+        ),
         (
             &[
                 "koodrive.requestTimeout=1m30s",
@@ -2080,4 +2091,411 @@ fn network_policy_evaluator_matches_cidrs_and_selectors() {
         ]})),
         &labels
     ));
+}
+
+/// The metrics the operator exposes: the contract the alerts and the dashboard are written
+/// against. Full sample-family names as PromQL sees them (counters with `_total`, histograms
+/// as `_bucket`/`_sum`/`_count`). An end-to-end test will check each against a real
+/// `/metrics`; until then this list is the promise.
+const METRIC_CONTRACT: &[&str] = &[
+    "koodrive_operator_reconciles_total",
+    "koodrive_operator_reconcile_errors_total",
+    "koodrive_operator_reconcile_duration_seconds_bucket",
+    "koodrive_operator_reconcile_duration_seconds_sum",
+    "koodrive_operator_reconcile_duration_seconds_count",
+    "koodrive_operator_koodrive_requests_total",
+    "koodrive_operator_koodrive_http_requests_total",
+    "koodrive_operator_koodrive_request_duration_seconds_bucket",
+    "koodrive_operator_koodrive_request_duration_seconds_sum",
+    "koodrive_operator_koodrive_request_duration_seconds_count",
+    "koodrive_operator_authentication_failures_total",
+    "koodrive_operator_credentials_blocked",
+    "koodrive_operator_users_total",
+    "koodrive_operator_userbatches",
+    "koodrive_operator_userbatch_condition",
+    "koodrive_operator_build_info",
+    "koodrive_operator_leader",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+];
+
+/// Series Prometheus itself records for every target; alerts may use them too.
+const SCRAPE_SERIES: &[&str] = &["up"];
+
+/// Words that look like metric names in PromQL but are not: aggregations, operators and
+/// modifiers (functions are recognised by the `(` that follows them).
+const PROMQL_KEYWORDS: &[&str] = &[
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "limitk",
+    "limit_ratio",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+];
+
+/// Every metric name a PromQL expression selects. Skips strings, label matchers, ranges,
+/// numbers and durations, Grafana variables (`$__rate_interval`, `${job}`), label lists of
+/// `by`/`on`/... and function names.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    // Skips from an opening bracket to its closing one, stepping over quoted strings.
+    let skip_group = |mut i: usize, open: char, close: char| -> usize {
+        let mut depth = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '"' | '\'' | '`' => {
+                    let quote = chars[i];
+                    i += 1;
+                    while i < chars.len() && chars[i] != quote {
+                        if chars[i] == '\\' {
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                }
+                c if c == open => depth += 1,
+                c if c == close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        panic!("unbalanced {open}{close} in PromQL: {expr}");
+    };
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            // A string outside braces (e.g. label_replace arguments): skip it whole.
+            let quote = c;
+            i += 1;
+            while i < chars.len() && chars[i] != quote {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == '{' {
+            i = skip_group(i, '{', '}');
+        } else if c == '[' {
+            i = skip_group(i, '[', ']');
+        } else if c == '#' {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '$' {
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                i = skip_group(i, '{', '}');
+            } else {
+                while i < chars.len() && is_ident(chars[i]) {
+                    i += 1;
+                }
+            }
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // Numbers, durations (5m), hex and exponents.
+            while i < chars.len() && (is_ident(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && is_ident(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let followed_by_paren = chars.get(next) == Some(&'(');
+            let grouping = [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ];
+            if grouping.contains(&word.as_str()) {
+                if followed_by_paren {
+                    i = skip_group(next, '(', ')');
+                }
+            } else if followed_by_paren || PROMQL_KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                // A function or an aggregation: its arguments are scanned next.
+            } else {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_finds_selectors_and_nothing_else() {
+    let expr = r#"
+        histogram_quantile(0.95, sum by (le, call) (rate(a_bucket{job=~"$job", x="{y}"}[$__rate_interval])))
+        / on (namespace) group_left (reason)
+        max without(pod) (b{c="d"} offset 5m) > bool 1e3
+        or absent(up{job="k"} == 1) unless label_replace(c_total, "dst", "$1", "src", "(.*)")
+        + sum(d:recorded:rate5m) * time() - 0x1F and e
+    "#;
+    let expected: BTreeSet<String> = ["a_bucket", "b", "up", "c_total", "d:recorded:rate5m", "e"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(promql_metric_names(expr), expected);
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to `-`.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn readme_anchors() -> BTreeSet<String> {
+    readme()
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|line| github_anchor(line.trim_start_matches('#')))
+        .collect()
+}
+
+const ALERTS: [&str; 7] = [
+    "KooDriveUserBatchStalled",
+    "KooDriveSubmissionInDoubt",
+    "KooDriveAuthenticationFailing",
+    "KooDriveUnavailable",
+    "KooDriveOperatorReconcileErrors",
+    "KooDriveOperatorDown",
+    "KooDriveOperatorNoLeader",
+];
+
+/// The rendered PrometheusRule's alerting rules, by alert name.
+fn alert_rules(rendered: &Rendered) -> BTreeMap<String, Value> {
+    let rules = rendered.of_kind("PrometheusRule");
+    assert_eq!(rules.len(), 1, "one PrometheusRule");
+    rules[0].value["spec"]["groups"]
+        .as_array()
+        .expect("spec.groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["alert"]
+                    .as_str()
+                    .expect("alerting rules only")
+                    .to_string(),
+                r,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_rule_passes_promtool_and_its_unit_tests() {
+    assert!(
+        render(None).of_kind("PrometheusRule").is_empty(),
+        "off by default"
+    );
+    let rendered = render_with(None, &["prometheusRule.enabled=true"]);
+    let manifest = rendered.of_kind("PrometheusRule")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules_file,
+        serde_saphyr::to_string(&manifest.value["spec"]).unwrap(),
+    )
+    .unwrap();
+    let promtool = tool("promtool");
+    run_ok(
+        Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(&rules_file),
+    );
+    // The unit tests expect the rules next to them, rendered with the default values.
+    let fixture = repo_root().join("tests/fixtures/prometheus/alerts_test.yaml");
+    let unit_tests = dir.path().join("alerts_test.yaml");
+    std::fs::copy(&fixture, &unit_tests).unwrap();
+    run_ok(
+        Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(&unit_tests),
+    );
+
+    let alerts = alert_rules(&rendered);
+    assert_eq!(
+        alerts.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(ALERTS),
+        "the documented alerts, and only them"
+    );
+    let fixture_text = std::fs::read_to_string(&fixture).unwrap();
+    let values = yaml_file(&chart_dir().join("values.yaml"));
+    let base = values["prometheusRule"]["runbookBaseUrl"].as_str().unwrap();
+    let anchors = readme_anchors();
+    let mut used = BTreeSet::new();
+    for (name, rule) in &alerts {
+        assert!(
+            fixture_text.contains(&format!("alertname: {name}\n")),
+            "{name} has no promtool unit test in {}",
+            fixture.display()
+        );
+        assert!(
+            rule["labels"]["severity"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{name}: severity label"
+        );
+        for key in ["summary", "description"] {
+            assert!(
+                rule["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| s.len() > 20),
+                "{name}: annotation {key}"
+            );
+        }
+        let anchor = format!("runbook-{}", name.to_lowercase());
+        assert_eq!(
+            rule["annotations"]["runbook_url"].as_str(),
+            Some(format!("{base}#{anchor}").as_str()),
+            "{name}: runbook_url"
+        );
+        assert!(
+            anchors.contains(&anchor),
+            "{name}: the chart README has no `Runbook: {name}` heading (#{anchor})"
+        );
+        used.extend(promql_metric_names(rule["expr"].as_str().unwrap()));
+    }
+    let unknown: Vec<_> = used
+        .iter()
+        .filter(|m| !METRIC_CONTRACT.contains(&m.as_str()) && !SCRAPE_SERIES.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "alerts use metrics outside the contract: {unknown:?}"
+    );
+}
+
+#[test]
+fn prometheus_rule_tunables_reach_the_alerts() {
+    let rendered = render(Some(
+        r#"
+prometheusRule:
+  enabled: true
+  labels: {release: prometheus}
+  runbookBaseUrl: https://wiki.example/koodrive
+  selector: 'job="koodrive",cluster="prod"'
+  alerts:
+    unavailable: {for: 30m, severity: page, errorRatio: 0.2}
+    userBatchStalled: {for: 1h, severity: ticket}
+"#,
+    ));
+    let manifest = rendered.of_kind("PrometheusRule")[0];
+    assert_eq!(
+        manifest.value["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+    let alerts = alert_rules(&rendered);
+    let unavailable = &alerts["KooDriveUnavailable"];
+    assert_eq!(unavailable["for"], "30m");
+    assert_eq!(unavailable["labels"]["severity"], "page");
+    let expr = unavailable["expr"].as_str().unwrap();
+    assert!(expr.trim_end().ends_with("> 0.2"), "errorRatio: {expr}");
+    assert_eq!(alerts["KooDriveUserBatchStalled"]["for"], "1h");
+    for (name, rule) in &alerts {
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(
+            expr.contains(r#"{job="koodrive",cluster="prod""#),
+            "{name}: every selector carries prometheusRule.selector: {expr}"
+        );
+        assert!(
+            rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://wiki.example/koodrive#runbook-"),
+            "{name}: runbookBaseUrl"
+        );
+    }
+}
+
+#[test]
+fn pod_monitor_scrapes_the_operator_pods_keeping_their_labels() {
+    assert!(
+        render(None).of_kind("PodMonitor").is_empty(),
+        "off by default"
+    );
+    let rendered = render(Some(
+        "metrics:\n  podMonitor:\n    enabled: true\n    interval: 20s\n    scrapeTimeout: 5s\n    labels: {release: prometheus}\n",
+    ));
+    assert!(rendered.of_kind("ServiceMonitor").is_empty());
+    let monitor = &rendered.of_kind("PodMonitor")[0].value;
+    let pod_labels = rendered
+        .deployment()
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(monitor["spec"]["selector"]["matchLabels"].clone()).unwrap();
+    assert!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the PodMonitor selects the operator pods"
+    );
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        RELEASE_NAMESPACE
+    );
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "http-metrics");
+    assert_eq!(endpoint["interval"], "20s");
+    assert_eq!(endpoint["scrapeTimeout"], "5s");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    // The alerts and the dashboard read the UserBatch's own `namespace` label.
+    assert_eq!(endpoint["honorLabels"], true);
+    let service_monitor = render(Some(VARIANT_VALUES));
+    assert_eq!(
+        service_monitor.of_kind("ServiceMonitor")[0].value["spec"]["endpoints"][0]["honorLabels"],
+        true
+    );
 }
