@@ -88,6 +88,10 @@ prometheusRule:
   enabled: true
   labels:
     release: prometheus
+grafanaDashboard:
+  enabled: true
+  annotations:
+    grafana_folder: KooDrive
 ";
 
 fn repo_root() -> PathBuf {
@@ -2498,4 +2502,202 @@ fn pod_monitor_scrapes_the_operator_pods_keeping_their_labels() {
         service_monitor.of_kind("ServiceMonitor")[0].value["spec"]["endpoints"][0]["honorLabels"],
         true
     );
+}
+
+fn dashboard_file() -> PathBuf {
+    chart_dir().join("files/dashboards/koodrive-operator.json")
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(dashboard_file()).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the dashboard is not JSON: {e}"))
+}
+
+/// Every panel of a dashboard, including those inside collapsed rows.
+fn dashboard_panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        out.push(panel);
+        out.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    out
+}
+
+/// Every metric name the shipped dashboard queries: each target's `expr`, and the metric of
+/// each `label_values(...)` variable.
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let dashboard = dashboard();
+    let mut names = BTreeSet::new();
+    for panel in dashboard_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {}: a target without expr", panel["title"]));
+            names.extend(promql_metric_names(expr));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = variable["query"]["query"]
+            .as_str()
+            .or(variable["query"].as_str())
+            .unwrap_or_default();
+        // label_values(<series selector>, <label>): only the selector is PromQL.
+        let selector = query
+            .strip_prefix("label_values(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .and_then(|inner| inner.rsplit_once(','))
+            .map(|(selector, _label)| selector)
+            .unwrap_or_else(|| panic!("variable {}: unexpected query {query:?}", variable["name"]));
+        names.extend(promql_metric_names(selector));
+    }
+    names
+}
+
+#[test]
+fn grafana_dashboard_queries_only_contract_metrics() {
+    let names = dashboard_metric_names();
+    let unknown: Vec<_> = names
+        .iter()
+        .filter(|m| !METRIC_CONTRACT.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics outside the contract: {unknown:?}"
+    );
+    // The panels users asked for, by the metrics behind them.
+    for metric in [
+        "koodrive_operator_userbatches",
+        "koodrive_operator_userbatch_condition",
+        "koodrive_operator_koodrive_requests_total",
+        "koodrive_operator_koodrive_http_requests_total",
+        "koodrive_operator_authentication_failures_total",
+        "koodrive_operator_credentials_blocked",
+        "koodrive_operator_reconciles_total",
+        "koodrive_operator_reconcile_errors_total",
+        "koodrive_operator_reconcile_duration_seconds_bucket",
+        "koodrive_operator_koodrive_request_duration_seconds_bucket",
+        "koodrive_operator_users_total",
+        "koodrive_operator_leader",
+        "koodrive_operator_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(names.contains(metric), "no panel shows {metric}");
+    }
+
+    let dashboard = dashboard();
+    assert_eq!(dashboard["uid"], "koodrive-operator", "a stable uid");
+    let mut ids = BTreeSet::new();
+    for panel in dashboard_panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "duplicate panel id in {title}"
+        );
+        let grid = &panel["gridPos"];
+        assert!(
+            grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24,
+            "{title} is wider than the dashboard"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(
+            panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{title}: a description says what it shows"
+        );
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in std::iter::once(panel).chain(&targets) {
+            // Every query goes to the data source the user picks, never a hard-coded one.
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+        }
+        for target in &targets {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(
+                expr.contains(r#"job=~"$job""#),
+                "{title}: {expr} ignores the job variable"
+            );
+        }
+    }
+}
+
+#[test]
+fn grafana_dashboard_queries_are_valid_promql() {
+    // promtool parses every query as a recording rule, once Grafana's variables are
+    // replaced by what Grafana would put there.
+    let dashboard = dashboard();
+    let mut rules = Vec::new();
+    for panel in dashboard_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "2m")
+                .replace("$job", ".+")
+                .replace("$namespace", ".*");
+            rules.push(serde_json::json!({
+                "record": format!("dashboard:panel{}:{}", panel["id"], target["refId"].as_str().unwrap()),
+                "expr": expr,
+            }));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yaml");
+    let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, serde_saphyr::to_string(&groups).unwrap()).unwrap();
+    run_ok(
+        Command::new(tool("promtool"))
+            .args(["check", "rules"])
+            .arg(&file),
+    );
+}
+
+#[test]
+fn grafana_dashboard_config_map_is_labelled_for_the_sidecar() {
+    let is_dashboard = |m: &&Manifest| m.kind() == "ConfigMap" && m.name().ends_with("-dashboard");
+    assert!(
+        !render(None).manifests.iter().any(|m| is_dashboard(&m)),
+        "off by default"
+    );
+    let file = std::fs::read_to_string(dashboard_file()).unwrap();
+    for (values, namespace, key, value) in [
+        (
+            "grafanaDashboard:\n  enabled: true\n",
+            RELEASE_NAMESPACE,
+            "grafana_dashboard",
+            "1",
+        ),
+        (
+            "grafanaDashboard:\n  enabled: true\n  namespace: monitoring\n  labelKey: example.com/dashboard\n  labelValue: koodrive\n  annotations: {grafana_folder: KooDrive}\n",
+            "monitoring",
+            "example.com/dashboard",
+            "koodrive",
+        ),
+    ] {
+        let rendered = render(Some(values));
+        let maps: Vec<_> = rendered.manifests.iter().filter(is_dashboard).collect();
+        assert_eq!(maps.len(), 1, "{values}: one dashboard ConfigMap");
+        let map = &maps[0].value;
+        assert_eq!(map["metadata"]["namespace"], namespace);
+        assert_eq!(map["metadata"]["labels"][key], value, "the sidecar's label");
+        let json = map["data"]["koodrive-operator.json"]
+            .as_str()
+            .expect("data holds koodrive-operator.json");
+        assert_eq!(
+            json,
+            file.trim_end(),
+            "the ConfigMap carries the file verbatim"
+        );
+        if namespace == "monitoring" {
+            assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "KooDrive");
+        }
+    }
 }
