@@ -1,12 +1,16 @@
 //! The Helm chart and the Argo CD health check, checked with the real tools a user runs.
 //!
-//! `helm lint --strict` and `helm template` render the chart with the default values and with a
-//! namespaced + leader-election + ServiceMonitor + PodDisruptionBudget variant; the rendered
-//! manifests are checked for pod hardening, least-privilege RBAC, probes and one environment
+//! `helm lint --strict` and `helm template` render the chart with the default values, with a
+//! namespaced + leader-election + ServiceMonitor + PodDisruptionBudget variant and with every
+//! optional feature on; the rendered manifests are checked for pod hardening, least-privilege
+//! RBAC (the operator's and the roles aggregated for tenants), probes and one environment
 //! variable per `koodrive-operator run` flag, then validated against the Kubernetes schemas by
-//! `kubernetes-validate`. The Argo CD health check runs in a real Lua 5.1 against status
-//! fixtures. Tools come from PATH or `.tools/bin` (`scripts/install-test-tools.sh`); a missing
-//! tool fails the test rather than skipping it.
+//! `kubernetes-validate`. The CRDs are rendered from `files/crds/`, and the packaged `.tgz`
+//! renders like the directory. The NetworkPolicy is evaluated against the documented traffic;
+//! the PrometheusRule goes through `promtool check rules` and `promtool test rules`; alerts and
+//! the Grafana dashboard may only use the metrics in `METRIC_CONTRACT`. The Argo CD health
+//! check runs in a real Lua 5.1 against status fixtures. Tools come from PATH or `.tools/bin`
+//! (`scripts/install-test-tools.sh`); a missing tool fails the test rather than skipping it.
 
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -93,6 +97,16 @@ grafanaDashboard:
   annotations:
     grafana_folder: KooDrive
 ";
+
+/// On top of ALL_ON_VALUES: the PodMonitor instead of the ServiceMonitor, the CA bundle from
+/// a Secret, the Service off.
+const POD_MONITOR_INSTEAD: &[&str] = &[
+    "metrics.serviceMonitor.enabled=false",
+    "metrics.podMonitor.enabled=true",
+    "metrics.service.enabled=false",
+    "caBundle.configMap.name=",
+    "caBundle.secret.name=corporate-ca",
+];
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -290,21 +304,37 @@ fn chart_lints_strictly_with_default_and_variant_values() {
             .args(["lint", "--strict"])
             .arg(chart_dir()),
     );
-    for values in [VARIANT_VALUES, ALL_ON_VALUES] {
+    let variants: [(&str, &[&str]); 4] = [
+        (VARIANT_VALUES, &[]),
+        (ALL_ON_VALUES, &[]),
+        (ALL_ON_VALUES, POD_MONITOR_INSTEAD),
+        (ALL_ON_VALUES, &["crds.install=false"]),
+    ];
+    for (values, set) in variants {
         let variant = values_file(values);
-        run_ok(
-            Command::new(tool("helm"))
-                .args(["lint", "--strict"])
-                .arg(chart_dir())
-                .arg("--values")
-                .arg(variant.path()),
-        );
+        let mut command = Command::new(tool("helm"));
+        command
+            .args(["lint", "--strict"])
+            .arg(chart_dir())
+            .arg("--values")
+            .arg(variant.path());
+        for pair in set {
+            command.args(["--set", pair]);
+        }
+        run_ok(&mut command);
     }
+}
+
+/// `renders()` plus every optional feature switched on.
+fn all_renders() -> Vec<(&'static str, Rendered)> {
+    let mut all = Vec::from(renders());
+    all.push(("everything on", render(Some(ALL_ON_VALUES))));
+    all
 }
 
 #[test]
 fn operator_pod_is_hardened() {
-    for (variant, rendered) in renders() {
+    for (variant, rendered) in all_renders() {
         let deployment = rendered.deployment();
         let pod = pod_spec(&deployment);
         let container = operator_container(&deployment);
@@ -664,7 +694,7 @@ fn assert_http_probe(probe: Option<Probe>, path: &str, variant: &str) {
 
 #[test]
 fn probes_hit_healthz_and_readyz_on_the_metrics_port() {
-    for (variant, rendered) in renders() {
+    for (variant, rendered) in all_renders() {
         let container = operator_container(&rendered.deployment());
         let ports = container.ports.clone().unwrap_or_default();
         let metrics = ports
@@ -907,6 +937,10 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
     variants.push((
         "everything on, CRDs installed separately",
         render_with(Some(ALL_ON_VALUES), &["crds.install=false"]),
+    ));
+    variants.push((
+        "everything on, PodMonitor instead of ServiceMonitor",
+        render_with(Some(ALL_ON_VALUES), POD_MONITOR_INSTEAD),
     ));
     for (variant, rendered) in variants {
         let dir = tempfile::tempdir().unwrap();
