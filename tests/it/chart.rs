@@ -1,12 +1,16 @@
 //! The Helm chart and the Argo CD health check, checked with the real tools a user runs.
 //!
-//! `helm lint --strict` and `helm template` render the chart with the default values and with a
-//! namespaced + leader-election + ServiceMonitor + PodDisruptionBudget variant; the rendered
-//! manifests are checked for pod hardening, least-privilege RBAC, probes and one environment
+//! `helm lint --strict` and `helm template` render the chart with the default values, with a
+//! namespaced + leader-election + ServiceMonitor + PodDisruptionBudget variant and with every
+//! optional feature on; the rendered manifests are checked for pod hardening, least-privilege
+//! RBAC (the operator's and the roles aggregated for tenants), probes and one environment
 //! variable per `koodrive-operator run` flag, then validated against the Kubernetes schemas by
-//! `kubernetes-validate`. The Argo CD health check runs in a real Lua 5.1 against status
-//! fixtures. Tools come from PATH or `.tools/bin` (`scripts/install-test-tools.sh`); a missing
-//! tool fails the test rather than skipping it.
+//! `kubernetes-validate`. The CRDs are rendered from `files/crds/`, and the packaged `.tgz`
+//! renders like the directory. The NetworkPolicy is evaluated against the documented traffic;
+//! the PrometheusRule goes through `promtool check rules` and `promtool test rules`; alerts and
+//! the Grafana dashboard may only use the metrics in `METRIC_CONTRACT`. The Argo CD health
+//! check runs in a real Lua 5.1 against status fixtures. Tools come from PATH or `.tools/bin`
+//! (`scripts/install-test-tools.sh`); a missing tool fails the test rather than skipping it.
 
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -48,6 +52,61 @@ podDisruptionBudget:
   enabled: true
   minAvailable: 1
 ";
+
+/// Every optional feature of the chart switched on at once (cluster-wide).
+const ALL_ON_VALUES: &str = "\
+replicaCount: 2
+crds:
+  install: true
+  keep: true
+metrics:
+  serviceMonitor:
+    enabled: true
+    interval: 15s
+    scrapeTimeout: 10s
+    labels:
+      release: prometheus
+podDisruptionBudget:
+  enabled: true
+  minAvailable: 1
+networkPolicy:
+  enabled: true
+  metrics:
+    from:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+  extraEgress:
+    - to: [{ipBlock: {cidr: 10.0.0.0/8}}]
+      ports: [{port: 3128, protocol: TCP}]
+extraArgs: [\"--log-level=debug\"]
+extraVolumes:
+  - name: scratch
+    emptyDir: {}
+extraVolumeMounts:
+  - name: scratch
+    mountPath: /scratch
+caBundle:
+  configMap:
+    name: corporate-ca
+terminationGracePeriodSeconds: 45
+prometheusRule:
+  enabled: true
+  labels:
+    release: prometheus
+grafanaDashboard:
+  enabled: true
+  annotations:
+    grafana_folder: KooDrive
+";
+
+/// On top of ALL_ON_VALUES: the PodMonitor instead of the ServiceMonitor, the CA bundle from
+/// a Secret, the Service off.
+const POD_MONITOR_INSTEAD: &[&str] = &[
+    "metrics.serviceMonitor.enabled=false",
+    "metrics.podMonitor.enabled=true",
+    "metrics.service.enabled=false",
+    "caBundle.configMap.name=",
+    "caBundle.secret.name=corporate-ca",
+];
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -107,11 +166,16 @@ fn values_file(values: &str) -> tempfile::NamedTempFile {
 
 /// `helm template` with the given values (and `--set` pairs); returns the raw output.
 fn helm_template(values: Option<&str>, set: &[&str]) -> Output {
+    helm_template_chart(&chart_dir(), values, set)
+}
+
+/// `helm template` of a chart directory or packaged `.tgz`.
+fn helm_template_chart(chart: &Path, values: Option<&str>, set: &[&str]) -> Output {
     let file = values.map(values_file);
     let mut command = Command::new(tool("helm"));
     command
         .args(["template", RELEASE])
-        .arg(chart_dir())
+        .arg(chart)
         .args(["--namespace", RELEASE_NAMESPACE])
         .args(["--kube-version", KUBE_VERSION])
         .arg("--include-crds");
@@ -194,13 +258,22 @@ fn operator_container(deployment: &Deployment) -> Container {
 
 /// Renders the chart and splits helm's output into its documents.
 fn render(values: Option<&str>) -> Rendered {
-    let output = helm_template(values, &[]);
+    render_with(values, &[])
+}
+
+/// `render` with `--set` pairs on top of the values.
+fn render_with(values: Option<&str>, set: &[&str]) -> Rendered {
+    let output = helm_template(values, set);
     assert!(
         output.status.success(),
         "helm template failed:\n{}",
         output_text(&output)
     );
     let text = String::from_utf8(output.stdout).expect("helm output is UTF-8");
+    split_manifests(&text)
+}
+
+fn split_manifests(text: &str) -> Rendered {
     let mut manifests = Vec::new();
     for chunk in text.split("\n---\n") {
         let chunk = chunk.strip_prefix("---\n").unwrap_or(chunk);
@@ -231,19 +304,37 @@ fn chart_lints_strictly_with_default_and_variant_values() {
             .args(["lint", "--strict"])
             .arg(chart_dir()),
     );
-    let variant = values_file(VARIANT_VALUES);
-    run_ok(
-        Command::new(tool("helm"))
+    let variants: [(&str, &[&str]); 4] = [
+        (VARIANT_VALUES, &[]),
+        (ALL_ON_VALUES, &[]),
+        (ALL_ON_VALUES, POD_MONITOR_INSTEAD),
+        (ALL_ON_VALUES, &["crds.install=false"]),
+    ];
+    for (values, set) in variants {
+        let variant = values_file(values);
+        let mut command = Command::new(tool("helm"));
+        command
             .args(["lint", "--strict"])
             .arg(chart_dir())
             .arg("--values")
-            .arg(variant.path()),
-    );
+            .arg(variant.path());
+        for pair in set {
+            command.args(["--set", pair]);
+        }
+        run_ok(&mut command);
+    }
+}
+
+/// `renders()` plus every optional feature switched on.
+fn all_renders() -> Vec<(&'static str, Rendered)> {
+    let mut all = Vec::from(renders());
+    all.push(("everything on", render(Some(ALL_ON_VALUES))));
+    all
 }
 
 #[test]
 fn operator_pod_is_hardened() {
-    for (variant, rendered) in renders() {
+    for (variant, rendered) in all_renders() {
         let deployment = rendered.deployment();
         let pod = pod_spec(&deployment);
         let container = operator_container(&deployment);
@@ -523,8 +614,10 @@ fn assert_secrets_read_only(grants: &BTreeSet<Grant>, variant: &str) {
 fn default_rbac_is_a_cluster_role_with_exactly_the_needed_permissions() {
     let rendered = render(None);
     assert_no_wildcards(&rendered, "default values");
+    // The aggregated tenant roles (see userbatch_access_is_aggregated_...) are not the
+    // operator's: nothing binds them.
     assert_eq!(
-        rendered.of_kind("ClusterRole").len(),
+        operator_cluster_roles(&rendered).len(),
         1,
         "one ClusterRole by default"
     );
@@ -601,7 +694,7 @@ fn assert_http_probe(probe: Option<Probe>, path: &str, variant: &str) {
 
 #[test]
 fn probes_hit_healthz_and_readyz_on_the_metrics_port() {
-    for (variant, rendered) in renders() {
+    for (variant, rendered) in all_renders() {
         let container = operator_container(&rendered.deployment());
         let ports = container.ports.clone().unwrap_or_default();
         let metrics = ports
@@ -632,6 +725,10 @@ fn field_ref(var: &EnvVar) -> Option<String> {
         .map(|f| f.field_path.clone())
 }
 
+/// Environment variables the chart sets only when their value is configured (`caBundle`); the
+/// operator's flag then has no default, and its absence means "off".
+const CONDITIONAL_ENV: &[&str] = &["KOODRIVE_CA_BUNDLE"];
+
 /// Feeds the Deployment's env to clap the way the binary would read it, so a flag added to
 /// `run` without a chart value, or a value the flag's parser rejects, fails here.
 fn parse_run_args_from_env(
@@ -648,9 +745,18 @@ fn parse_run_args_from_env(
             continue;
         };
         let long = arg.get_long().expect("every run flag has a long name");
-        let var = env.get(env_name).unwrap_or_else(|| {
-            panic!("{variant}: flag --{long} (env {env_name}) is not set by the Deployment")
-        });
+        let Some(var) = env.get(env_name) else {
+            assert!(
+                CONDITIONAL_ENV.contains(&env_name),
+                "{variant}: flag --{long} (env {env_name}) is not set by the Deployment"
+            );
+            assert!(
+                arg.get_default_values().is_empty(),
+                "{variant}: the chart leaves {env_name} unset unless configured, so --{long} \
+                 must mean \"off\" when absent, but it has a default"
+            );
+            continue;
+        };
         let Some(value) = var.value.as_deref() else {
             assert!(
                 field_ref(var).is_some(),
@@ -821,17 +927,35 @@ fn service_monitor_and_budget_select_what_they_should() {
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
 }
 
+const PROMETHEUS_OPERATOR_KINDS: [&str; 3] = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+
 #[test]
 fn rendered_manifests_are_valid_kubernetes_objects() {
     let validator = tool("kubernetes-validate");
-    for (variant, rendered) in renders() {
+    let mut variants = Vec::from(renders());
+    variants.push(("everything on", render(Some(ALL_ON_VALUES))));
+    variants.push((
+        "everything on, CRDs installed separately",
+        render_with(Some(ALL_ON_VALUES), &["crds.install=false"]),
+    ));
+    variants.push((
+        "everything on, PodMonitor instead of ServiceMonitor",
+        render_with(Some(ALL_ON_VALUES), POD_MONITOR_INSTEAD),
+    ));
+    for (variant, rendered) in variants {
         let dir = tempfile::tempdir().unwrap();
         let mut files = Vec::new();
-        // The ServiceMonitor is a Prometheus Operator CRD kind without a built-in schema.
+        // Prometheus Operator kinds are CRDs without a built-in schema; they are checked by
+        // their own tests (and the rules by promtool).
+        let unchecked = |m: &&Manifest| PROMETHEUS_OPERATOR_KINDS.contains(&m.kind());
+        assert!(
+            rendered.manifests.iter().any(|m| !unchecked(&m)),
+            "{variant}: nothing to validate"
+        );
         for (index, manifest) in rendered
             .manifests
             .iter()
-            .filter(|m| m.kind() != "ServiceMonitor")
+            .filter(|m| !unchecked(m))
             .enumerate()
         {
             let file = dir.path().join(format!(
@@ -868,7 +992,8 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
 
 #[test]
 fn unsafe_or_misspelt_values_are_refused() {
-    let cases: [(&[&str], &str); 6] = [
+    let grace = "must be longer than koodrive.requestTimeout";
+    let cases: [(&[&str], &str); 11] = [
         (&["koodrive.maxBatchSize=5000"], "maxBatchSize"),
         (
             &["replicaCount=2", "leaderElection.enabled=false"],
@@ -883,6 +1008,29 @@ fn unsafe_or_misspelt_values_are_refused() {
                 "podDisruptionBudget.maxUnavailable=1",
             ],
             "only one of minAvailable and maxUnavailable",
+        ),
+        (&["terminationGracePeriodSeconds=30"], grace),
+        (&["koodrive.requestTimeout=1m"], grace),
+        (
+            &[
+                "metrics.serviceMonitor.enabled=true",
+                "metrics.podMonitor.enabled=true",
+            ],
+            "enable only one of metrics.serviceMonitor and metrics.podMonitor",
+        ),
+        (
+            &[
+                "koodrive.requestTimeout=1m30s",
+                "terminationGracePeriodSeconds=90",
+            ],
+            grace,
+        ),
+        (
+            &[
+                "caBundle.configMap.name=corp-ca",
+                "caBundle.secret.name=corp-ca",
+            ],
+            "only one of caBundle.configMap.name and caBundle.secret.name",
         ),
     ];
     for (set, expected) in cases {
@@ -1086,4 +1234,1504 @@ fn readme_shows_the_tested_health_check_verbatim() {
         "the README's argocd-cm example differs from argocd/health.lua; paste the file into \
          it indented by 4 spaces"
     );
+}
+
+fn yaml_file(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The generated CRDs the chart ships, one per file in `files/crds/`.
+fn committed_crds() -> Vec<Value> {
+    let dir = chart_dir().join("files/crds");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| yaml_file(p)).collect()
+}
+
+/// Where two JSON values first differ, as a path with both sides, or None when equal.
+fn first_difference(expected: &Value, actual: &Value, path: &str) -> Option<String> {
+    match (expected, actual) {
+        (Value::Object(a), Value::Object(b)) => a
+            .keys()
+            .chain(b.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .find_map(|key| {
+                let (x, y) = (a.get(key), b.get(key));
+                let path = format!("{path}.{key}");
+                match (x, y) {
+                    (Some(x), Some(y)) => first_difference(x, y, &path),
+                    _ => Some(format!("{path}: {x:?} vs {y:?}")),
+                }
+            }),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        // fromYaml reads every number as a float64 and toYaml prints `0.0` as `0`: the API
+        // server compares numbers by value, and so does this.
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        _ if expected == actual => None,
+        _ => Some(format!("{path}: {expected} vs {actual}")),
+    }
+}
+
+fn crd_named<'a>(rendered: &'a Rendered, name: &str) -> Option<&'a Manifest> {
+    rendered
+        .of_kind("CustomResourceDefinition")
+        .into_iter()
+        .find(|m| m.name() == name)
+}
+
+#[test]
+fn crds_are_templates_so_upgrades_update_them_and_uninstall_keeps_them() {
+    // Helm installs crds/ once and never upgrades it: nothing may live there.
+    assert!(
+        !chart_dir().join("crds").exists(),
+        "charts/koodrive-operator/crds/ is never upgraded by Helm; CRDs belong in files/crds/"
+    );
+    let committed = committed_crds();
+    assert!(!committed.is_empty(), "files/crds/ holds the UserBatch CRD");
+    let rendered = render(None);
+    assert_eq!(
+        rendered.of_kind("CustomResourceDefinition").len(),
+        committed.len(),
+        "one rendered CRD per file in files/crds/"
+    );
+    let deployment_labels = rendered
+        .deployment()
+        .metadata
+        .labels
+        .expect("the Deployment has labels");
+    for crd in &committed {
+        let name = crd["metadata"]["name"].as_str().expect("CRD name");
+        let manifest = crd_named(&rendered, name)
+            .unwrap_or_else(|| panic!("CRD {name} from files/crds/ is not rendered"));
+        let metadata = &manifest.value["metadata"];
+        assert_eq!(
+            metadata["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}: crds.keep defaults to true"
+        );
+        for key in [
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ] {
+            assert_eq!(
+                metadata["labels"][key].as_str(),
+                deployment_labels.get(key).map(String::as_str),
+                "{name}: label {key}"
+            );
+        }
+        // Apart from the labels and annotations the chart adds, the rendered CRD is the
+        // generated one, byte for byte as data: the fromYaml/toYaml round trip loses nothing.
+        let mut stripped = manifest.value.clone();
+        let mut original = crd.clone();
+        for value in [&mut stripped, &mut original] {
+            let metadata = value["metadata"].as_object_mut().unwrap();
+            metadata.remove("labels");
+            metadata.remove("annotations");
+        }
+        if let Some(difference) = first_difference(&original, &stripped, "") {
+            panic!(
+                "{name}: the rendered CRD differs from files/crds/ beyond labels and \
+                 annotations, at {difference}"
+            );
+        }
+    }
+
+    let not_kept = render_with(None, &["crds.keep=false"]);
+    for manifest in not_kept.of_kind("CustomResourceDefinition") {
+        assert!(
+            manifest.value["metadata"]["annotations"]
+                .get("helm.sh/resource-policy")
+                .is_none(),
+            "crds.keep=false: {} has no keep policy",
+            manifest.name()
+        );
+    }
+    assert_eq!(
+        not_kept.of_kind("CustomResourceDefinition").len(),
+        committed.len()
+    );
+
+    let external = render_with(None, &["crds.install=false"]);
+    assert!(
+        external.of_kind("CustomResourceDefinition").is_empty(),
+        "crds.install=false renders no CRD"
+    );
+    assert_eq!(
+        external.manifests.len() + committed.len(),
+        rendered.manifests.len(),
+        "crds.install only removes the CRDs"
+    );
+}
+
+#[test]
+fn chart_version_and_app_version_are_the_operators_version() {
+    let chart = yaml_file(&chart_dir().join("Chart.yaml"));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart["version"], version, "Chart.yaml version");
+    assert_eq!(chart["appVersion"], version, "Chart.yaml appVersion");
+}
+
+#[test]
+fn packaged_chart_lints_and_renders_like_the_chart_directory() {
+    let version = env!("CARGO_PKG_VERSION");
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(tool("helm"))
+            .arg("package")
+            .arg(chart_dir())
+            .arg("--destination")
+            .arg(dir.path()),
+    );
+    let package = dir.path().join(format!("koodrive-operator-{version}.tgz"));
+    assert!(
+        package.is_file(),
+        "helm package wrote no {}",
+        package.display()
+    );
+    let shown = run_ok(
+        Command::new(tool("helm"))
+            .args(["show", "chart"])
+            .arg(&package),
+    );
+    let shown: Value = serde_saphyr::from_str(&shown).unwrap();
+    assert_eq!(shown["version"], version);
+    assert_eq!(shown["appVersion"], version);
+
+    for values in [None, Some(VARIANT_VALUES), Some(ALL_ON_VALUES)] {
+        let file = values.map(values_file);
+        let mut lint = Command::new(tool("helm"));
+        lint.args(["lint", "--strict"]).arg(&package);
+        if let Some(file) = &file {
+            lint.arg("--values").arg(file.path());
+        }
+        run_ok(&mut lint);
+
+        // Everything the templates read (files/crds/, files/dashboards/) made it into the
+        // package: it renders exactly what the directory renders.
+        let from_package = helm_template_chart(&package, values, &[]);
+        let from_directory = helm_template(values, &[]);
+        assert!(
+            from_package.status.success(),
+            "helm template of the package failed:\n{}",
+            output_text(&from_package)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&from_package.stdout),
+            String::from_utf8_lossy(&from_directory.stdout),
+            "the packaged chart renders differently from charts/koodrive-operator"
+        );
+    }
+}
+
+fn env_of(container: &Container) -> BTreeMap<String, EnvVar> {
+    container
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.name.clone(), v))
+        .collect()
+}
+
+#[test]
+fn grace_period_outlasts_the_request_timeout() {
+    let mut variants = Vec::from(renders());
+    variants.push((
+        "long timeout",
+        render(Some(
+            "koodrive:\n  requestTimeout: 1m30s\nterminationGracePeriodSeconds: 120\n",
+        )),
+    ));
+    for (variant, rendered) in variants {
+        let deployment = rendered.deployment();
+        let grace = pod_spec(&deployment)
+            .termination_grace_period_seconds
+            .unwrap_or_else(|| panic!("{variant}: terminationGracePeriodSeconds is not set"));
+        let container = operator_container(&deployment);
+        let timeout = parse_run_args_from_env(&env_of(&container), variant).request_timeout;
+        assert!(
+            Duration::from_secs(grace.try_into().unwrap()) > timeout,
+            "{variant}: a {grace}s grace period cuts a {timeout:?} KooDrive request short"
+        );
+        if variant == "default values" {
+            assert_eq!(grace, 60, "{variant}: documented default");
+        }
+    }
+    // The chart's own check, with a timeout in another unit than seconds.
+    let output = helm_template(
+        None,
+        &[
+            "koodrive.requestTimeout=2m",
+            "terminationGracePeriodSeconds=120",
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "a grace period equal to the timeout is refused"
+    );
+}
+
+#[test]
+fn extra_args_volumes_and_mounts_reach_the_operator_container() {
+    let rendered = render(Some(
+        r#"
+extraArgs: ["--log-level=debug", "--max-in-flight=2"]
+extraVolumes:
+  - name: scratch
+    emptyDir: {medium: Memory, sizeLimit: 16Mi}
+extraVolumeMounts:
+  - name: scratch
+    mountPath: /scratch
+extraEnv:
+  - name: HTTPS_PROXY
+    value: http://proxy.example:3128
+"#,
+    ));
+    let deployment = rendered.deployment();
+    let container = operator_container(&deployment);
+    let args = container.args.clone().unwrap_or_default();
+    assert_eq!(args, ["run", "--log-level=debug", "--max-in-flight=2"]);
+    // The operator's own parser accepts them after `run`.
+    let argv = std::iter::once("koodrive-operator".to_string()).chain(args);
+    let cli = Cli::try_parse_from(argv).expect("extraArgs parse as run flags");
+    assert!(matches!(cli.command, CliCommand::Run(_)));
+
+    let volumes = pod_spec(&deployment).volumes.unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == "scratch" && v.empty_dir.is_some()),
+        "extraVolumes reach the pod: {volumes:?}"
+    );
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "scratch" && m.mount_path == "/scratch"),
+        "extraVolumeMounts reach the container: {mounts:?}"
+    );
+    assert_eq!(
+        env_of(&container)
+            .get("HTTPS_PROXY")
+            .and_then(|v| v.value.as_deref()),
+        Some("http://proxy.example:3128")
+    );
+}
+
+#[test]
+fn ca_bundle_is_mounted_read_only_and_named_by_the_environment() {
+    // No bundle: no variable, no volume; the operator trusts its built-in roots alone.
+    for (variant, rendered) in renders() {
+        let deployment = rendered.deployment();
+        let container = operator_container(&deployment);
+        assert!(
+            !env_of(&container).contains_key("KOODRIVE_CA_BUNDLE"),
+            "{variant}: KOODRIVE_CA_BUNDLE without a configured bundle"
+        );
+        assert!(
+            pod_spec(&deployment)
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .all(|v| v.name != "ca-bundle"),
+            "{variant}: a ca-bundle volume without a configured bundle"
+        );
+    }
+
+    for source in ["configMap", "secret"] {
+        let values =
+            format!("caBundle:\n  {source}:\n    name: corporate-ca\n    key: bundle.pem\n");
+        let rendered = render(Some(&values));
+        let deployment = rendered.deployment();
+        let container = operator_container(&deployment);
+        let env = env_of(&container);
+        let path = env
+            .get("KOODRIVE_CA_BUNDLE")
+            .and_then(|v| v.value.clone())
+            .unwrap_or_else(|| panic!("{source}: KOODRIVE_CA_BUNDLE is not set"));
+
+        let volumes = pod_spec(&deployment).volumes.unwrap_or_default();
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == "ca-bundle")
+            .unwrap_or_else(|| panic!("{source}: no ca-bundle volume"));
+        let (name, items) = match source {
+            "configMap" => {
+                let c = volume.config_map.clone().expect("a ConfigMap volume");
+                (c.name, c.items)
+            }
+            _ => {
+                let s = volume.secret.clone().expect("a Secret volume");
+                (s.secret_name.unwrap_or_default(), s.items)
+            }
+        };
+        assert_eq!(name, "corporate-ca", "{source}: the configured object");
+        let items = items.unwrap_or_default();
+        assert_eq!(items.len(), 1, "{source}: only the bundle is projected");
+        assert_eq!(items[0].key, "bundle.pem", "{source}: the configured key");
+
+        let mounts = container.volume_mounts.clone().unwrap_or_default();
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == "ca-bundle")
+            .unwrap_or_else(|| panic!("{source}: the bundle is not mounted"));
+        assert_eq!(mount.read_only, Some(true), "{source}: mounted read-only");
+        assert_eq!(
+            path,
+            format!("{}/{}", mount.mount_path, items[0].path),
+            "{source}: KOODRIVE_CA_BUNDLE names the mounted file"
+        );
+        assert!(path.starts_with("/etc/koodrive-operator/ca/"));
+        // Once `run` has --ca-bundle, this also checks that the flag accepts the path.
+        parse_run_args_from_env(&env, source);
+    }
+}
+
+const AGGREGATE_LABEL_PREFIX: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+/// The ClusterRoles aggregated into built-in roles, with the roles each feeds.
+fn aggregated_cluster_roles(rendered: &Rendered) -> Vec<(ClusterRole, BTreeSet<String>)> {
+    rendered
+        .of_kind("ClusterRole")
+        .into_iter()
+        .map(|m| m.typed::<ClusterRole>())
+        .filter_map(|role| {
+            let into: BTreeSet<String> = role
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .filter(|(_, v)| v.as_str() == "true")
+                .filter_map(|(k, _)| k.strip_prefix(AGGREGATE_LABEL_PREFIX))
+                .map(str::to_string)
+                .collect();
+            (!into.is_empty()).then_some((role, into))
+        })
+        .collect()
+}
+
+fn operator_cluster_roles(rendered: &Rendered) -> Vec<ClusterRole> {
+    rendered
+        .of_kind("ClusterRole")
+        .into_iter()
+        .map(|m| m.typed::<ClusterRole>())
+        .filter(|role| {
+            !role
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .any(|(k, _)| k.starts_with(AGGREGATE_LABEL_PREFIX))
+        })
+        .collect()
+}
+
+#[test]
+fn userbatch_access_is_aggregated_into_the_default_namespace_roles() {
+    let read: &[&str] = &["get", "list", "watch"];
+    let write: &[&str] = &[
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+    for (variant, rendered) in renders() {
+        let aggregated = aggregated_cluster_roles(&rendered);
+        let mut feeds: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
+        for (role, into) in &aggregated {
+            let grants = expand("cluster", role.rules.as_deref().unwrap_or_default());
+            for target in into {
+                feeds
+                    .entry(target.clone())
+                    .or_default()
+                    .extend(grants.clone());
+            }
+        }
+        let expected: BTreeMap<String, BTreeSet<Grant>> =
+            [("view", read), ("edit", write), ("admin", write)]
+                .into_iter()
+                .map(|(target, verbs)| {
+                    (
+                        target.to_string(),
+                        grants("cluster", &[("koodrive.io", "userbatches", verbs, None)]),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            feeds, expected,
+            "{variant}: exactly these UserBatch grants reach view, edit and admin"
+        );
+        // `view` must stay read-only: a role aggregated into view must not write.
+        for (role, into) in &aggregated {
+            if into.contains("view") {
+                assert_eq!(
+                    into,
+                    &BTreeSet::from(["view".to_string()]),
+                    "{variant}: the read role feeds only view"
+                );
+            }
+            let name = role.metadata.name.clone().unwrap_or_default();
+            for kind in ["ClusterRoleBinding", "RoleBinding"] {
+                for binding in rendered.of_kind(kind) {
+                    assert_ne!(
+                        binding.value["roleRef"]["name"], name,
+                        "{variant}: {name} works through aggregation; nothing binds it"
+                    );
+                }
+            }
+        }
+    }
+    for set in [
+        &["rbac.aggregateToDefaultRoles=false"][..],
+        &["rbac.create=false"][..],
+    ] {
+        let rendered = render_with(None, set);
+        assert!(
+            aggregated_cluster_roles(&rendered).is_empty(),
+            "{set:?}: no aggregated ClusterRoles"
+        );
+    }
+}
+
+/// One end of a connection as a NetworkPolicy sees it: an address, and for a pod its
+/// namespace, the namespace's labels and the pod's labels.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    ip: std::net::IpAddr,
+    pod: Option<PodIdentity>,
+}
+
+#[derive(Clone, Debug)]
+struct PodIdentity {
+    namespace: String,
+    namespace_labels: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    fn external(ip: &str) -> Self {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            pod: None,
+        }
+    }
+
+    fn pod(ip: &str, namespace: &str, labels: &[(&str, &str)]) -> Self {
+        let owned = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            pod: Some(PodIdentity {
+                namespace: namespace.to_string(),
+                // The label every namespace carries since Kubernetes 1.22.
+                namespace_labels: owned(&[("kubernetes.io/metadata.name", namespace)]),
+                labels: owned(labels),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Traffic to or from the operator pod: the peer, the protocol and the port on the side that
+/// listens (the operator for ingress, the peer for egress).
+#[derive(Clone, Debug)]
+struct Traffic {
+    direction: Direction,
+    peer: Endpoint,
+    protocol: &'static str,
+    port: i32,
+}
+
+fn ingress(peer: &Endpoint, protocol: &'static str, port: i32) -> Traffic {
+    Traffic {
+        direction: Direction::Ingress,
+        peer: peer.clone(),
+        protocol,
+        port,
+    }
+}
+
+fn egress(peer: &Endpoint, protocol: &'static str, port: i32) -> Traffic {
+    Traffic {
+        direction: Direction::Egress,
+        peer: peer.clone(),
+        protocol,
+        port,
+    }
+}
+
+fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("unknown label selector operator {other}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+fn cidr_contains(cidr: &str, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (network, bits) = cidr
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{cidr} is not a CIDR"));
+    let network: IpAddr = network.parse().unwrap_or_else(|e| panic!("{cidr}: {e}"));
+    let bits: u32 = bits.parse().unwrap_or_else(|e| panic!("{cidr}: {e}"));
+    let (network, ip, width) = match (network, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+        (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+        _ => return false,
+    };
+    assert!(bits <= width, "{cidr}: prefix longer than the address");
+    let shift = width - bits;
+    shift == width || (network >> shift) == (ip >> shift)
+}
+
+fn peer_matches(
+    peer: &k8s_openapi::api::networking::v1::NetworkPolicyPeer,
+    policy_namespace: &str,
+    endpoint: &Endpoint,
+) -> bool {
+    if let Some(block) = &peer.ip_block {
+        return cidr_contains(&block.cidr, endpoint.ip)
+            && !block
+                .except
+                .iter()
+                .flatten()
+                .any(|except| cidr_contains(except, endpoint.ip));
+    }
+    // Selectors only ever match pods.
+    let Some(pod) = &endpoint.pod else {
+        return false;
+    };
+    let namespace_ok = match &peer.namespace_selector {
+        None => pod.namespace == policy_namespace,
+        Some(selector) => selector_matches(selector, &pod.namespace_labels),
+    };
+    let pod_ok = peer
+        .pod_selector
+        .as_ref()
+        .is_none_or(|selector| selector_matches(selector, &pod.labels));
+    namespace_ok && pod_ok
+}
+
+/// Whether one NetworkPolicy, the only one selecting the operator pod, lets `traffic` through.
+/// Named ports are resolved against the operator's container ports (ingress only: for
+/// egress they would name the peer's ports, which this chart never does).
+fn network_policy_allows(
+    policy: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    operator: &Container,
+    traffic: &Traffic,
+) -> bool {
+    let spec = policy.spec.as_ref().expect("NetworkPolicy has a spec");
+    let policy_namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
+    let types = spec.policy_types.clone().unwrap_or_default();
+    let wanted = match traffic.direction {
+        Direction::Ingress => "Ingress",
+        Direction::Egress => "Egress",
+    };
+    if !types.iter().any(|t| t == wanted) {
+        return true; // Not isolated in that direction.
+    }
+    let port_matches = |port: &k8s_openapi::api::networking::v1::NetworkPolicyPort| {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        let number = match &port.port {
+            None => return protocol == traffic.protocol,
+            Some(IntOrString::Int(n)) => *n,
+            Some(IntOrString::String(name)) => {
+                assert_eq!(
+                    traffic.direction,
+                    Direction::Ingress,
+                    "named egress port {name}: the evaluator does not know the peer's ports"
+                );
+                operator
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .unwrap_or_else(|| panic!("named port {name} is not a container port"))
+                    .container_port
+            }
+        };
+        let end = port.end_port.unwrap_or(number);
+        protocol == traffic.protocol && (number..=end).contains(&traffic.port)
+    };
+    let rule_matches = |ports: &Option<Vec<_>>, peers: &Option<Vec<_>>| {
+        let ports_ok = match ports {
+            None => true,
+            Some(ports) if ports.is_empty() => true,
+            Some(ports) => ports.iter().any(port_matches),
+        };
+        let peers_ok = match peers {
+            None => true,
+            Some(peers) if peers.is_empty() => true,
+            Some(peers) => peers
+                .iter()
+                .any(|p| peer_matches(p, policy_namespace, &traffic.peer)),
+        };
+        ports_ok && peers_ok
+    };
+    match traffic.direction {
+        Direction::Ingress => spec
+            .ingress
+            .iter()
+            .flatten()
+            .any(|rule| rule_matches(&rule.ports, &rule.from)),
+        Direction::Egress => spec
+            .egress
+            .iter()
+            .flatten()
+            .any(|rule| rule_matches(&rule.ports, &rule.to)),
+    }
+}
+
+/// Renders the chart with a NetworkPolicy and checks each (traffic, allowed) pair.
+fn check_network_policy(values: &str, expectations: &[(&str, Traffic, bool)]) {
+    let rendered = render(Some(values));
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = rendered.one("NetworkPolicy");
+    let deployment = rendered.deployment();
+    let pod_labels = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let spec = policy.spec.clone().unwrap();
+    assert!(
+        selector_matches(&spec.pod_selector.clone().unwrap_or_default(), &pod_labels)
+            && !spec
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_none_or(BTreeMap::is_empty),
+        "the NetworkPolicy selects the operator pods, and only them"
+    );
+    assert_eq!(
+        policy.metadata.namespace.as_deref(),
+        Some(RELEASE_NAMESPACE)
+    );
+    let operator = operator_container(&deployment);
+    let mut wrong = Vec::new();
+    for (what, traffic, allowed) in expectations {
+        if network_policy_allows(&policy, &operator, traffic) != *allowed {
+            wrong.push(format!(
+                "{what}: expected {}",
+                if *allowed { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the NetworkPolicy does not implement the documented traffic pattern:\n{}\n{}",
+        wrong.join("\n"),
+        serde_json::to_string_pretty(&spec).unwrap()
+    );
+}
+
+#[test]
+fn network_policy_allows_exactly_the_documented_traffic() {
+    assert!(
+        render(None).of_kind("NetworkPolicy").is_empty(),
+        "off by default"
+    );
+
+    let prometheus = Endpoint::pod(
+        "10.244.1.5",
+        "monitoring",
+        &[("app.kubernetes.io/name", "prometheus")],
+    );
+    let tenant = Endpoint::pod("10.244.2.7", "team-a", &[("app", "shell")]);
+    let coredns = Endpoint::pod("10.244.0.3", "kube-system", &[("k8s-app", "kube-dns")]);
+    let public_dns = Endpoint::external("8.8.8.8");
+    let api_endpoint = Endpoint::external("172.18.0.2");
+    let api_service = Endpoint::external("10.96.0.1");
+    let other_node = Endpoint::external("172.18.0.3");
+    let koodrive = Endpoint::external("203.0.113.10");
+    let elsewhere = Endpoint::external("198.51.100.1");
+    let proxy = Endpoint::external("10.1.2.3");
+
+    // Defaults: any source on the metrics port; DNS anywhere; API server and KooDrive
+    // anywhere, on their ports only.
+    check_network_policy(
+        "networkPolicy:\n  enabled: true\n",
+        &[
+            ("metrics scrape", ingress(&prometheus, "TCP", 8080), true),
+            ("metrics from a tenant", ingress(&tenant, "TCP", 8080), true),
+            ("another port", ingress(&prometheus, "TCP", 9090), false),
+            (
+                "UDP to the metrics port",
+                ingress(&prometheus, "UDP", 8080),
+                false,
+            ),
+            ("DNS over UDP", egress(&coredns, "UDP", 53), true),
+            ("DNS over TCP", egress(&coredns, "TCP", 53), true),
+            ("mDNS", egress(&coredns, "UDP", 5353), false),
+            (
+                "API server endpoint",
+                egress(&api_endpoint, "TCP", 6443),
+                true,
+            ),
+            ("API server Service", egress(&api_service, "TCP", 443), true),
+            ("KooDrive", egress(&koodrive, "TCP", 443), true),
+            (
+                "KooDrive over plain HTTP",
+                egress(&koodrive, "TCP", 80),
+                false,
+            ),
+            ("QUIC", egress(&koodrive, "UDP", 443), false),
+            ("SMTP", egress(&koodrive, "TCP", 25), false),
+            ("a tenant pod", egress(&tenant, "TCP", 8080), false),
+        ],
+    );
+
+    // Narrowed to known peers and addresses, plus a proxy through extraEgress.
+    check_network_policy(
+        r#"
+networkPolicy:
+  enabled: true
+  metrics:
+    from:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+        podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
+  dns:
+    to:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}
+        podSelector:
+          matchExpressions:
+            - {key: k8s-app, operator: In, values: [kube-dns]}
+  apiServer:
+    cidrs: [172.18.0.2/32]
+    ports: [6443]
+  koodrive:
+    cidrs: [203.0.113.0/24]
+  extraEgress:
+    - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.96.0.0/12]}}]
+      ports: [{port: 3128, protocol: TCP}]
+"#,
+        &[
+            ("metrics scrape", ingress(&prometheus, "TCP", 8080), true),
+            (
+                "metrics from a tenant",
+                ingress(&tenant, "TCP", 8080),
+                false,
+            ),
+            ("DNS to kube-dns", egress(&coredns, "UDP", 53), true),
+            ("DNS to the internet", egress(&public_dns, "UDP", 53), false),
+            (
+                "API server endpoint",
+                egress(&api_endpoint, "TCP", 6443),
+                true,
+            ),
+            ("another node", egress(&other_node, "TCP", 6443), false),
+            (
+                "API server Service port",
+                egress(&api_service, "TCP", 443),
+                false,
+            ),
+            ("KooDrive", egress(&koodrive, "TCP", 443), true),
+            ("HTTPS elsewhere", egress(&elsewhere, "TCP", 443), false),
+            ("the proxy", egress(&proxy, "TCP", 3128), true),
+            (
+                "the proxy port in the Service range",
+                egress(&api_service, "TCP", 3128),
+                false,
+            ),
+            ("SMTP", egress(&koodrive, "TCP", 25), false),
+        ],
+    );
+
+    // The ingress rule follows the metrics port wherever it is moved.
+    let moved = "networkPolicy:\n  enabled: true\nmetrics:\n  port: 9090\n";
+    check_network_policy(
+        moved,
+        &[
+            (
+                "moved metrics port",
+                ingress(&prometheus, "TCP", 9090),
+                true,
+            ),
+            ("old metrics port", ingress(&prometheus, "TCP", 8080), false),
+        ],
+    );
+}
+
+#[test]
+fn network_policy_evaluator_matches_cidrs_and_selectors() {
+    // The evaluator's own corner cases, so a bug there cannot hide a bug in the policy.
+    let ip = |s: &str| s.parse().unwrap();
+    assert!(cidr_contains("0.0.0.0/0", ip("203.0.113.10")));
+    assert!(!cidr_contains("0.0.0.0/0", ip("2001:db8::1")));
+    assert!(cidr_contains("::/0", ip("2001:db8::1")));
+    assert!(cidr_contains("10.0.0.0/8", ip("10.255.0.1")));
+    assert!(!cidr_contains("10.0.0.0/8", ip("11.0.0.1")));
+    assert!(cidr_contains("172.18.0.2/32", ip("172.18.0.2")));
+    assert!(!cidr_contains("172.18.0.2/32", ip("172.18.0.3")));
+    let labels: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+    let selector = |json: Value| -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        serde_json::from_value(json).unwrap()
+    };
+    assert!(selector_matches(&selector(serde_json::json!({})), &labels));
+    assert!(selector_matches(
+        &selector(serde_json::json!({"matchLabels": {"a": "1"}})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &selector(serde_json::json!({"matchLabels": {"a": "2"}})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &selector(serde_json::json!({"matchExpressions": [
+            {"key": "a", "operator": "NotIn", "values": ["1"]}
+        ]})),
+        &labels
+    ));
+    assert!(selector_matches(
+        &selector(serde_json::json!({"matchExpressions": [
+            {"key": "b", "operator": "DoesNotExist"}
+        ]})),
+        &labels
+    ));
+}
+
+/// The metrics the operator exposes: the contract the alerts and the dashboard are written
+/// against. Full sample-family names as PromQL sees them (counters with `_total`, histograms
+/// as `_bucket`/`_sum`/`_count`). An end-to-end test will check each against a real
+/// `/metrics`; until then this list is the promise.
+const METRIC_CONTRACT: &[&str] = &[
+    "koodrive_operator_reconciles_total",
+    "koodrive_operator_reconcile_errors_total",
+    "koodrive_operator_reconcile_duration_seconds_bucket",
+    "koodrive_operator_reconcile_duration_seconds_sum",
+    "koodrive_operator_reconcile_duration_seconds_count",
+    "koodrive_operator_koodrive_requests_total",
+    "koodrive_operator_koodrive_http_requests_total",
+    "koodrive_operator_koodrive_request_duration_seconds_bucket",
+    "koodrive_operator_koodrive_request_duration_seconds_sum",
+    "koodrive_operator_koodrive_request_duration_seconds_count",
+    "koodrive_operator_authentication_failures_total",
+    "koodrive_operator_credentials_blocked",
+    "koodrive_operator_users_total",
+    "koodrive_operator_userbatches",
+    "koodrive_operator_userbatch_condition",
+    "koodrive_operator_build_info",
+    "koodrive_operator_leader",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+];
+
+/// Series Prometheus itself records for every target; alerts may use them too.
+const SCRAPE_SERIES: &[&str] = &["up"];
+
+/// Words that look like metric names in PromQL but are not: aggregations, operators and
+/// modifiers (functions are recognised by the `(` that follows them).
+const PROMQL_KEYWORDS: &[&str] = &[
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "limitk",
+    "limit_ratio",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+];
+
+/// Every metric name a PromQL expression selects. Skips strings, label matchers, ranges,
+/// numbers and durations, Grafana variables (`$__rate_interval`, `${job}`), label lists of
+/// `by`/`on`/... and function names.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    // Skips from an opening bracket to its closing one, stepping over quoted strings.
+    let skip_group = |mut i: usize, open: char, close: char| -> usize {
+        let mut depth = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '"' | '\'' | '`' => {
+                    let quote = chars[i];
+                    i += 1;
+                    while i < chars.len() && chars[i] != quote {
+                        if chars[i] == '\\' {
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                }
+                c if c == open => depth += 1,
+                c if c == close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        panic!("unbalanced {open}{close} in PromQL: {expr}");
+    };
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            // A string outside braces (e.g. label_replace arguments): skip it whole.
+            let quote = c;
+            i += 1;
+            while i < chars.len() && chars[i] != quote {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == '{' {
+            i = skip_group(i, '{', '}');
+        } else if c == '[' {
+            i = skip_group(i, '[', ']');
+        } else if c == '#' {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '$' {
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                i = skip_group(i, '{', '}');
+            } else {
+                while i < chars.len() && is_ident(chars[i]) {
+                    i += 1;
+                }
+            }
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // Numbers, durations (5m), hex and exponents.
+            while i < chars.len() && (is_ident(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && is_ident(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let followed_by_paren = chars.get(next) == Some(&'(');
+            let grouping = [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ];
+            if grouping.contains(&word.as_str()) {
+                if followed_by_paren {
+                    i = skip_group(next, '(', ')');
+                }
+            } else if followed_by_paren || PROMQL_KEYWORDS.contains(&word.to_lowercase().as_str()) {
+                // A function or an aggregation: its arguments are scanned next.
+            } else {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_finds_selectors_and_nothing_else() {
+    let expr = r#"
+        histogram_quantile(0.95, sum by (le, call) (rate(a_bucket{job=~"$job", x="{y}"}[$__rate_interval])))
+        / on (namespace) group_left (reason)
+        max without(pod) (b{c="d"} offset 5m) > bool 1e3
+        or absent(up{job="k"} == 1) unless label_replace(c_total, "dst", "$1", "src", "(.*)")
+        + sum(d:recorded:rate5m) * time() - 0x1F and e
+    "#;
+    let expected: BTreeSet<String> = ["a_bucket", "b", "up", "c_total", "d:recorded:rate5m", "e"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(promql_metric_names(expr), expected);
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to `-`.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn readme_anchors() -> BTreeSet<String> {
+    readme()
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|line| github_anchor(line.trim_start_matches('#')))
+        .collect()
+}
+
+const ALERTS: [&str; 7] = [
+    "KooDriveUserBatchStalled",
+    "KooDriveSubmissionInDoubt",
+    "KooDriveAuthenticationFailing",
+    "KooDriveUnavailable",
+    "KooDriveOperatorReconcileErrors",
+    "KooDriveOperatorDown",
+    "KooDriveOperatorNoLeader",
+];
+
+/// The rendered PrometheusRule's alerting rules, by alert name.
+fn alert_rules(rendered: &Rendered) -> BTreeMap<String, Value> {
+    let rules = rendered.of_kind("PrometheusRule");
+    assert_eq!(rules.len(), 1, "one PrometheusRule");
+    rules[0].value["spec"]["groups"]
+        .as_array()
+        .expect("spec.groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["alert"]
+                    .as_str()
+                    .expect("alerting rules only")
+                    .to_string(),
+                r,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_rule_passes_promtool_and_its_unit_tests() {
+    assert!(
+        render(None).of_kind("PrometheusRule").is_empty(),
+        "off by default"
+    );
+    let rendered = render_with(None, &["prometheusRule.enabled=true"]);
+    let manifest = rendered.of_kind("PrometheusRule")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules_file,
+        serde_saphyr::to_string(&manifest.value["spec"]).unwrap(),
+    )
+    .unwrap();
+    let promtool = tool("promtool");
+    run_ok(
+        Command::new(&promtool)
+            .args(["check", "rules"])
+            .arg(&rules_file),
+    );
+    // The unit tests expect the rules next to them, rendered with the default values.
+    let fixture = repo_root().join("tests/fixtures/prometheus/alerts_test.yaml");
+    let unit_tests = dir.path().join("alerts_test.yaml");
+    std::fs::copy(&fixture, &unit_tests).unwrap();
+    run_ok(
+        Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(&unit_tests),
+    );
+
+    let alerts = alert_rules(&rendered);
+    assert_eq!(
+        alerts.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(ALERTS),
+        "the documented alerts, and only them"
+    );
+    let fixture_text = std::fs::read_to_string(&fixture).unwrap();
+    let values = yaml_file(&chart_dir().join("values.yaml"));
+    let base = values["prometheusRule"]["runbookBaseUrl"].as_str().unwrap();
+    let anchors = readme_anchors();
+    let mut used = BTreeSet::new();
+    for (name, rule) in &alerts {
+        assert!(
+            fixture_text.contains(&format!("alertname: {name}\n")),
+            "{name} has no promtool unit test in {}",
+            fixture.display()
+        );
+        assert!(
+            rule["labels"]["severity"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{name}: severity label"
+        );
+        for key in ["summary", "description"] {
+            assert!(
+                rule["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| s.len() > 20),
+                "{name}: annotation {key}"
+            );
+        }
+        let anchor = format!("runbook-{}", name.to_lowercase());
+        assert_eq!(
+            rule["annotations"]["runbook_url"].as_str(),
+            Some(format!("{base}#{anchor}").as_str()),
+            "{name}: runbook_url"
+        );
+        assert!(
+            anchors.contains(&anchor),
+            "{name}: the chart README has no `Runbook: {name}` heading (#{anchor})"
+        );
+        used.extend(promql_metric_names(rule["expr"].as_str().unwrap()));
+    }
+    let unknown: Vec<_> = used
+        .iter()
+        .filter(|m| !METRIC_CONTRACT.contains(&m.as_str()) && !SCRAPE_SERIES.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "alerts use metrics outside the contract: {unknown:?}"
+    );
+}
+
+#[test]
+fn prometheus_rule_tunables_reach_the_alerts() {
+    let rendered = render(Some(
+        r#"
+prometheusRule:
+  enabled: true
+  labels: {release: prometheus}
+  runbookBaseUrl: https://wiki.example/koodrive
+  selector: 'job="koodrive",cluster="prod"'
+  alerts:
+    unavailable: {for: 30m, severity: page, errorRatio: 0.2}
+    userBatchStalled: {for: 1h, severity: ticket}
+"#,
+    ));
+    let manifest = rendered.of_kind("PrometheusRule")[0];
+    assert_eq!(
+        manifest.value["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+    let alerts = alert_rules(&rendered);
+    let unavailable = &alerts["KooDriveUnavailable"];
+    assert_eq!(unavailable["for"], "30m");
+    assert_eq!(unavailable["labels"]["severity"], "page");
+    let expr = unavailable["expr"].as_str().unwrap();
+    assert!(expr.trim_end().ends_with("> 0.2"), "errorRatio: {expr}");
+    assert_eq!(alerts["KooDriveUserBatchStalled"]["for"], "1h");
+    for (name, rule) in &alerts {
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(
+            expr.contains(r#"{job="koodrive",cluster="prod""#),
+            "{name}: every selector carries prometheusRule.selector: {expr}"
+        );
+        assert!(
+            rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://wiki.example/koodrive#runbook-"),
+            "{name}: runbookBaseUrl"
+        );
+    }
+}
+
+#[test]
+fn pod_monitor_scrapes_the_operator_pods_keeping_their_labels() {
+    assert!(
+        render(None).of_kind("PodMonitor").is_empty(),
+        "off by default"
+    );
+    let rendered = render(Some(
+        "metrics:\n  podMonitor:\n    enabled: true\n    interval: 20s\n    scrapeTimeout: 5s\n    labels: {release: prometheus}\n",
+    ));
+    assert!(rendered.of_kind("ServiceMonitor").is_empty());
+    let monitor = &rendered.of_kind("PodMonitor")[0].value;
+    let pod_labels = rendered
+        .deployment()
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(monitor["spec"]["selector"]["matchLabels"].clone()).unwrap();
+    assert!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the PodMonitor selects the operator pods"
+    );
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        RELEASE_NAMESPACE
+    );
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "http-metrics");
+    assert_eq!(endpoint["interval"], "20s");
+    assert_eq!(endpoint["scrapeTimeout"], "5s");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    // The alerts and the dashboard read the UserBatch's own `namespace` label.
+    assert_eq!(endpoint["honorLabels"], true);
+    let service_monitor = render(Some(VARIANT_VALUES));
+    assert_eq!(
+        service_monitor.of_kind("ServiceMonitor")[0].value["spec"]["endpoints"][0]["honorLabels"],
+        true
+    );
+}
+
+fn dashboard_file() -> PathBuf {
+    chart_dir().join("files/dashboards/koodrive-operator.json")
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(dashboard_file()).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the dashboard is not JSON: {e}"))
+}
+
+/// Every panel of a dashboard, including those inside collapsed rows.
+fn dashboard_panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        out.push(panel);
+        out.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    out
+}
+
+/// Every metric name the shipped dashboard queries: each target's `expr`, and the metric of
+/// each `label_values(...)` variable.
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let dashboard = dashboard();
+    let mut names = BTreeSet::new();
+    for panel in dashboard_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {}: a target without expr", panel["title"]));
+            names.extend(promql_metric_names(expr));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = variable["query"]["query"]
+            .as_str()
+            .or(variable["query"].as_str())
+            .unwrap_or_default();
+        // label_values(<series selector>, <label>): only the selector is PromQL.
+        let selector = query
+            .strip_prefix("label_values(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .and_then(|inner| inner.rsplit_once(','))
+            .map(|(selector, _label)| selector)
+            .unwrap_or_else(|| panic!("variable {}: unexpected query {query:?}", variable["name"]));
+        names.extend(promql_metric_names(selector));
+    }
+    names
+}
+
+#[test]
+fn grafana_dashboard_queries_only_contract_metrics() {
+    let names = dashboard_metric_names();
+    let unknown: Vec<_> = names
+        .iter()
+        .filter(|m| !METRIC_CONTRACT.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics outside the contract: {unknown:?}"
+    );
+    // The panels users asked for, by the metrics behind them.
+    for metric in [
+        "koodrive_operator_userbatches",
+        "koodrive_operator_userbatch_condition",
+        "koodrive_operator_koodrive_requests_total",
+        "koodrive_operator_koodrive_http_requests_total",
+        "koodrive_operator_authentication_failures_total",
+        "koodrive_operator_credentials_blocked",
+        "koodrive_operator_reconciles_total",
+        "koodrive_operator_reconcile_errors_total",
+        "koodrive_operator_reconcile_duration_seconds_bucket",
+        "koodrive_operator_koodrive_request_duration_seconds_bucket",
+        "koodrive_operator_users_total",
+        "koodrive_operator_leader",
+        "koodrive_operator_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(names.contains(metric), "no panel shows {metric}");
+    }
+
+    let dashboard = dashboard();
+    assert_eq!(dashboard["uid"], "koodrive-operator", "a stable uid");
+    let mut ids = BTreeSet::new();
+    for panel in dashboard_panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "duplicate panel id in {title}"
+        );
+        let grid = &panel["gridPos"];
+        assert!(
+            grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24,
+            "{title} is wider than the dashboard"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(
+            panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{title}: a description says what it shows"
+        );
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in std::iter::once(panel).chain(&targets) {
+            // Every query goes to the data source the user picks, never a hard-coded one.
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+        }
+        for target in &targets {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(
+                expr.contains(r#"job=~"$job""#),
+                "{title}: {expr} ignores the job variable"
+            );
+        }
+    }
+}
+
+#[test]
+fn grafana_dashboard_queries_are_valid_promql() {
+    // promtool parses every query as a recording rule, once Grafana's variables are
+    // replaced by what Grafana would put there.
+    let dashboard = dashboard();
+    let mut rules = Vec::new();
+    for panel in dashboard_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "2m")
+                .replace("$job", ".+")
+                .replace("$namespace", ".*");
+            rules.push(serde_json::json!({
+                "record": format!("dashboard:panel{}:{}", panel["id"], target["refId"].as_str().unwrap()),
+                "expr": expr,
+            }));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yaml");
+    let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, serde_saphyr::to_string(&groups).unwrap()).unwrap();
+    run_ok(
+        Command::new(tool("promtool"))
+            .args(["check", "rules"])
+            .arg(&file),
+    );
+}
+
+#[test]
+fn grafana_dashboard_config_map_is_labelled_for_the_sidecar() {
+    let is_dashboard = |m: &&Manifest| m.kind() == "ConfigMap" && m.name().ends_with("-dashboard");
+    assert!(
+        !render(None).manifests.iter().any(|m| is_dashboard(&m)),
+        "off by default"
+    );
+    let file = std::fs::read_to_string(dashboard_file()).unwrap();
+    for (values, namespace, key, value) in [
+        (
+            "grafanaDashboard:\n  enabled: true\n",
+            RELEASE_NAMESPACE,
+            "grafana_dashboard",
+            "1",
+        ),
+        (
+            "grafanaDashboard:\n  enabled: true\n  namespace: monitoring\n  labelKey: example.com/dashboard\n  labelValue: koodrive\n  annotations: {grafana_folder: KooDrive}\n",
+            "monitoring",
+            "example.com/dashboard",
+            "koodrive",
+        ),
+    ] {
+        let rendered = render(Some(values));
+        let maps: Vec<_> = rendered.manifests.iter().filter(is_dashboard).collect();
+        assert_eq!(maps.len(), 1, "{values}: one dashboard ConfigMap");
+        let map = &maps[0].value;
+        assert_eq!(map["metadata"]["namespace"], namespace);
+        assert_eq!(map["metadata"]["labels"][key], value, "the sidecar's label");
+        let json = map["data"]["koodrive-operator.json"]
+            .as_str()
+            .expect("data holds koodrive-operator.json");
+        assert_eq!(
+            json,
+            file.trim_end(),
+            "the ConfigMap carries the file verbatim"
+        );
+        if namespace == "monitoring" {
+            assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "KooDrive");
+        }
+    }
 }

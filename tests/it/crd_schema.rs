@@ -15,7 +15,7 @@ fn repo_file(relative: &str) -> PathBuf {
 
 const COMMITTED_COPIES: [&str; 2] = [
     "crds/userbatch.yaml",
-    "charts/koodrive-operator/crds/userbatch.yaml",
+    "charts/koodrive-operator/files/crds/userbatch.yaml",
 ];
 
 #[test]

@@ -101,8 +101,18 @@ Value checks a JSON schema cannot express.
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: without a Lease every replica would reconcile" }}
 {{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "enable only one of metrics.serviceMonitor and metrics.podMonitor: both would scrape every pod twice" }}
+{{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled=true needs metrics.service.enabled=true: the ServiceMonitor scrapes that Service" }}
+{{- end }}
+{{- if and .Values.caBundle.configMap.name .Values.caBundle.secret.name }}
+{{- fail "caBundle: set only one of caBundle.configMap.name and caBundle.secret.name" }}
+{{- end }}
+{{- $timeout := include "koodrive-operator.seconds" .Values.koodrive.requestTimeout | float64 }}
+{{- if le (float64 .Values.terminationGracePeriodSeconds) $timeout }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be longer than koodrive.requestTimeout (%s): on SIGTERM an in-flight KooDrive request needs that long to finish" .Values.terminationGracePeriodSeconds .Values.koodrive.requestTimeout) }}
 {{- end }}
 {{- if .Values.podDisruptionBudget.enabled }}
 {{- $minSet := include "koodrive-operator.isSet" .Values.podDisruptionBudget.minAvailable }}
@@ -133,4 +143,45 @@ Listen address of the metrics/health server; IPv6 addresses need brackets.
 {{- $host = printf "[%s]" $host }}
 {{- end }}
 {{- printf "%s:%d" $host (int .Values.metrics.port) }}
+{{- end }}
+
+{{/*
+A duration as the operator writes it (`30s`, `5m`, `1h30m`, `500ms`) in seconds. Anything
+else counts as 0 s; values.schema.json refuses other forms before this runs.
+*/}}
+{{- define "koodrive-operator.seconds" -}}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" (toString .) -1 }}
+{{- $number := regexFind "^[0-9]+" . | float64 }}
+{{- $unit := trimPrefix (regexFind "^[0-9]+" .) . }}
+{{- if eq $unit "ms" }}
+{{- $total = addf $total (divf $number 1000) }}
+{{- else if eq $unit "s" }}
+{{- $total = addf $total $number }}
+{{- else if eq $unit "m" }}
+{{- $total = addf $total (mulf $number 60) }}
+{{- else }}
+{{- $total = addf $total (mulf $number 3600) }}
+{{- end }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+The extra CA bundle: the directory it is mounted in, the file name inside it, and the full
+path the operator reads (empty when no bundle is configured). The file name is fixed so the
+path does not depend on the ConfigMap's or Secret's key.
+*/}}
+{{- define "koodrive-operator.caBundleDir" -}}
+/etc/koodrive-operator/ca
+{{- end }}
+
+{{- define "koodrive-operator.caBundleFileName" -}}
+ca-bundle.pem
+{{- end }}
+
+{{- define "koodrive-operator.caBundleFile" -}}
+{{- if or .Values.caBundle.configMap.name .Values.caBundle.secret.name }}
+{{- printf "%s/%s" (include "koodrive-operator.caBundleDir" .) (include "koodrive-operator.caBundleFileName" .) }}
+{{- end }}
 {{- end }}
