@@ -112,6 +112,24 @@ pub struct UserBatchSpec {
     #[schemars(length(min = 1, max = MAX_USERS))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["phone".into()]))]
     pub users: Vec<User>,
+    /// What the operator does when KooDrive's answer to a create request is ambiguous (a
+    /// timeout, a 5xx, a dropped connection — KooDrive may or may not have created the
+    /// task). `Stall` (default): nothing is resent until a human annotates
+    /// `koodrive.io/resubmit-in-doubt`. `Resubmit`: the operator resends those users once,
+    /// after a delay, relying on KooDrive skipping phones that are already registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_doubt_policy: Option<InDoubtPolicy>,
+}
+
+/// See [`UserBatchSpec::in_doubt_policy`].
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum InDoubtPolicy {
+    /// Keep the in-doubt users unsent until a human checks with KooDrive.
+    #[default]
+    Stall,
+    /// Resend the in-doubt users once, after a delay; KooDrive skips already-registered
+    /// phones, so a user created by the first request is reported as skipped.
+    Resubmit,
 }
 
 /// CEL rule for `spec.endpoint`: `https://` and a host, or plain `http://` to a loopback host
@@ -265,16 +283,28 @@ pub struct UserBatchStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// The `koodrive.io/resubmit-in-doubt` value last acted on.
+    /// The `koodrive.io/resubmit-in-doubt` value last acted on (values longer than 1024
+    /// characters are remembered as `sha256:<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ANNOTATION_VALUE_LEN))]
     pub resubmitted_in_doubt: Option<String>,
-    /// `<reason>/<digest>`: the condition reason of the last permanent refusal and a digest of
-    /// the inputs it was seen with (generation, endpoint, referenced Secrets' versions).
-    /// Nothing is resent until those inputs change.
+    /// The last permanent refusal and the inputs it was seen with: nothing is resent until
+    /// those inputs change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = MAX_ID_LEN))]
-    pub stalled_inputs: Option<String>,
+    pub stalled_inputs: Option<StalledInputs>,
+}
+
+/// A permanent refusal (rejected request, refused credentials) and a fingerprint of what it
+/// depended on.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StalledInputs {
+    /// The Ready condition's reason when it happened (`KooDriveRejected`, `CredentialsInvalid`).
+    #[schemars(length(min = 1, max = MAX_ID_LEN))]
+    pub reason: String,
+    /// A digest of the generation, the endpoint and the referenced Secrets' versions.
+    #[schemars(length(min = 1, max = MAX_ID_LEN))]
+    pub digest: String,
 }
 
 /// Longest annotation value the operator remembers having acted on.
@@ -359,6 +389,11 @@ pub struct TaskRecord {
     /// Phones of the users this request carried.
     #[schemars(length(max = MAX_PHONES_PER_TASK), inner(length(max = 21)))]
     pub phones: Vec<String>,
+    /// The `traceId` of the in-doubt request whose users this request resends
+    /// (`inDoubtPolicy: Resubmit`); such a request is not resent again automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ID_LEN))]
+    pub resubmit_of: Option<String>,
     /// Short fingerprints of the users' non-secret fields as sent (8 hex characters per
     /// phone, in `phones` order), to notice later edits. Holds nothing about passwords.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,13 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease (via `kube-lease-manager`): with
 //! several replicas only the holder reconciles, so two processes never race to submit.
+//! [`run_while_leading`] is the whole orchestration: wait for the Lease, run the work until
+//! shutdown or until the Lease is lost, release it.
 
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
@@ -92,4 +96,95 @@ impl Election {
             Err(err) => tracing::warn!(error = %err, "leader election task failed"),
         }
     }
+}
+
+/// The Lease a replica competes for.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a Lease stays valid without renewal.
+    pub duration: Duration,
+}
+
+/// How leading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// Shutdown was requested (before or after becoming leader); the Lease was released.
+    Stopped,
+    /// The Lease was lost while leading: another replica may already act, so the work was
+    /// stopped at once.
+    Lost,
+}
+
+/// Why leading could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LeadError {
+    #[error(transparent)]
+    Setup(#[from] LeaderError),
+    #[error("leader election stopped before this process became leader")]
+    ElectionEnded,
+}
+
+/// Waits for the Lease (calling `on_standby` meanwhile), then runs `work` with a token
+/// cancelled on `shutdown` or when the Lease is lost, and releases the Lease at the end.
+pub async fn run_while_leading<W, F>(
+    client: kube::Client,
+    lease: &LeaseSettings,
+    shutdown: &CancellationToken,
+    on_standby: impl FnOnce(),
+    on_leading: impl FnOnce(),
+    work: W,
+) -> Result<Leadership, LeadError>
+where
+    W: FnOnce(CancellationToken) -> F,
+    F: Future<Output = ()>,
+{
+    let mut election = Election::start(
+        client,
+        &lease.namespace,
+        &lease.name,
+        &lease.identity,
+        lease.duration,
+    )
+    .await?;
+    on_standby();
+    tracing::info!(identity = %lease.identity, lease = %lease.name, "waiting to become leader");
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            election.release().await;
+            return Ok(Leadership::Stopped);
+        }
+        acquired = election.acquired() => if !acquired {
+            return Err(LeadError::ElectionEnded);
+        }
+    }
+    on_leading();
+    tracing::info!(identity = %lease.identity, "became leader; starting the controller");
+
+    // One token for the work: cancelled by shutdown, or the moment leadership is lost.
+    let stop = shutdown.child_token();
+    let lost = CancellationToken::new();
+    let watcher = {
+        let (stop, lost) = (stop.clone(), lost.clone());
+        let leader_rx = election.is_leader.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = Election::lost(leader_rx) => {
+                    lost.cancel();
+                    stop.cancel();
+                }
+                _ = stop.cancelled() => {}
+            }
+        })
+    };
+    work(stop.clone()).await;
+    stop.cancel();
+    let _ = watcher.await;
+    if lost.is_cancelled() && !shutdown.is_cancelled() {
+        return Ok(Leadership::Lost);
+    }
+    election.release().await;
+    Ok(Leadership::Stopped)
 }

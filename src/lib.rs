@@ -6,6 +6,7 @@
 //! - [`controller`] — the reconciler that turns UserBatches into KooDrive tasks.
 //! - [`leader`] — leader election on a Lease, so only one replica reconciles.
 //! - [`health`] and [`metrics`] — `/healthz`, `/readyz` and Prometheus `/metrics`.
+//! - [`vocabulary`] — condition types and reasons, Event reasons and actions.
 //! - [`telemetry`] — logging set-up; [`report`] — how errors are printed.
 //! - [`commands`] — one module per CLI subcommand; [`cli`] wires them to clap.
 //! - [`devtools`] (feature `dev-tools`) — the test doubles configured for this operator.
@@ -27,3 +28,4 @@ pub mod metrics;
 pub mod report;
 pub mod telemetry;
 pub mod validation;
+pub mod vocabulary;

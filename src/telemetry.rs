@@ -23,11 +23,18 @@ pub enum TelemetryError {
     },
 }
 
-/// Installs the global subscriber, logging to stderr. A second call is a no-op, so tests
+/// Installs the global subscriber, logging to stderr, filtered by `RUST_LOG` if set,
+/// otherwise by `filter`. A second call is a no-op, so tests
 /// and `demo` (which runs several components in one process) can call it freely.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
-        filter: filter.to_string(),
+    // `RUST_LOG`, when set, wins: the convention of kube-rs and most Rust services, so a
+    // user debugging the operator does not have to learn another variable.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| filter.to_string());
+    let env_filter = EnvFilter::try_new(&filter).map_err(|source| TelemetryError::Filter {
+        filter: filter.clone(),
         source,
     })?;
     let builder = tracing_subscriber::fmt()

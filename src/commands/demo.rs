@@ -25,10 +25,10 @@ pub struct Args {
     #[arg(long, default_value = "examples")]
     pub examples: PathBuf,
     /// Give up, with the reason, if not every UserBatch is Ready by then.
-    #[arg(long, default_value = "60s", value_parser = crate::commands::run::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::commands::shared::parse_duration)]
     pub timeout: Duration,
     /// How long the simulator takes to report per-user results.
-    #[arg(long, default_value = "1s", value_parser = crate::commands::run::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::commands::shared::parse_duration)]
     pub result_delay: Duration,
     /// Log filter for the components (they are quiet by default so transitions stand out).
     #[arg(long, default_value = "warn")]
@@ -113,7 +113,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         client.clone(),
         settings,
         Arc::new(Metrics::new()),
-        stop.clone().cancelled_owned(),
+        stop.clone(),
         || {},
     ));
 

@@ -6,6 +6,7 @@ pub mod demo;
 #[cfg(feature = "dev-tools")]
 pub mod emulator;
 pub mod run;
+pub mod shared;
 #[cfg(feature = "dev-tools")]
 pub mod simulator;
 pub mod submit;

@@ -1,9 +1,10 @@
 //! `koodrive-operator run`: the controller.
 
 use crate::cli::CliError;
+use crate::commands::shared::{cancel_on_signal, parse_duration};
 use crate::controller::{self, Settings};
 use crate::health::{self, Readiness};
-use crate::leader::{self, Election};
+use crate::leader::{self, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -31,6 +32,16 @@ pub struct Args {
         default_value = "https://intl.myhuaweicloud-koodrive.com"
     )]
     pub default_endpoint: String,
+    /// Other KooDrive endpoints a UserBatch may name in `spec.endpoint` (comma-separated).
+    /// Requests go only to these and the default: a UserBatch naming any other endpoint is
+    /// Stalled with reason EndpointNotAllowed, and none of its Secrets is read.
+    #[arg(
+        long,
+        env = "KOODRIVE_ALLOWED_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_endpoints: Vec<String>,
     /// Most users sent in one KooDrive request (KooDrive's own limit is 1000).
     #[arg(long, env = "KOODRIVE_MAX_BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -54,6 +65,19 @@ pub struct Args {
     /// Longest delay between retries of one UserBatch.
     #[arg(long, env = "KOODRIVE_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
+    /// With `spec.inDoubtPolicy: Resubmit`: how long after an ambiguous create its users are
+    /// sent once more (long enough for the first request to have finished in KooDrive).
+    #[arg(long, env = "KOODRIVE_RESUBMIT_DELAY", default_value = "10m", value_parser = parse_duration)]
+    pub resubmit_delay: Duration,
+    /// How long a task may take to report every user's result; after that the UserBatch is
+    /// Stalled with reason ResultsOverdue and the task is polled only every 30 minutes.
+    #[arg(long, env = "KOODRIVE_RESULTS_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub results_timeout: Duration,
+    /// How long credentials KooDrive refused are left alone before one new attempt, unless
+    /// their Secret changes first (at least 5m: Huawei locks an AK/SK for 5 minutes after
+    /// repeated failures).
+    #[arg(long, env = "KOODRIVE_AUTH_RETRY_INTERVAL", default_value = "15m", value_parser = parse_auth_retry)]
+    pub auth_retry_interval: Duration,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "KOODRIVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -73,6 +97,7 @@ pub struct Args {
     #[arg(long, env = "KOODRIVE_LOG_FORMAT", default_value = "text")]
     pub log_format: crate::telemetry::LogFormat,
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `koodrive_operator=debug`).
+    /// `RUST_LOG`, when set, takes precedence (the kube-rs convention).
     #[arg(long, env = "KOODRIVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Accept `http://` KooDrive endpoints (simulator, tests). Never in production.
@@ -82,15 +107,6 @@ pub struct Args {
         default_value_t = false
     )]
     pub allow_insecure_endpoints: bool,
-}
-
-/// Parses durations such as `30s`, `5m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<jiff::SignedDuration>()
-        .map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m"))
-        .and_then(|d| {
-            Duration::try_from(d).map_err(|_| "a duration cannot be negative".to_string())
-        })
 }
 
 impl Args {
@@ -106,6 +122,15 @@ impl Args {
         settings.koodrive.request_timeout = self.request_timeout;
         settings.retry_base_delay = self.retry_base_delay;
         settings.retry_max_delay = self.retry_max_delay;
+        settings.allowed_endpoints = self
+            .allowed_endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        settings.resubmit_delay = self.resubmit_delay;
+        settings.results_timeout = self.results_timeout;
+        settings.auth_retry_interval = self.auth_retry_interval;
         settings.instance = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
         settings
     }
@@ -144,97 +169,52 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     };
 
     if !args.leader_elect {
-        controller::run(
-            client,
-            settings,
-            metrics,
-            shutdown.cancelled_owned(),
-            on_synced,
-        )
-        .await?;
+        metrics.set_leader(true);
+        controller::run(client, settings, metrics, shutdown, on_synced).await?;
         return Ok(ExitCode::SUCCESS);
     }
 
-    let identity = leader::identity();
-    let mut election = Election::start(
+    let lease = LeaseSettings {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: leader::identity(),
+        duration: args.lease_duration,
+    };
+    let started: Arc<std::sync::Mutex<Option<Result<(), controller::StartError>>>> = Arc::default();
+    let result = started.clone();
+    let leading_metrics = metrics.clone();
+    let leadership = leader::run_while_leading(
         client.clone(),
-        &args.lease_namespace,
-        &args.lease_name,
-        &identity,
-        args.lease_duration,
+        &lease,
+        &shutdown,
+        || readiness.set_standby(true),
+        || {
+            readiness.set_standby(false);
+            leading_metrics.set_leader(true);
+        },
+        move |stop| async move {
+            let outcome = controller::run(client, settings, metrics, stop, on_synced).await;
+            if let Ok(mut slot) = result.lock() {
+                *slot = Some(outcome);
+            }
+        },
     )
     .await?;
-    readiness.set_standby(true);
-    tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
-    tokio::select! {
-        _ = shutdown.cancelled() => {
-            election.release().await;
-            return Ok(ExitCode::SUCCESS);
-        }
-        acquired = election.acquired() => if !acquired {
-            return Err("leader election stopped before this process became leader".into());
-        }
+    if let Some(Err(err)) = started.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(err.into());
     }
-    readiness.set_standby(false);
-    tracing::info!(identity = %identity, "became leader; starting the controller");
-
-    // Stop reconciling the moment leadership is lost: another replica may already act.
-    let lost = CancellationToken::new();
-    let stop = shutdown.clone();
-    let lost_flag = lost.clone();
-    let leader_rx = election.is_leader.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = Election::lost(leader_rx) => lost_flag.cancel(),
-            _ = stop.cancelled() => {}
-        }
-    });
-    let either = {
-        let (a, b) = (shutdown.clone(), lost.clone());
-        async move {
-            tokio::select! {
-                _ = a.cancelled() => {}
-                _ = b.cancelled() => {}
-            }
-        }
-    };
-    controller::run(client, settings, metrics, either, on_synced).await?;
-    if lost.is_cancelled() && !shutdown.is_cancelled() {
+    match leadership {
+        Leadership::Stopped => Ok(ExitCode::SUCCESS),
         // Exiting lets the Deployment restart this replica as a clean standby.
-        return Err("lost the leader Lease; stopped reconciling and exiting".into());
+        Leadership::Lost => Err("lost the leader Lease; stopped reconciling and exiting".into()),
     }
-    election.release().await;
-    Ok(ExitCode::SUCCESS)
 }
 
-/// Cancels `token` on SIGTERM (Kubernetes' stop signal) or SIGINT (Ctrl-C).
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+/// `--auth-retry-interval`: a duration of at least 5 minutes.
+fn parse_auth_retry(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < controller::guard::MIN_BLOCK {
+        return Err("must be at least 5m: Huawei locks an AK/SK for 5 minutes after repeated authentication failures".into());
     }
-    tracing::info!("shutdown signal received; finishing in-flight reconciles");
-    token.cancel();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn parses_friendly_durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("-5s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
+    Ok(duration)
 }

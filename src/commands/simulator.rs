@@ -1,7 +1,7 @@
 //! `koodrive-operator simulator`: a local KooDrive for experiments and the demo.
 
 use crate::cli::CliError;
-use crate::commands::run::parse_duration;
+use crate::commands::shared::parse_duration;
 use koodrive_client::SecretKey;
 use koodrive_simulator::{Account, Simulator, SimulatorConfig};
 use serde::Deserialize;
@@ -169,6 +169,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         registered_phones: args.registered_phones.iter().cloned().collect(),
         failing_phones: args.failing_phones.iter().cloned().collect(),
         max_clock_skew: args.max_clock_skew,
+        ..SimulatorConfig::default()
     };
     let simulator = Simulator::start(args.listen, config)
         .await

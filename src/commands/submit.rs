@@ -2,21 +2,13 @@
 //! KooDrive, to check credentials and endpoint before deploying.
 
 use crate::cli::CliError;
+use crate::commands::shared::{CREDENTIALS_HELP, MissingEnv, credentials_from_env};
 use crate::crd::UserBatch;
-use koodrive_client::{
-    self, Client, ClientConfig, Credentials, MAX_USERS_PER_REQUEST, Password, RegisterUser,
-    SecretKey,
-};
+use koodrive_client::{Client, ClientConfig, MAX_USERS_PER_REQUEST, Password, RegisterUser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Help text shared by `submit` and `task`.
-pub(crate) const CREDENTIALS_HELP: &str = "\
-Credentials are read from the environment, never from flags:
-  KOODRIVE_ACCESS_KEY   access key (AK / AppId)
-  KOODRIVE_SECRET_KEY   secret key (SK / AppSecret); never printed
-  KOODRIVE_USER_ID      KooDrive user ID the credentials belong to";
-
 #[derive(clap::Args, Debug)]
 #[command(after_help = CREDENTIALS_HELP)]
 pub struct Args {
@@ -65,11 +57,8 @@ pub enum SubmitError {
     PasswordSecretRef { phone: String },
     #[error("no KooDrive endpoint: pass --endpoint, set KOODRIVE_ENDPOINT or spec.endpoint")]
     NoEndpoint,
-    #[error("{name} is not set; it must hold the KooDrive {what}")]
-    MissingEnv {
-        name: &'static str,
-        what: &'static str,
-    },
+    #[error(transparent)]
+    MissingEnv(#[from] MissingEnv),
     #[error(transparent)]
     Client(Box<koodrive_client::Error>),
     #[error(
@@ -100,22 +89,6 @@ fn not_sent_note(users: usize, requests: usize) -> String {
     } else {
         format!(" ({users} users in {requests} later requests were not sent)")
     }
-}
-
-fn env_var(name: &'static str, what: &'static str) -> Result<String, SubmitError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or(SubmitError::MissingEnv { name, what })
-}
-
-/// Reads `KOODRIVE_ACCESS_KEY`, `KOODRIVE_SECRET_KEY` and `KOODRIVE_USER_ID`.
-pub(crate) fn credentials_from_env() -> Result<Credentials, SubmitError> {
-    Ok(Credentials {
-        access_key: env_var("KOODRIVE_ACCESS_KEY", "access key (AK)")?,
-        secret_key: SecretKey::new(env_var("KOODRIVE_SECRET_KEY", "secret key (SK)")?),
-        user_id: env_var("KOODRIVE_USER_ID", "user ID the credentials belong to")?,
-    })
 }
 
 /// Reads the manifest and turns its users into KooDrive's `RegisterUserInfo`.

@@ -1,7 +1,8 @@
 //! `koodrive-operator task`: query a batch provisioning task and print its results.
 
 use crate::cli::CliError;
-use crate::commands::submit::{CREDENTIALS_HELP, SubmitError, credentials_from_env};
+use crate::commands::shared::{CREDENTIALS_HELP, credentials_from_env};
+use crate::commands::submit::SubmitError;
 use koodrive_client::{Client, ClientConfig};
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let client = Client::new(
         &args.endpoint,
-        credentials_from_env()?,
+        credentials_from_env().map_err(SubmitError::from)?,
         ClientConfig {
             allow_insecure_endpoints: args.allow_insecure_endpoints,
             ..ClientConfig::default()

@@ -1,51 +1,26 @@
-//! Condition types, reasons and the rules for updating them.
+//! The rules for updating conditions (their words are in [`crate::vocabulary`]).
 //!
 //! Conditions follow the Kubernetes API conventions and kstatus, so `kubectl wait`, Flux and
-//! Argo CD read them without custom code: `Ready` is the summary, `Reconciling=True` means work
-//! is in progress, `Stalled=True` means nothing will change without a human.
+//! Argo CD read them without custom code. They are compared without timestamps, so an
+//! unchanged situation is never rewritten.
 
+use crate::vocabulary::{ConditionType, Reason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-
-pub mod types {
-    pub const READY: &str = "Ready";
-    pub const SUBMITTED: &str = "Submitted";
-    pub const RECONCILING: &str = "Reconciling";
-    pub const STALLED: &str = "Stalled";
-}
-
-/// Reasons are stable API: tooling and alerts match on them.
-pub mod reasons {
-    pub const READY: &str = "Ready";
-    pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
-    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
-    pub const PASSWORD_NOT_FOUND: &str = "PasswordNotFound";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const SUBMITTING: &str = "Submitting";
-    pub const AWAITING_RESULTS: &str = "AwaitingResults";
-    pub const USERS_FAILED: &str = "UsersFailed";
-    pub const KOODRIVE_REJECTED: &str = "KooDriveRejected";
-    pub const KOODRIVE_UNAVAILABLE: &str = "KooDriveUnavailable";
-    pub const SUBMISSION_IN_DOUBT: &str = "SubmissionInDoubt";
-    pub const ALL_SUBMITTED: &str = "AllSubmitted";
-    pub const USERS_PENDING: &str = "UsersPending";
-    pub const IDLE: &str = "Idle";
-    pub const NOT_STALLED: &str = "NotStalled";
-}
 
 /// A condition as computed by the controller, before timestamps are attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
-    pub type_: &'static str,
+    pub type_: ConditionType,
     pub status: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Desired {
     pub fn new(
-        type_: &'static str,
+        type_: ConditionType,
         status: bool,
-        reason: &'static str,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -76,7 +51,7 @@ pub fn merge(
             let status = status_str(want.status);
             let last_transition_time = previous
                 .iter()
-                .find(|c| c.type_ == want.type_ && c.status == status)
+                .find(|c| c.type_ == want.type_.as_str() && c.status == status)
                 .map(|c| c.last_transition_time.clone())
                 .unwrap_or_else(|| now.clone());
             Condition {
@@ -92,12 +67,12 @@ pub fn merge(
 }
 
 /// Finds a condition by type.
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
+pub fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
 }
 
 /// True when the condition of that type exists with status `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
@@ -114,9 +89,9 @@ mod tests {
         let first = merge(
             &[],
             &[Desired::new(
-                types::READY,
+                ConditionType::Ready,
                 false,
-                reasons::SUBMITTING,
+                Reason::Submitting,
                 "sending",
             )],
             Some(1),
@@ -128,9 +103,9 @@ mod tests {
         let second = merge(
             &first,
             &[Desired::new(
-                types::READY,
+                ConditionType::Ready,
                 false,
-                reasons::AWAITING_RESULTS,
+                Reason::AwaitingResults,
                 "waiting",
             )],
             Some(2),
@@ -143,7 +118,12 @@ mod tests {
         // Status flips: the transition time moves.
         let third = merge(
             &second,
-            &[Desired::new(types::READY, true, reasons::READY, "done")],
+            &[Desired::new(
+                ConditionType::Ready,
+                true,
+                Reason::Ready,
+                "done",
+            )],
             Some(2),
             &time(300),
         );
@@ -154,8 +134,8 @@ mod tests {
     #[test]
     fn unchanged_conditions_are_identical() {
         let desired = [
-            Desired::new(types::READY, true, reasons::READY, "done"),
-            Desired::new(types::STALLED, false, reasons::NOT_STALLED, ""),
+            Desired::new(ConditionType::Ready, true, Reason::Ready, "done"),
+            Desired::new(ConditionType::Stalled, false, Reason::NotStalled, ""),
         ];
         let first = merge(&[], &desired, Some(1), &time(100));
         let again = merge(&first, &desired, Some(1), &time(999));

@@ -1,34 +1,49 @@
 //! The UserBatch controller: watches UserBatches and the Secrets they reference, and turns
 //! pending users into KooDrive tasks — each user at most once.
 //!
-//! - [`reconcile`] — one pass over one UserBatch (observe, submit, poll, write status).
-//! - [`progress`] — pure status computation (phase, conditions, summary).
-//! - [`conditions`] — condition types, reasons, transition-time rules.
-//! - [`secrets`] — credentials and passwords from Secrets.
-//! - [`throttle`] — the global KooDrive concurrency and rate limit.
+//! A reconcile is observe → plan → execute:
+//! - [`reconcile`] — the executor: reads what it needs, performs the plan's I/O in the
+//!   at-most-once order, writes the status.
+//! - [`plan`] — the pure core: what to send and poll, how each answer changes the status.
+//! - [`status`] — pure status computation (phase, conditions, summary);
+//!   [`conditions`] — the rules for updating conditions.
+//! - [`secrets`] — credentials and passwords from Secrets, read on demand.
+//! - [`guard`] — one authentication guard per credential (the AK/SK lockout).
+//! - [`endpoints`] — which KooDrive endpoints the operator may talk to.
+//! - [`backoff`] — per-UserBatch backoff; [`events`] — Kubernetes Events.
 
+pub mod backoff;
 pub mod conditions;
-pub mod progress;
+pub mod endpoints;
+pub mod events;
+pub mod guard;
+pub mod plan;
 pub mod reconcile;
 pub mod secrets;
-pub mod throttle;
+pub mod status;
 
-use crate::crd::UserBatch;
-use futures::StreamExt;
+use crate::crd::{Phase, UserBatch};
+use crate::metrics::Metrics;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use koodrive_client::{RequestLimiter, ServerClock};
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
-use std::collections::HashMap;
-use std::future::Future;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The controller's name, as it appears in Events and field managers.
 pub const CONTROLLER_NAME: &str = "koodrive-operator";
+
+/// How often a task overdue for results is still looked at.
+pub const OVERDUE_POLL_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// Settings of a controller run (from `koodrive-operator run`'s flags).
 #[derive(Debug, Clone)]
@@ -36,6 +51,8 @@ pub struct Settings {
     /// Empty: all namespaces.
     pub watch_namespace: Option<String>,
     pub default_endpoint: String,
+    /// Endpoints a UserBatch may name in `spec.endpoint`, besides the default.
+    pub allowed_endpoints: Vec<String>,
     pub max_batch_size: usize,
     pub max_in_flight: usize,
     pub requests_per_second: f64,
@@ -44,6 +61,12 @@ pub struct Settings {
     pub retry_base_delay: Duration,
     /// Cap of the per-UserBatch backoff.
     pub retry_max_delay: Duration,
+    /// How long after an ambiguous create `inDoubtPolicy: Resubmit` resends its users.
+    pub resubmit_delay: Duration,
+    /// How long a task may take to report all its results before it is called overdue.
+    pub results_timeout: Duration,
+    /// How long credentials refused by KooDrive are left alone (at least 5 minutes).
+    pub auth_retry_interval: Duration,
     /// How the KooDrive client connects and retries within one call.
     pub koodrive: koodrive_client::ClientConfig,
     /// Reported in Events (`reportingInstance`): the pod name.
@@ -55,14 +78,26 @@ impl Settings {
         Self {
             watch_namespace: None,
             default_endpoint: default_endpoint.into(),
+            allowed_endpoints: Vec::new(),
             max_batch_size: koodrive_client::MAX_USERS_PER_REQUEST,
             max_in_flight: 4,
             requests_per_second: 5.0,
             poll_interval: Duration::from_secs(30),
             retry_base_delay: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(300),
+            resubmit_delay: Duration::from_secs(10 * 60),
+            results_timeout: Duration::from_secs(60 * 60),
+            auth_retry_interval: Duration::from_secs(15 * 60),
             koodrive: koodrive_client::ClientConfig::default(),
             instance: None,
+        }
+    }
+
+    fn limits(&self) -> plan::Limits {
+        plan::Limits {
+            max_batch_size: self.max_batch_size,
+            resubmit_delay: self.resubmit_delay,
+            results_timeout: self.results_timeout,
         }
     }
 }
@@ -76,68 +111,87 @@ pub enum StartError {
     CrdNotInstalled,
     #[error("cannot list UserBatches to check the CRD is installed")]
     CrdCheck(#[source] kube::Error),
+    #[error("invalid KooDrive endpoint settings")]
+    Endpoints(#[source] endpoints::EndpointError),
 }
+
+/// A UserBatch's namespace and name.
+pub type Key = (String, String);
+
+/// The objects the controller is driven by: UserBatch metadata only (a reconcile reads the
+/// whole object when it needs it, so memory does not grow with the users listed).
+pub type Meta = PartialObjectMeta<UserBatch>;
 
 /// State shared by every reconcile.
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
-    pub recorder: Recorder,
-    pub throttle: throttle::Throttle,
-    /// Consecutive failures per UserBatch, for per-object backoff; cleared on success.
-    failures: Mutex<HashMap<ObjectRef<UserBatch>, u32>>,
+    pub endpoints: endpoints::Trusted,
+    pub events: events::Publisher,
+    pub guard: guard::AuthGuard,
+    /// The limit on HTTP requests to KooDrive, across every UserBatch.
+    pub limiter: Arc<RequestLimiter>,
+    pub backoff: backoff::Backoff<Key>,
     /// KooDrive clients by endpoint and credentials Secret version, so a reconcile reuses
     /// connections instead of opening new TLS sessions each time.
     clients: Mutex<HashMap<String, koodrive_client::Client>>,
-    /// Last phase seen per UserBatch, to keep the per-phase gauge exact.
-    phases: Mutex<HashMap<ObjectRef<UserBatch>, crate::crd::Phase>>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// KooDrive's clock per endpoint, shared by that endpoint's clients.
+    clocks: Mutex<HashMap<String, Arc<ServerClock>>>,
+    pub secrets: secrets::SecretCache,
+    /// Every Secret's metadata (names and versions, never data), from the watch.
+    pub secret_versions: Store<PartialObjectMeta<Secret>>,
+    /// Which UserBatches reference which Secrets, as last reconciled.
+    references: Mutex<References>,
+    /// Last phase and conditions seen per UserBatch, to keep the gauges exact.
+    observed: Mutex<HashMap<Key, crate::metrics::ObjectState>>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the process is stopping: loops that would otherwise retry forever
+    /// (recording an answer against a vanished API server) give up.
+    pub shutdown: CancellationToken,
+}
+
+/// Secret → the UserBatches that reference it, and back.
+#[derive(Default)]
+struct References {
+    by_secret: HashMap<Key, HashSet<Key>>,
+    by_userbatch: HashMap<Key, Vec<Key>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: CONTROLLER_NAME.into(),
-                instance: settings.instance.clone(),
-            },
-        );
-        let throttle =
-            throttle::Throttle::new(settings.max_in_flight, settings.requests_per_second);
-        Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        secret_versions: Store<PartialObjectMeta<Secret>>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        let instance = settings
+            .instance
+            .clone()
+            .unwrap_or_else(crate::leader::identity);
+        let endpoints =
+            endpoints::Trusted::new(&settings.default_endpoint, &settings.allowed_endpoints)
+                .map_err(StartError::Endpoints)?;
+        Ok(Self {
+            events: events::Publisher::new(client.clone(), CONTROLLER_NAME, &instance),
+            guard: guard::AuthGuard::new(settings.auth_retry_interval),
+            limiter: Arc::new(RequestLimiter::new(
+                settings.max_in_flight,
+                settings.requests_per_second,
+            )),
+            backoff: backoff::Backoff::new(settings.retry_base_delay, settings.retry_max_delay),
+            endpoints,
             client,
             settings,
-            recorder,
-            throttle,
-            failures: Mutex::default(),
             clients: Mutex::default(),
-            phases: Mutex::default(),
+            clocks: Mutex::default(),
+            secrets: secrets::SecretCache::default(),
+            secret_versions,
+            references: Mutex::default(),
+            observed: Mutex::default(),
             metrics,
-        }
-    }
-
-    fn record_success(&self, key: &ObjectRef<UserBatch>) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(key);
-        }
-    }
-
-    /// Per-object exponential backoff with ±20% jitter, never shorter than `at_least`.
-    fn backoff(&self, key: &ObjectRef<UserBatch>, at_least: Option<Duration>) -> Duration {
-        let attempt = match self.failures.lock() {
-            Ok(mut failures) => {
-                let n = failures.entry(key.clone()).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
-            }
-            Err(_) => 1,
-        };
-        let base = self.settings.retry_base_delay;
-        let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
-        let capped = exp.min(self.settings.retry_max_delay);
-        let jitter = rand::random_range(0.8..1.2);
-        capped.mul_f64(jitter).max(at_least.unwrap_or_default())
+            shutdown,
+        })
     }
 
     /// A KooDrive client for `endpoint` and these credentials, reused while the Secret's
@@ -148,14 +202,23 @@ impl Context {
         secret_version: &str,
         credentials: koodrive_client::Credentials,
     ) -> Result<koodrive_client::Client, koodrive_client::Error> {
-        let key = format!("{endpoint}|{secret_version}");
+        let key = format!("{endpoint}|{}|{secret_version}", credentials.access_key);
         if let Ok(clients) = self.clients.lock()
             && let Some(client) = clients.get(&key)
         {
             return Ok(client.clone());
         }
-        let client =
-            koodrive_client::Client::new(endpoint, credentials, self.settings.koodrive.clone())?;
+        let clock = {
+            let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+            clocks.entry(endpoint.to_string()).or_default().clone()
+        };
+        let config = koodrive_client::ClientConfig {
+            limiter: Some(self.limiter.clone()),
+            clock: Some(clock),
+            observer: Some(self.metrics.clone()),
+            ..self.settings.koodrive.clone()
+        };
+        let client = koodrive_client::Client::new(endpoint, credentials, config)?;
         if let Ok(mut clients) = self.clients.lock() {
             // Old entries belong to rotated credentials; a small cache is enough.
             if clients.len() >= 256 {
@@ -165,10 +228,66 @@ impl Context {
         }
         Ok(client)
     }
+
+    /// Remembers which Secrets a UserBatch references, so a change to one of them
+    /// re-triggers exactly the UserBatches that use it.
+    pub fn set_references(&self, userbatch: &Key, secrets: Vec<Key>) {
+        let mut refs = self.references.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = refs.by_userbatch.remove(userbatch) {
+            for secret in old {
+                if let Some(users) = refs.by_secret.get_mut(&secret) {
+                    users.remove(userbatch);
+                    if users.is_empty() {
+                        refs.by_secret.remove(&secret);
+                    }
+                }
+            }
+        }
+        for secret in &secrets {
+            refs.by_secret
+                .entry(secret.clone())
+                .or_default()
+                .insert(userbatch.clone());
+        }
+        if !secrets.is_empty() {
+            refs.by_userbatch.insert(userbatch.clone(), secrets);
+        }
+    }
+
+    /// The UserBatches that reference a Secret.
+    fn userbatches_using(&self, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<Meta>> {
+        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let refs = self.references.lock().unwrap_or_else(|p| p.into_inner());
+        refs.by_secret
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
+            .collect()
+    }
+
+    /// Updates the per-UserBatch gauges with what was just written.
+    pub fn observe(&self, key: &Key, state: crate::metrics::ObjectState) {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = observed.insert(key.clone(), state.clone());
+        self.metrics
+            .object_state(key, previous.as_ref(), Some(&state));
+    }
+
+    /// Forgets a deleted UserBatch: its gauges, references and backoff.
+    pub fn forget(&self, key: &Key) {
+        let previous = {
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            observed.remove(key)
+        };
+        self.metrics.object_state(key, previous.as_ref(), None);
+        self.set_references(key, Vec::new());
+        self.backoff.succeeded(key);
+    }
 }
 
 /// Checks the CRD is served; the message tells how to install it when it is not.
-pub async fn check_crd_installed(api: &Api<UserBatch>) -> Result<(), StartError> {
+pub async fn check_crd_installed(api: &Api<Meta>) -> Result<(), StartError> {
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Err(StartError::CrdNotInstalled),
@@ -176,29 +295,66 @@ pub async fn check_crd_installed(api: &Api<UserBatch>) -> Result<(), StartError>
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `on_synced` is called once the watch
+/// What starts a reconcile: a change to the spec, the annotations or the deletion state.
+/// The operator's own status writes change none of these, so they never cut a backoff
+/// short or wake the controller in a loop.
+fn trigger_predicate(meta: &Meta) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    meta.meta().generation.hash(&mut hasher);
+    meta.meta().annotations.hash(&mut hasher);
+    meta.meta().deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the controller until `shutdown` is cancelled. `on_synced` is called once the watch
 /// caches have their first full list (the readiness signal).
 pub async fn run(
     client: Client,
     settings: Settings,
-    metrics: Arc<crate::metrics::Metrics>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
     on_synced: impl FnOnce() + Send + 'static,
 ) -> Result<(), StartError> {
-    let (userbatches, secrets): (Api<UserBatch>, Api<Secret>) = match &settings.watch_namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    // Metadata-only APIs: the watches carry names, versions, generations and annotations,
+    // never specs or Secret data.
+    let (userbatches, secrets): (Api<Meta>, Api<PartialObjectMeta<Secret>>) =
+        match &settings.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     check_crd_installed(&userbatches).await?;
 
     let concurrency = reconcile_concurrency(&settings);
-    let context = Arc::new(Context::new(client, settings, metrics));
-    let controller = Controller::new(userbatches, watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(concurrency));
-    let store = controller.store();
+    let (secret_store, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let (store, writer) = reflector::store::<Meta>();
+    let context = Arc::new(Context::new(
+        client,
+        settings,
+        metrics,
+        secret_store,
+        shutdown.clone(),
+    )?);
+
+    let forget = context.clone();
+    let triggers = watcher(userbatches, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(meta) = event {
+                forget.forget(&(meta.namespace().unwrap_or_default(), meta.name_any()));
+            }
+        })
+        .applied_objects()
+        .predicate_filter(trigger_predicate, Default::default());
+    // Secrets: metadata only. Their data is read when a UserBatch needs it.
+    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(secret_writer)
+        .touched_objects();
+
     let ready_store = store.clone();
     tokio::spawn(async move {
         // The store's readiness is a oneshot that wakes only its latest poller, and the
@@ -217,23 +373,14 @@ pub async fn run(
         }
     });
 
-    controller
+    let mapper = context.clone();
+    Controller::for_stream(triggers, store)
+        .with_config(controller::Config::default().concurrency(concurrency))
         // A created, fixed or rotated Secret re-triggers exactly the UserBatches that use it.
-        .watches(
-            secrets,
-            watcher::Config::default().any_semantic(),
-            move |secret: Secret| {
-                let namespace = secret.namespace();
-                let name = secret.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|ub| ub.namespace() == namespace && references_secret(ub, &name))
-                    .map(|ub| ObjectRef::from_obj(ub.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(shutdown)
+        .watches_stream(secret_changes, move |secret| {
+            mapper.userbatches_using(&secret)
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile::reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(err) = result {
@@ -255,25 +402,21 @@ fn reconcile_concurrency(settings: &Settings) -> u16 {
     u16::try_from(wanted).unwrap_or(u16::MAX)
 }
 
-/// Whether the UserBatch reads the named Secret (credentials or any password).
-pub fn references_secret(ub: &UserBatch, secret: &str) -> bool {
-    ub.spec.credentials_ref.name == secret
-        || ub.spec.users.iter().any(|u| {
-            u.password_secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == secret)
-        })
-}
-
 /// Synchronous, as kube's Controller requires: pick the delay before the next attempt.
-fn error_policy(ub: Arc<UserBatch>, error: &reconcile::Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectRef::from_obj(ub.as_ref());
-    let delay = ctx.backoff(&key, error.retry_after());
+fn error_policy(meta: Arc<Meta>, error: &reconcile::Error, ctx: Arc<Context>) -> Action {
+    let key = (meta.namespace().unwrap_or_default(), meta.name_any());
+    let delay = ctx.backoff.failed(&key, error.retry_after());
+    ctx.metrics.reconcile_error(error.metric_reason());
     tracing::warn!(
-        userbatch = %key,
+        userbatch = %format!("{}/{}", key.0, key.1),
         error = %crate::report::chain(error),
         retry_in = ?delay,
         "reconcile failed"
     );
     Action::requeue(delay)
+}
+
+/// The phase a status write left a UserBatch in (for the gauges).
+pub fn phase_label(phase: Phase) -> String {
+    format!("{phase:?}")
 }

@@ -1,31 +1,26 @@
-//! One reconcile of one UserBatch: observe, submit pending users (each at most once), poll
-//! results, and write a status that tells the truth.
+//! One reconcile of one UserBatch, the I/O half: read what the plan needs, perform the
+//! plan's steps in the at-most-once order, write a status that tells the truth.
 //!
-//! At-most-once rests on three rules (Crossplane's "create pending" guard):
-//! 1. Before a request is sent, its intent (trace ID and phones) is written to status with a
-//!    `resourceVersion` precondition, so a stale view or a second replica fails with 409
-//!    instead of sending the same users again.
-//! 2. After the answer, the task is recorded; if that write fails it is retried — never the
-//!    request.
-//! 3. An intent found without a task means a process died mid-request: the users are not
-//!    resent until a human sets a new `koodrive.io/resubmit-in-doubt` value.
+//! Decisions live in [`super::plan`]; this module only sequences calls. The order that
+//! matters, per request: wait for the guard and the rate limit → write the intent (with a
+//! `resourceVersion` precondition) → send → record the answer on a fresh copy until it
+//! sticks (the request is never repeated, only the bookkeeping).
 
-use super::Context;
-use super::conditions;
-use super::progress::{self, Blocker};
-use super::secrets::{SecretProblem, SecretReader};
-use crate::crd::{
-    Phase, RESUBMIT_IN_DOUBT_ANNOTATION, TaskRecord, TaskResult, User, UserBatch, UserBatchStatus,
-    UserFailure,
-};
+use super::guard::{CredentialKey, Verdict as AuthVerdict};
+use super::plan::{self, Edit, Failure, PlannedEvent, Transition};
+use super::secrets::{SecretProblem, SecretRead, SecretReader};
+use super::status::{self, Blocker, Verdict};
+use super::{Context, Key, Meta, OVERDUE_POLL_INTERVAL, conditions};
+use crate::crd::{CredentialsRef, MAX_MESSAGE_LEN, User, UserBatch, UserBatchStatus};
+use crate::metrics::ObjectState;
+use crate::vocabulary::{ConditionType, Reason};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use koodrive_client::ErrorClass;
+use koodrive_client::{Credentials, ErrorClass};
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -41,23 +36,37 @@ pub enum Error {
     },
     #[error("status changed concurrently while {action}; retrying with a fresh copy")]
     Conflict { action: &'static str },
-    #[error("KooDrive is unavailable: {message}")]
-    KooDriveUnavailable {
+    /// A problem the status already explains and that resolves by itself (KooDrive
+    /// unavailable, a clock difference, RBAC being fixed): retried with backoff.
+    #[error("{reason}: {message}")]
+    Blocked {
+        reason: Reason,
         message: String,
         retry_after: Option<Duration>,
     },
     #[error("UserBatch has no namespace")]
     NoNamespace,
+    #[error("the operator is stopping")]
+    Stopping,
 }
 
 impl Error {
     /// A server-requested minimum delay (`Retry-After`), if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::KooDriveUnavailable { retry_after, .. } => *retry_after,
-            // A conflict only needs a fresh read; don't wait long.
-            Error::Conflict { .. } => Some(Duration::ZERO),
+            Error::Blocked { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// The `reason` label of `koodrive_operator_reconcile_errors_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "KubeApi",
+            Error::Conflict { .. } => "Conflict",
+            Error::Blocked { reason, .. } => reason.as_str(),
+            Error::NoNamespace => "NoNamespace",
+            Error::Stopping => "Stopping",
         }
     }
 }
@@ -69,931 +78,703 @@ fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     }
 }
 
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
+/// How a pass ended, for the `reconciles` metric.
+enum Outcome {
+    Done,
+    Stalled,
+    InDoubt,
 }
 
-pub async fn reconcile(ub: Arc<UserBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(meta: Arc<Meta>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let key = ObjectRef::from_obj(ub.as_ref());
-    let span = tracing::info_span!("reconcile", userbatch = %key);
-    let result = async { Reconciler::new(&ub, &ctx)?.run().await }
-        .instrument(span)
-        .await;
+    let namespace = meta.namespace().ok_or(Error::NoNamespace)?;
+    let key: Key = (namespace.clone(), meta.name_any());
+    let span = tracing::info_span!("reconcile", userbatch = %format!("{}/{}", key.0, key.1));
+    let reconciler = Reconciler {
+        ctx: &ctx,
+        api: Api::namespaced(ctx.client.clone(), &namespace),
+        key: key.clone(),
+    };
+    let result = reconciler.run().instrument(span).await;
+    let label = match &result {
+        Ok((_, Outcome::Done)) => "success",
+        Ok((_, Outcome::Stalled)) => "stalled",
+        Ok((_, Outcome::InDoubt)) => "in_doubt",
+        Err(_) => "error",
+    };
     ctx.metrics
-        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+        .reconciled(label, started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.record_success(&key);
+        ctx.backoff.succeeded(&key);
     }
-    result
+    result.map(|(action, _)| action)
+}
+
+/// Where a UserBatch's requests go, and with what.
+struct Target {
+    client: koodrive_client::Client,
+    credentials: Credentials,
+    key: CredentialKey,
 }
 
 struct Reconciler<'a> {
     ctx: &'a Context,
     api: Api<UserBatch>,
-    namespace: String,
-    name: String,
+    key: Key,
 }
 
-/// What one pass observed, beyond the object itself.
-#[derive(Default)]
-struct Observed {
-    blocker: Option<Blocker>,
-    /// Some task is still running in KooDrive.
-    awaiting_results: bool,
-    failures: Option<Vec<UserFailure>>,
-}
-
-impl<'a> Reconciler<'a> {
-    fn new(ub: &UserBatch, ctx: &'a Context) -> Result<Self, Error> {
-        let namespace = ub.namespace().ok_or(Error::NoNamespace)?;
-        Ok(Self {
-            ctx,
-            api: Api::namespaced(ctx.client.clone(), &namespace),
-            namespace,
-            name: ub.name_any(),
-        })
-    }
-
-    async fn run(&self) -> Result<Action, Error> {
-        // The watch cache may lag behind our own last write; decisions about what was sent
-        // are made on a fresh read only.
+impl Reconciler<'_> {
+    async fn run(&self) -> Result<(Action, Outcome), Error> {
+        // The watch carries metadata only, and a cache could lag behind our own last write:
+        // decisions about what was sent are made on a fresh read only.
         let Some(mut ub) = self
             .api
-            .get_opt(&self.name)
+            .get_opt(&self.key.1)
             .await
             .map_err(kube_err("reading the UserBatch"))?
         else {
-            return Ok(Action::await_change());
+            self.ctx.forget(&self.key);
+            return Ok((Action::await_change(), Outcome::Done));
         };
         if ub.meta().deletion_timestamp.is_some() {
-            return Ok(Action::await_change());
+            return Ok((Action::await_change(), Outcome::Done));
         }
+        self.ctx
+            .set_references(&self.key, referenced_secrets(&ub, &self.key.0));
         let generation_changed =
             ub.status.as_ref().and_then(|s| s.observed_generation) != ub.meta().generation;
         if generation_changed {
-            self.report_spec_edits(&ub).await;
+            for event in plan::spec_edit_events(&ub) {
+                self.publish(&ub, &event).await;
+            }
         }
 
-        let mut observed = Observed::default();
-        ub = self.release_in_doubt_if_asked(ub).await?;
-        let status = ub.status.clone().unwrap_or_default();
-        let mut secrets = SecretReader::new(self.ctx.client.clone(), &self.namespace);
+        let now = Timestamp::now();
+        let endpoint = self.ctx.endpoints.resolve(ub.spec.endpoint.as_deref());
+        let plan = plan::plan(&ub, now, self.ctx.settings.limits());
+        if !plan.prepare.is_empty() {
+            ub = self.write_edits(&ub, &plan.prepare).await?;
+            for event in &plan.events {
+                self.publish(&ub, event).await;
+            }
+        }
 
-        // Nothing is sent while a request's fate is unknown (the condition explains why), but
-        // the results of recorded tasks are still collected.
-        let pending: Vec<User> = if progress::in_doubt(&status.tasks).is_empty() {
-            progress::pending_users(&ub.spec.users, &status.tasks)
-                .into_iter()
-                .cloned()
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let unfinished = status
-            .tasks
-            .iter()
-            .any(|t| t.task_id.is_some() && !t.result.as_ref().is_some_and(|r| r.finished));
-        if !pending.is_empty() || unfinished {
-            match self.koodrive_client(&ub, &mut secrets).await? {
-                Err(blocker) => observed.blocker = Some(blocker),
-                Ok(client) => {
-                    if !pending.is_empty() {
-                        ub = self
-                            .submit(ub, &client, &pending, &mut secrets, &mut observed)
-                            .await?;
+        let mut blocker = None;
+        let mut retry = None;
+        if !plan.sends.is_empty() || !plan.polls.is_empty() {
+            let mut secrets = SecretReader::new(
+                self.ctx.client.clone(),
+                &self.key.0,
+                &self.ctx.secrets,
+                &self.ctx.secret_versions,
+            );
+            let endpoint_name = endpoint.clone().unwrap_or_default();
+            match self.target(&ub, endpoint, &mut secrets).await? {
+                Err(problem) => blocker = Some(problem),
+                Ok(target) => {
+                    // What a permanent refusal depends on: the spec, the endpoint and every
+                    // referenced Secret's version, as read now.
+                    let inputs = if plan.sends.is_empty() {
+                        String::new()
+                    } else {
+                        self.inputs_digest(&ub, &endpoint_name, &mut secrets)
+                            .await?
+                    };
+                    if !plan.sends.is_empty() {
+                        let status = ub.status.clone().unwrap_or_default();
+                        blocker = plan::held_by_refusal(&status, &inputs);
                     }
-                    if observed.blocker.is_none() {
-                        ub = self.poll_results(ub, &client, &mut observed).await?;
+                    if blocker.is_none() {
+                        for send in &plan.sends {
+                            let transition = self
+                                .send(&mut ub, &target, send, &inputs, &mut secrets)
+                                .await?;
+                            retry = transition.retry.or(retry);
+                            if transition.blocker.is_some() {
+                                blocker = transition.blocker;
+                            }
+                            if transition.stop {
+                                break;
+                            }
+                        }
+                    }
+                    if blocker.is_none() {
+                        let polled = self.poll(&mut ub, &target).await;
+                        retry = polled.retry.or(retry);
+                        blocker = polled.blocker;
                     }
                 }
             }
         }
 
-        let phase = self.write_status(&ub, &observed).await?;
-        self.ctx.observe_phase(ObjectRef::from_obj(&ub), phase);
-        match observed.blocker {
-            Some(Blocker::Unavailable(message)) => Err(Error::KooDriveUnavailable {
-                message,
-                retry_after: None,
-            }),
-            _ if observed.awaiting_results => Ok(Action::requeue(self.ctx.settings.poll_interval)),
-            _ => Ok(Action::await_change()),
-        }
+        let verdict = self.write_status(&ub, blocker.as_ref(), now).await?;
+        self.finish(&ub, blocker, retry, verdict, now)
     }
 
-    /// Emits Events for users removed or edited after submission: KooDrive cannot undo or
-    /// update them, so the operator says so instead of acting.
-    async fn report_spec_edits(&self, ub: &UserBatch) {
-        if ub.spec.users.iter().any(|u| u.password.is_some()) {
-            self.event(
-                ub,
-                EventType::Warning,
-                "InlinePassword",
-                "Reconcile",
-                "spec.users[].password holds passwords in plain text in the UserBatch; use passwordSecretRef instead".into(),
-            )
-            .await;
-        }
-        let Some(status) = ub.status.as_ref() else {
-            return;
-        };
-        let removed = progress::removed_phones(&ub.spec.users, &status.tasks);
-        if !removed.is_empty() {
-            let note = format!(
-                "{} user(s) were removed from spec.users after submission ({}); KooDrive has no deprovisioning call, so they stay provisioned",
-                removed.len(),
-                abbreviate(&removed, 10)
-            );
-            self.event(ub, EventType::Normal, "UsersRemoved", "Reconcile", note)
-                .await;
-        }
-        let changed = changed_after_submission(ub, status);
-        if !changed.is_empty() {
-            let note = format!(
-                "{} submitted user(s) were edited ({}); changes are not sent to KooDrive, users are never resent",
-                changed.len(),
-                abbreviate(&changed, 10)
-            );
-            self.event(
-                ub,
-                EventType::Normal,
-                "UsersChangedAfterSubmission",
-                "Reconcile",
-                note,
-            )
-            .await;
-        }
-    }
-
-    /// Drops in-doubt intents once a human sets a new `koodrive.io/resubmit-in-doubt` value.
-    async fn release_in_doubt_if_asked(&self, mut ub: UserBatch) -> Result<UserBatch, Error> {
-        let Some(value) = ub.annotations().get(RESUBMIT_IN_DOUBT_ANNOTATION).cloned() else {
-            return Ok(ub);
-        };
-        let status = ub.status.get_or_insert_with(UserBatchStatus::default);
-        if value.is_empty() || status.resubmitted_in_doubt.as_deref() == Some(value.as_str()) {
-            return Ok(ub);
-        }
-        let released: Vec<String> = status
-            .tasks
-            .iter()
-            .filter(|t| t.task_id.is_none())
-            .map(|t| t.trace_id.clone())
-            .collect();
-        status.tasks.retain(|t| t.task_id.is_some());
-        status.resubmitted_in_doubt = Some(value);
-        let ub = self
-            .api
-            .replace_status(&self.name, &PostParams::default(), &ub)
-            .await
-            .map_err(kube_err("releasing in-doubt submissions"))?;
-        if !released.is_empty() {
-            let note = format!(
-                "{RESUBMIT_IN_DOUBT_ANNOTATION} changed: the users of request(s) {} will be sent again",
-                released.join(", ")
-            );
-            self.event(
-                &ub,
-                EventType::Normal,
-                "ResubmittingInDoubt",
-                "Resubmit",
-                note,
-            )
-            .await;
-        }
-        Ok(ub)
-    }
-
-    /// Resolves the endpoint and credentials, or says what blocks them.
-    async fn koodrive_client(
+    /// The fingerprint of what a permanent refusal depends on: the generation, the endpoint
+    /// and the version of every Secret the UserBatch references (read now; cached by
+    /// version, so this costs no request when nothing changed).
+    async fn inputs_digest(
         &self,
         ub: &UserBatch,
-        secrets: &mut SecretReader,
-    ) -> Result<Result<koodrive_client::Client, Blocker>, Error> {
-        let endpoint = ub
-            .spec
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| self.ctx.settings.default_endpoint.clone());
-        let credentials = match secrets
-            .credentials(&ub.spec.credentials_ref)
-            .await
-            .map_err(kube_err("reading the credentials Secret"))?
-        {
-            Ok(c) => c,
-            Err(problem) => return Ok(Err(Blocker::CredentialsNotFound(problem.to_string()))),
-        };
-        match self
-            .ctx
-            .koodrive_client(&endpoint, &secrets.versions(), credentials)
-        {
-            Ok(client) => Ok(Ok(client)),
-            Err(e) => Ok(Err(Blocker::InvalidSpec(format!(
-                "endpoint {endpoint:?}: {}",
-                e.message()
-            )))),
+        endpoint: &str,
+        secrets: &mut SecretReader<'_>,
+    ) -> Result<String, Error> {
+        for (_, name) in referenced_secrets(ub, &self.key.0) {
+            secrets.touch(&name).await.map_err(|source| Error::Kube {
+                action: "reading a referenced Secret",
+                source,
+            })?;
         }
-    }
-
-    /// Sends pending users in requests of at most `max_batch_size`, recording each.
-    async fn submit(
-        &self,
-        mut ub: UserBatch,
-        client: &koodrive_client::Client,
-        pending: &[User],
-        secrets: &mut SecretReader,
-        observed: &mut Observed,
-    ) -> Result<UserBatch, Error> {
-        let pending_refs: Vec<&User> = pending.iter().collect();
-        let users = match secrets
-            .register_users(&pending_refs)
-            .await
-            .map_err(kube_err("reading password Secrets"))?
-        {
-            Ok(users) => users,
-            Err(problem) => {
-                observed.blocker = Some(Blocker::PasswordNotFound(password_problem(&problem)));
-                return Ok(ub);
-            }
-        };
-
-        // A permanent failure stays put until something it depended on changes.
-        let inputs = inputs_digest(
-            &ub,
-            &self.ctx.settings.default_endpoint,
+        Ok(plan::inputs_digest(
+            ub.meta().generation,
+            endpoint,
             &secrets.versions(),
-        );
-        if let Some(status) = &ub.status
-            && let Some((reason, digest)) = status
-                .stalled_inputs
-                .as_deref()
-                .and_then(|s| s.split_once('/'))
-            && digest == inputs
-            && let Some(blocker) = Blocker::from_stalled_reason(
-                reason,
-                status
-                    .message
-                    .as_deref()
-                    .unwrap_or("KooDrive refused the request"),
-            )
-        {
-            observed.blocker = Some(blocker);
-            return Ok(ub);
-        }
-
-        let batch_size = self
-            .ctx
-            .settings
-            .max_batch_size
-            .clamp(1, koodrive_client::MAX_USERS_PER_REQUEST);
-        for chunk in users.chunks(batch_size) {
-            let trace_id = koodrive_client::new_trace_id();
-            let phones: Vec<String> = chunk.iter().map(|u| u.phone.clone()).collect();
-            // Rule 1: the intent is on record before anything is sent.
-            let status = ub.status.get_or_insert_with(UserBatchStatus::default);
-            status.tasks.push(TaskRecord {
-                task_id: None,
-                code: None,
-                message: None,
-                trace_id: trace_id.clone(),
-                submitted_at: now(),
-                phones: phones.clone(),
-                result: None,
-                users_digest: None,
-            });
-            // Its result is not kept: the answer is recorded on a fresh read (rule 2).
-            self.api
-                .replace_status(&self.name, &PostParams::default(), &ub)
-                .await
-                .map_err(kube_err("recording the intent to submit"))?;
-
-            let started = Instant::now();
-            let answer = {
-                let _permit = self.ctx.throttle.acquire().await;
-                client.create_batch(chunk, &trace_id).await
-            };
-            let seconds = started.elapsed().as_secs_f64();
-            match answer {
-                Ok(created) => {
-                    self.ctx.metrics.koodrive_call("create", "success", seconds);
-                    self.ctx.metrics.users("submitted", chunk.len() as u64);
-                    tracing::info!(trace_id = %trace_id, task_id = %created.task_id, users = chunk.len(), "submitted users to KooDrive");
-                    let (task_id, code, message) = (
-                        bounded(&created.task_id, crate::crd::MAX_ID_LEN),
-                        bounded(&created.code, crate::crd::MAX_ID_LEN),
-                        bounded(&created.message, crate::crd::MAX_MESSAGE_LEN),
-                    );
-                    let digest = users_digest(chunk_users(pending, &phones).into_iter());
-                    ub = self
-                        .record(&trace_id, |status| {
-                            if let Some(task) =
-                                status.tasks.iter_mut().find(|t| t.trace_id == trace_id)
-                            {
-                                task.task_id = Some(task_id.clone());
-                                task.code = Some(code.clone());
-                                task.message = Some(message.clone());
-                                task.users_digest = Some(digest.clone());
-                            }
-                            status.task_id = Some(task_id.clone());
-                            status.code = Some(code.clone());
-                            status.message = Some(message.clone());
-                            status.stalled_inputs = None;
-                        })
-                        .await?;
-                    let note = format!(
-                        "Submitted {} user(s) to KooDrive: task {} (X-Traceid {trace_id})",
-                        chunk.len(),
-                        created.task_id
-                    );
-                    self.event(&ub, EventType::Normal, "Submitted", "Submit", note)
-                        .await;
-                }
-                Err(err) => {
-                    let class = err.class();
-                    self.ctx
-                        .metrics
-                        .koodrive_call("create", outcome_label(&class), seconds);
-                    let message = err.message();
-                    let code = err.code().map(str::to_string);
-                    tracing::warn!(trace_id = %trace_id, error = %message, "KooDrive did not accept the request");
-                    let in_doubt = matches!(class, ErrorClass::InDoubt);
-                    let permanent = matches!(
-                        class,
-                        ErrorClass::Authentication | ErrorClass::Rejected | ErrorClass::Invalid
-                    );
-                    let (reason, blocker) = match &class {
-                        ErrorClass::InDoubt => (conditions::reasons::SUBMISSION_IN_DOUBT, None),
-                        ErrorClass::Authentication => (
-                            conditions::reasons::CREDENTIALS_INVALID,
-                            Some(Blocker::CredentialsInvalid(message.clone())),
-                        ),
-                        ErrorClass::Rejected | ErrorClass::Invalid => (
-                            conditions::reasons::KOODRIVE_REJECTED,
-                            Some(Blocker::Rejected(message.clone())),
-                        ),
-                        ErrorClass::Transient { .. } => (
-                            conditions::reasons::KOODRIVE_UNAVAILABLE,
-                            Some(Blocker::Unavailable(message.clone())),
-                        ),
-                    };
-                    let stalled_inputs = permanent.then(|| format!("{reason}/{inputs}"));
-                    let record_message = bounded(&message, crate::crd::MAX_MESSAGE_LEN);
-                    let record_code = code.as_deref().map(|c| bounded(c, crate::crd::MAX_ID_LEN));
-                    ub = self
-                        .record(&trace_id, |status| {
-                            if in_doubt {
-                                // Rule 3: keep the intent; only a human may release it.
-                                if let Some(task) =
-                                    status.tasks.iter_mut().find(|t| t.trace_id == trace_id)
-                                {
-                                    task.message = Some(record_message.clone());
-                                }
-                            } else {
-                                // KooDrive provably did not create a task: the users are pending again.
-                                status.tasks.retain(|t| t.trace_id != trace_id);
-                            }
-                            status.code = record_code.clone();
-                            status.message = Some(record_message.clone());
-                            status.stalled_inputs = stalled_inputs.clone();
-                        })
-                        .await?;
-                    self.event(&ub, EventType::Warning, reason, "Submit", message.clone())
-                        .await;
-                    observed.blocker = blocker;
-                    if let ErrorClass::Transient { retry_after } = class {
-                        // Status first, so the reason is visible during the backoff.
-                        self.write_status(&ub, observed).await?;
-                        return Err(Error::KooDriveUnavailable {
-                            message,
-                            retry_after,
-                        });
-                    }
-                    break;
-                }
-            }
-        }
-        Ok(ub)
+        ))
     }
 
-    /// Rule 2: applies `change` to a fresh copy of the status until the write succeeds. The
-    /// request is never repeated; only the bookkeeping is.
-    async fn record(
+    /// Resolves the endpoint and credentials, or says what blocks them. An untrusted
+    /// endpoint stops everything before any Secret is read.
+    async fn target(
         &self,
-        trace_id: &str,
-        change: impl Fn(&mut UserBatchStatus),
-    ) -> Result<UserBatch, Error> {
-        let mut delay = Duration::from_millis(100);
+        ub: &UserBatch,
+        endpoint: Result<String, String>,
+        secrets: &mut SecretReader<'_>,
+    ) -> Result<Result<Target, Blocker>, Error> {
+        let endpoint = match endpoint {
+            Ok(endpoint) => endpoint,
+            Err(message) => return Ok(Err(Blocker::new(Reason::EndpointNotAllowed, message))),
+        };
+        let reference = &ub.spec.credentials_ref;
+        let credentials = match secrets.credentials(reference).await {
+            Ok(credentials) => credentials,
+            Err(SecretRead::Api(source)) => {
+                return Err(Error::Kube {
+                    action: "reading the credentials Secret",
+                    source,
+                });
+            }
+            Err(SecretRead::Problem(problem)) => {
+                return Ok(Err(secret_blocker(&problem, Reason::CredentialsNotFound)));
+            }
+        };
+        let version = secrets.version_of(&reference.name);
+        let client = match self
+            .ctx
+            .koodrive_client(&endpoint, &version, credentials.clone())
+        {
+            Ok(client) => client,
+            Err(e) => {
+                return Ok(Err(Blocker::new(
+                    Reason::InvalidSpec,
+                    format!("endpoint {endpoint:?}: {}", e.message()),
+                )));
+            }
+        };
+        let key = CredentialKey {
+            endpoint,
+            access_key: credentials.access_key.clone(),
+            user_id: credentials.user_id.clone(),
+            secret_version: format!("{}/{}@{version}", self.key.0, reference.name),
+        };
+        Ok(Ok(Target {
+            client,
+            credentials,
+            key,
+        }))
+    }
+
+    /// Sends one request under the at-most-once protocol and records its answer.
+    async fn send(
+        &self,
+        ub: &mut UserBatch,
+        target: &Target,
+        send: &plan::Send,
+        inputs: &str,
+        secrets: &mut SecretReader<'_>,
+    ) -> Result<Transition, Error> {
+        let users: Vec<&User> = send
+            .phones
+            .iter()
+            .filter_map(|phone| ub.spec.users.iter().find(|u| &u.phone == phone))
+            .collect();
+        let credentials_ref: &CredentialsRef = &ub.spec.credentials_ref;
+        let register = match secrets
+            .register_users(&users, Some((credentials_ref, &target.credentials)))
+            .await
+        {
+            Ok(register) => register,
+            Err(SecretRead::Api(source)) => {
+                return Err(Error::Kube {
+                    action: "reading password Secrets",
+                    source,
+                });
+            }
+            Err(SecretRead::Problem(problem)) => {
+                return Ok(blocked(secret_blocker(&problem, Reason::PasswordNotFound)));
+            }
+        };
+        let ticket = match self.ctx.guard.admit(&target.key).await {
+            Ok(ticket) => ticket,
+            Err(held) => return Ok(blocked(guard_blocker(&held))),
+        };
+        // Room under the rate limit first: the intent is recorded only when the request is
+        // really about to leave, so a restart while waiting leaves no false intent.
+        let reservation = tokio::select! {
+            reservation = target.client.reserve() => reservation,
+            _ = self.ctx.shutdown.cancelled() => return Err(Error::Stopping),
+        };
+        let trace_id = koodrive_client::new_trace_id();
+        let intent = Edit::Intent(plan::intent(send, &trace_id, Timestamp::now()));
+        *ub = self.write_intent(ub, &intent).await?;
+
+        let started = Instant::now();
+        let answer = target
+            .client
+            .create_batch_reserved(reservation, &register, &trace_id)
+            .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let (verdict, outcome) = match &answer {
+            Ok(created) => {
+                tracing::info!(trace_id = %trace_id, task_id = %created.task_id, users = register.len(), "submitted users to KooDrive");
+                self.ctx.metrics.users("submitted", register.len() as u64);
+                (AuthVerdict::Passed, "success")
+            }
+            Err(err) => {
+                tracing::warn!(trace_id = %trace_id, error = %crate::report::chain(err), "KooDrive did not accept the request");
+                (auth_verdict(err), outcome_label(err.class()))
+            }
+        };
+        self.ctx.metrics.koodrive_call("create", outcome, seconds);
+        self.ctx.guard.report(
+            ticket,
+            verdict,
+            &answer
+                .as_ref()
+                .err()
+                .map(|e| e.message())
+                .unwrap_or_default(),
+        );
+        self.ctx
+            .metrics
+            .credential_verdict(&target.key.access_key, verdict);
+        let outcome = answer.map_err(|err| Failure::from(&err));
+        let digest = plan::users_digest(&ub.spec.users, &send.phones);
+        let transition = plan::after_create(send, &trace_id, &outcome, &digest, inputs);
+        if let Some(edit) = &transition.edit {
+            *ub = self.record(edit, &trace_id).await?;
+        }
+        if let Some(event) = &transition.event {
+            self.publish(ub, event).await;
+        }
+        Ok(transition)
+    }
+
+    /// Polls every unfinished task; results are applied to `ub` and written with the final
+    /// status (a lost write only means polling again: reads are safe to repeat).
+    async fn poll(&self, ub: &mut UserBatch, target: &Target) -> Transition {
+        let tasks: Vec<_> = ub
+            .status
+            .as_ref()
+            .map(|s| status::unfinished(&s.tasks).cloned().collect())
+            .unwrap_or_default();
+        let mut last = Transition {
+            edit: None,
+            event: None,
+            blocker: None,
+            stop: false,
+            retry: None,
+        };
+        for task in tasks {
+            let Some(task_id) = task.task_id.as_deref() else {
+                continue;
+            };
+            let ticket = match self.ctx.guard.admit(&target.key).await {
+                Ok(ticket) => ticket,
+                Err(held) => return blocked(guard_blocker(&held)),
+            };
+            let started = Instant::now();
+            let answer = target.client.get_task(task_id).await;
+            let seconds = started.elapsed().as_secs_f64();
+            let (verdict, outcome) = match &answer {
+                Ok(_) => (AuthVerdict::Passed, "success"),
+                Err(err) => {
+                    tracing::warn!(task_id, error = %crate::report::chain(err), "cannot read a KooDrive task");
+                    (auth_verdict(err), outcome_label(err.class()))
+                }
+            };
+            self.ctx.metrics.koodrive_call("get", outcome, seconds);
+            self.ctx.guard.report(
+                ticket,
+                verdict,
+                &answer
+                    .as_ref()
+                    .err()
+                    .map(|e| e.message())
+                    .unwrap_or_default(),
+            );
+            self.ctx
+                .metrics
+                .credential_verdict(&target.key.access_key, verdict);
+            let outcome = answer.map_err(|err| Failure::from(&err));
+            if let Ok(report) = &outcome
+                && report.is_finished()
+            {
+                for (what, n) in [
+                    ("succeeded", report.succeeded),
+                    ("failed", report.failed),
+                    ("skipped", report.skipped),
+                ] {
+                    self.ctx.metrics.users(what, n.max(0) as u64);
+                }
+            }
+            let transition = plan::after_poll(&task, &outcome);
+            if let Some(edit) = &transition.edit {
+                plan::apply(edit, ub.status.get_or_insert_with(UserBatchStatus::default));
+            }
+            if let Some(event) = &transition.event {
+                self.publish(ub, event).await;
+            }
+            if transition.stop {
+                return transition;
+            }
+            last = transition;
+        }
+        last.event = None;
+        last
+    }
+
+    /// Writes edits made before anything is sent (a human's release of in-doubt requests).
+    async fn write_edits(&self, ub: &UserBatch, edits: &[Edit]) -> Result<UserBatch, Error> {
+        let mut updated = ub.clone();
+        let status = updated.status.get_or_insert_with(UserBatchStatus::default);
+        for edit in edits {
+            plan::apply(edit, status);
+        }
+        self.api
+            .replace_status(&self.key.1, &PostParams::default(), &updated)
+            .await
+            .map_err(kube_err("releasing in-doubt submissions"))
+    }
+
+    /// Rule 1: the intent is on record before anything is sent. The write carries the
+    /// `resourceVersion` this pass read, so a stale view (or a second replica) fails with a
+    /// conflict instead of sending the same users again.
+    async fn write_intent(&self, ub: &UserBatch, intent: &Edit) -> Result<UserBatch, Error> {
+        let mut updated = ub.clone();
+        plan::apply(
+            intent,
+            updated.status.get_or_insert_with(UserBatchStatus::default),
+        );
+        self.api
+            .replace_status(&self.key.1, &PostParams::default(), &updated)
+            .await
+            .map_err(kube_err("recording the intent to submit"))
+    }
+
+    /// Rule 2: applies an answer's edit to a fresh copy of the status until the write
+    /// succeeds. The request is never repeated; only the bookkeeping is. Gives up only when
+    /// the process is stopping (the intent then shows the request as in doubt, which is
+    /// safe).
+    async fn record(&self, edit: &Edit, trace_id: &str) -> Result<UserBatch, Error> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(10))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build();
         loop {
             let attempt = async {
-                let mut fresh = self.api.get_status(&self.name).await?;
-                change(fresh.status.get_or_insert_with(UserBatchStatus::default));
+                let mut fresh = self.api.get_status(&self.key.1).await?;
+                plan::apply(
+                    edit,
+                    fresh.status.get_or_insert_with(UserBatchStatus::default),
+                );
                 self.api
-                    .replace_status(&self.name, &PostParams::default(), &fresh)
+                    .replace_status(&self.key.1, &PostParams::default(), &fresh)
                     .await
             };
-            match attempt.await {
-                Ok(ub) => return Ok(ub),
-                Err(kube::Error::Api(status)) if status.code == 409 => continue,
-                Err(kube::Error::Api(status)) if status.code == 404 => {
-                    return Err(Error::Kube {
-                        action: "recording a KooDrive answer (the UserBatch was deleted)",
-                        source: kube::Error::Api(status),
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(
-                        trace_id,
-                        error = %crate::report::chain(&err),
-                        retry_in = ?delay,
-                        "cannot record KooDrive's answer yet; retrying the status write (not the request)"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    }
-
-    /// Polls `batchRegister/get` for unfinished tasks and records their results.
-    async fn poll_results(
-        &self,
-        mut ub: UserBatch,
-        client: &koodrive_client::Client,
-        observed: &mut Observed,
-    ) -> Result<UserBatch, Error> {
-        let unfinished: Vec<String> = ub
-            .status
-            .as_ref()
-            .map(|s| {
-                s.tasks
-                    .iter()
-                    .filter(|t| !t.result.as_ref().is_some_and(|r| r.finished))
-                    .filter_map(|t| t.task_id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut failures: Vec<UserFailure> = ub
-            .status
-            .as_ref()
-            .map(|s| s.failures.clone())
-            .unwrap_or_default();
-        for task_id in unfinished {
-            let started = Instant::now();
-            let report = {
-                let _permit = self.ctx.throttle.acquire().await;
-                client.get_task(&task_id).await
+            let err = match attempt.await {
+                Ok(updated) => return Ok(updated),
+                Err(err) => err,
             };
-            let seconds = started.elapsed().as_secs_f64();
-            let report = match report {
-                Ok(report) => {
-                    self.ctx.metrics.koodrive_call("get", "success", seconds);
-                    report
-                }
-                Err(err) => {
-                    let class = err.class();
-                    self.ctx
-                        .metrics
-                        .koodrive_call("get", outcome_label(&class), seconds);
-                    observed.blocker = Some(match class {
-                        ErrorClass::Authentication => Blocker::CredentialsInvalid(err.message()),
-                        // A failed read changes nothing in KooDrive: retry it later.
-                        _ => Blocker::Unavailable(err.message()),
-                    });
-                    break;
-                }
-            };
-            let finished = report.is_finished();
-            if finished {
-                self.ctx
-                    .metrics
-                    .users("succeeded", report.succeeded.max(0) as u64);
-                self.ctx
-                    .metrics
-                    .users("failed", report.failed.max(0) as u64);
-                self.ctx
-                    .metrics
-                    .users("skipped", report.skipped.max(0) as u64);
-                // Skipped users may carry a code too; only a task that counts failures has any.
-                let carried: std::collections::HashSet<&str> = ub
-                    .status
-                    .as_ref()
-                    .and_then(|s| {
-                        s.tasks
-                            .iter()
-                            .find(|t| t.task_id.as_deref() == Some(task_id.as_str()))
-                    })
-                    .map(|t| t.phones.iter().map(String::as_str).collect())
-                    .unwrap_or_default();
-                // Only phones this task carried: whatever else KooDrive reports is not ours.
-                let failed_users = report.users.iter().filter(|u| {
-                    report.failed > 0 && is_failure(u) && carried.contains(u.phone.as_str())
-                });
-                for user in failed_users {
-                    if failures.len() < progress::MAX_FAILURES
-                        && !failures.iter().any(|f| f.phone == user.phone)
-                    {
-                        failures.push(UserFailure {
-                            phone: user.phone.clone(),
-                            code: user
-                                .code
-                                .as_deref()
-                                .map(|c| bounded(c, crate::crd::MAX_ID_LEN)),
-                            reason: user
-                                .reason
-                                .as_deref()
-                                .map(|r| bounded(r, crate::crd::MAX_REASON_LEN)),
-                        });
-                    }
-                }
-                let note = format!(
-                    "KooDrive task {task_id} finished: {} succeeded, {} failed, {} skipped",
-                    report.succeeded, report.failed, report.skipped
-                );
-                let type_ = if report.failed > 0 {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
-                self.event(&ub, type_, "TaskFinished", "PollResults", note)
-                    .await;
-            } else {
-                observed.awaiting_results = true;
-            }
-            let status = ub.status.get_or_insert_with(UserBatchStatus::default);
-            if let Some(task) = status
-                .tasks
-                .iter_mut()
-                .find(|t| t.task_id.as_deref() == Some(task_id.as_str()))
+            if let kube::Error::Api(status) = &err
+                && status.code == 404
             {
-                task.result = Some(TaskResult {
-                    total: report.total,
-                    succeeded: report.succeeded,
-                    failed: report.failed,
-                    skipped: report.skipped,
-                    finished,
+                return Err(Error::Kube {
+                    action: "recording a KooDrive answer (the UserBatch was deleted)",
+                    source: err,
                 });
             }
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tracing::warn!(
+                trace_id,
+                error = %crate::report::chain(&err),
+                retry_in = ?delay,
+                "cannot record KooDrive's answer yet; retrying the status write (not the request)"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.ctx.shutdown.cancelled() => {
+                    tracing::error!(
+                        trace_id,
+                        answer = ?edit,
+                        "stopping before KooDrive's answer could be recorded; the request will show as in doubt"
+                    );
+                    return Err(Error::Stopping);
+                }
+            }
         }
-        observed.failures = Some(failures);
-        Ok(ub)
     }
 
     /// Computes phase, summary and conditions, and writes them only if something changed.
-    async fn write_status(&self, ub: &UserBatch, observed: &Observed) -> Result<Phase, Error> {
+    async fn write_status(
+        &self,
+        ub: &UserBatch,
+        blocker: Option<&Blocker>,
+        now: Timestamp,
+    ) -> Result<Verdict, Error> {
         let previous = ub.status.clone().unwrap_or_default();
         let mut next = previous.clone();
-        if let Some(failures) = &observed.failures {
-            next.failures = failures.clone();
-        }
-        let progress::Assessment {
-            phase,
-            conditions: desired,
-            summary,
-        } = progress::assess(
+        let limits = self.ctx.settings.limits();
+        let policy = ub.spec.in_doubt_policy.unwrap_or_default();
+        let resubmit_at = (policy == crate::crd::InDoubtPolicy::Resubmit)
+            .then(|| {
+                status::in_doubt(&next.tasks)
+                    .iter()
+                    .filter(|t| t.resubmit_of.is_none())
+                    .map(|t| plan::resubmit_time(t, limits.resubmit_delay))
+                    .min()
+            })
+            .flatten()
+            .map(|at| at.to_string());
+        let overdue = status::unfinished(&next.tasks)
+            .filter(|t| {
+                t.submitted_at
+                    .0
+                    .saturating_add(limits.results_timeout)
+                    .is_ok_and(|due| due < now)
+            })
+            .count();
+        let assessment = status::assess(
             &ub.spec.users,
             &next.tasks,
             &next.failures,
-            observed.blocker.as_ref(),
-        );
-        // Operator-side problems (no Secret, bad endpoint) are the latest message too.
-        if let Some(blocker) = &observed.blocker
-            && matches!(
+            status::Observed {
                 blocker,
-                Blocker::CredentialsNotFound(_)
-                    | Blocker::PasswordNotFound(_)
-                    | Blocker::InvalidSpec(_)
+                resubmit_at: resubmit_at.as_deref(),
+                overdue_tasks: overdue,
+            },
+        );
+        // Operator-side problems are the latest message too.
+        if let Some(blocker) = blocker
+            && matches!(
+                blocker.reason,
+                Reason::CredentialsNotFound
+                    | Reason::PasswordNotFound
+                    | Reason::InvalidSpec
+                    | Reason::EndpointNotAllowed
+                    | Reason::PermissionDenied
             )
-            && let Some(ready) = desired.iter().find(|d| d.type_ == conditions::types::READY)
         {
-            next.message = Some(ready.message.clone());
+            next.message = Some(blocker.message.clone());
         }
-        next.phase = Some(phase);
-        next.summary = Some(summary);
+        next.phase = Some(assessment.phase);
+        next.summary = Some(assessment.summary.clone());
         next.observed_generation = ub.meta().generation;
-        next.conditions =
-            conditions::merge(&previous.conditions, &desired, ub.meta().generation, &now());
+        next.conditions = conditions::merge(
+            &previous.conditions,
+            &assessment.conditions,
+            ub.meta().generation,
+            &Time(now),
+        );
         if let Some(message) = next.message.as_mut() {
-            truncate_in_place(message, crate::crd::MAX_MESSAGE_LEN);
+            *message = plan::bounded(message, MAX_MESSAGE_LEN);
         }
-        if next == previous {
-            return Ok(phase);
+        let state = ObjectState::of(&next);
+        if next != previous {
+            let before = conditions::find(&previous.conditions, ConditionType::Ready)
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            let ready = assessment
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ConditionType::Ready);
+            let mut updated = ub.clone();
+            updated.status = Some(next);
+            let updated = self
+                .api
+                .replace_status(&self.key.1, &PostParams::default(), &updated)
+                .await
+                .map_err(kube_err("writing status"))?;
+            if let Some(ready) = ready
+                && let Some(event) = plan::ready_transition(
+                    before.as_ref().map(|(s, r)| (s.as_str(), r.as_str())),
+                    (ready.status, ready.reason, &ready.message),
+                )
+            {
+                self.publish(&updated, &event).await;
+            }
         }
-        let transition = ready_transition(&previous.conditions, &next.conditions);
-        let mut updated = ub.clone();
-        updated.status = Some(next);
-        let updated = self
-            .api
-            .replace_status(&self.name, &PostParams::default(), &updated)
-            .await
-            .map_err(kube_err("writing status"))?;
-        if let Some((type_, reason, message)) = transition {
-            self.event(&updated, type_, &reason, "Reconcile", message)
-                .await;
-        }
-        Ok(phase)
+        self.ctx.observe(&self.key, state);
+        Ok(assessment.verdict)
     }
 
-    async fn event(
+    /// What the controller does next.
+    fn finish(
         &self,
         ub: &UserBatch,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate(note, 1000)),
-            action: action.into(),
-            secondary: None,
+        blocker: Option<Blocker>,
+        retry: Option<Option<Duration>>,
+        verdict: Verdict,
+        now: Timestamp,
+    ) -> Result<(Action, Outcome), Error> {
+        let outcome = match &verdict {
+            Verdict::Stalled {
+                reason: Reason::SubmissionInDoubt,
+                ..
+            } => Outcome::InDoubt,
+            Verdict::Stalled { .. } => Outcome::Stalled,
+            _ => Outcome::Done,
         };
-        if let Err(err) = self.ctx.recorder.publish(&event, &ub.object_ref(&())).await {
-            // Events are best effort: a lost Event must not stop provisioning.
-            tracing::warn!(error = %crate::report::chain(&err), reason, "cannot publish Event");
+        if let Some(blocker) = &blocker {
+            let retries = retry.is_some() || blocker.reason == Reason::PermissionDenied;
+            if retries {
+                return Err(Error::Blocked {
+                    reason: blocker.reason,
+                    message: blocker.message.clone(),
+                    retry_after: retry.flatten(),
+                });
+            }
         }
+        let status = ub.status.clone().unwrap_or_default();
+        if let Verdict::Working {
+            reason: Reason::SubmissionInDoubt,
+            ..
+        } = verdict
+        {
+            // inDoubtPolicy: Resubmit — come back when the resend is due.
+            let limits = self.ctx.settings.limits();
+            let due = status::in_doubt(&status.tasks)
+                .iter()
+                .filter(|t| t.resubmit_of.is_none())
+                .map(|t| plan::resubmit_time(t, limits.resubmit_delay))
+                .min()
+                .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or_default())
+                .unwrap_or(self.ctx.settings.poll_interval);
+            return Ok((Action::requeue(due.max(Duration::from_secs(1))), outcome));
+        }
+        if status::unfinished(&status.tasks).next().is_some() {
+            let interval = if matches!(
+                verdict,
+                Verdict::Stalled {
+                    reason: Reason::ResultsOverdue,
+                    ..
+                }
+            ) {
+                OVERDUE_POLL_INTERVAL
+            } else {
+                self.ctx.settings.poll_interval
+            };
+            return Ok((Action::requeue(interval), outcome));
+        }
+        Ok((Action::await_change(), outcome))
+    }
+
+    async fn publish(&self, ub: &UserBatch, event: &PlannedEvent) {
+        self.ctx.events.publish(&ub.object_ref(&()), event).await;
     }
 }
 
-impl Context {
-    /// Keeps the per-phase gauge in step with this process's latest view of each object.
-    fn observe_phase(&self, key: ObjectRef<UserBatch>, phase: Phase) {
-        let Ok(mut phases) = self.phases.lock() else {
-            return;
-        };
-        if let Some(old) = phases.insert(key, phase) {
-            self.metrics
-                .userbatches_by_phase
-                .get_or_create(&crate::metrics::PhaseLabels {
-                    phase: format!("{old:?}"),
-                })
-                .dec();
-        }
-        self.metrics
-            .userbatches_by_phase
-            .get_or_create(&crate::metrics::PhaseLabels {
-                phase: format!("{phase:?}"),
-            })
-            .inc();
+/// A transition that only stops the pass with a blocker.
+fn blocked(blocker: Blocker) -> Transition {
+    let retry = match blocker.reason {
+        Reason::ClockSkew | Reason::PermissionDenied | Reason::KooDriveUnavailable => Some(None),
+        _ => None,
+    };
+    Transition {
+        edit: None,
+        event: None,
+        blocker: Some(blocker),
+        stop: true,
+        retry,
     }
 }
 
-/// The Event announcing a new Ready state, for the states not announced where they arise:
-/// completion, and problems only a human or another system can fix.
-fn ready_transition(
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    next: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> Option<(EventType, String, String)> {
-    use conditions::reasons;
-    let ready = conditions::find(next, conditions::types::READY)?;
-    let before = conditions::find(previous, conditions::types::READY);
-    if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
-        return None;
-    }
-    if ready.status == "True" {
-        return Some((
-            EventType::Normal,
-            reasons::READY.into(),
-            ready.message.clone(),
-        ));
-    }
-    let announced_here = [
-        reasons::CREDENTIALS_NOT_FOUND,
-        reasons::PASSWORD_NOT_FOUND,
-        reasons::INVALID_SPEC,
-        reasons::USERS_FAILED,
-    ];
-    announced_here.contains(&ready.reason.as_str()).then(|| {
-        (
-            EventType::Warning,
-            ready.reason.clone(),
-            ready.message.clone(),
+/// The blocker for a credential the guard holds back.
+fn guard_blocker(held: &super::guard::Blocked) -> Blocker {
+    let minutes = held.retry_in.as_secs().div_ceil(60);
+    if held.clock {
+        Blocker::new(
+            Reason::ClockSkew,
+            format!(
+                "{}; to protect the AK/SK from Huawei's lockout, requests with these credentials pause for about {minutes} more minute(s)",
+                held.message
+            ),
         )
-    })
+    } else {
+        Blocker::new(
+            Reason::CredentialsInvalid,
+            format!(
+                "{}; nothing is sent with these credentials until their Secret changes (to protect the AK/SK from Huawei's lockout)",
+                held.message
+            ),
+        )
+    }
 }
 
-fn is_failure(user: &koodrive_client::UserResult) -> bool {
-    user.code
-        .as_deref()
-        .is_some_and(|c| !c.is_empty() && c != "0")
+/// The blocker for a Secret that cannot be used.
+fn secret_blocker(problem: &SecretProblem, missing: Reason) -> Blocker {
+    let reason = match problem {
+        SecretProblem::Forbidden { .. } => Reason::PermissionDenied,
+        SecretProblem::CredentialAsPassword { .. } => Reason::InvalidSpec,
+        _ => missing,
+    };
+    let message = match reason {
+        Reason::PasswordNotFound => format!("cannot read a user's password: {problem}"),
+        _ => problem.to_string(),
+    };
+    Blocker::new(reason, message)
 }
 
-fn outcome_label(class: &ErrorClass) -> &'static str {
+/// What an answer says about the credentials. Only an answer from KooDrive itself (its own
+/// envelope, past the gateway's authentication) proves they were accepted.
+fn auth_verdict(err: &koodrive_client::Error) -> AuthVerdict {
+    match err.class() {
+        ErrorClass::Authentication => AuthVerdict::Refused,
+        ErrorClass::ClockSkew => AuthVerdict::ClockRefused,
+        _ => {
+            let from_koodrive = err.code().is_some_and(|code| !code.starts_with("APIG"))
+                && err.status().is_some_and(|s| s < 500);
+            if from_koodrive {
+                AuthVerdict::Passed
+            } else {
+                AuthVerdict::Unknown
+            }
+        }
+    }
+}
+
+fn outcome_label(class: ErrorClass) -> &'static str {
     match class {
         ErrorClass::Transient { .. } => "transient",
         ErrorClass::Authentication => "authentication",
+        ErrorClass::ClockSkew => "clock_skew",
         ErrorClass::Rejected => "rejected",
         ErrorClass::Invalid => "invalid",
         ErrorClass::InDoubt => "in_doubt",
     }
 }
 
-fn password_problem(problem: &SecretProblem) -> String {
-    format!("cannot read a user's password: {problem}")
-}
-
-/// Fingerprint of what a permanent failure depended on: the spec, the endpoint and the
-/// versions of the Secrets read.
-fn inputs_digest(ub: &UserBatch, default_endpoint: &str, secret_versions: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(ub.meta().generation.unwrap_or_default().to_le_bytes());
-    hasher.update(
-        ub.spec
-            .endpoint
-            .as_deref()
-            .unwrap_or(default_endpoint)
-            .as_bytes(),
-    );
-    hasher.update([0]);
-    hasher.update(secret_versions.as_bytes());
-    hex::encode(&hasher.finalize()[..16])
-}
-
-/// The spec users of one request, in request order.
-fn chunk_users<'u>(users: &'u [User], phones: &[String]) -> Vec<&'u User> {
-    let by_phone: std::collections::HashMap<&str, &User> =
-        users.iter().map(|u| (u.phone.as_str(), u)).collect();
-    phones
-        .iter()
-        .filter_map(|p| by_phone.get(p.as_str()).copied())
-        .collect()
-}
-
-/// Hex characters of one user's fingerprint in `TaskRecord::users_digest`.
-const USER_DIGEST_LEN: usize = 8;
-
-/// One user's fingerprint: a short hash of the non-secret fields as sent. Passwords are
-/// represented only by where they come from, so it reveals nothing about them; 32 bits are
-/// plenty to notice an edit.
-fn user_digest(user: &User) -> String {
-    let mut hasher = Sha256::new();
-    let password_source = match (&user.password, &user.password_secret_ref) {
-        (Some(_), _) => "inline".to_string(),
-        (None, Some(r)) => format!("secret:{}/{}", r.name, r.key),
-        (None, None) => String::new(),
-    };
-    for field in [
-        user.phone.as_str(),
-        user.firstname.as_str(),
-        user.surname.as_deref().unwrap_or(""),
-        user.email.as_deref().unwrap_or(""),
-        password_source.as_str(),
-    ] {
-        hasher.update(field.as_bytes());
-        hasher.update([0]);
-    }
-    hex::encode(&hasher.finalize()[..USER_DIGEST_LEN / 2])
-}
-
-/// The fingerprints of a request's users, concatenated in `phones` order.
-fn users_digest<'u>(users: impl Iterator<Item = &'u User>) -> String {
-    users.map(user_digest).collect()
-}
-
-/// Phones of submitted users whose fields changed since they were sent.
-fn changed_after_submission(ub: &UserBatch, status: &UserBatchStatus) -> Vec<String> {
-    let by_phone: std::collections::HashMap<&str, &User> = ub
-        .spec
-        .users
-        .iter()
-        .map(|u| (u.phone.as_str(), u))
-        .collect();
-    let mut changed = Vec::new();
-    for task in status.tasks.iter().filter(|t| t.task_id.is_some()) {
-        let Some(recorded) = &task.users_digest else {
-            continue;
-        };
-        for (i, phone) in task.phones.iter().enumerate() {
-            let sent = recorded.get(i * USER_DIGEST_LEN..(i + 1) * USER_DIGEST_LEN);
-            if let (Some(sent), Some(user)) = (sent, by_phone.get(phone.as_str()))
-                && user_digest(user) != sent
-            {
-                changed.push(phone.clone());
-            }
+/// The Secrets a UserBatch reads (credentials and every password), as keys.
+fn referenced_secrets(ub: &UserBatch, namespace: &str) -> Vec<Key> {
+    let mut names: Vec<Key> = vec![(namespace.to_string(), ub.spec.credentials_ref.name.clone())];
+    for user in &ub.spec.users {
+        if let Some(reference) = &user.password_secret_ref
+            && !names.iter().any(|(_, n)| n == &reference.name)
+        {
+            names.push((namespace.to_string(), reference.name.clone()));
         }
     }
-    changed
-}
-
-fn abbreviate(items: &[String], max: usize) -> String {
-    if items.len() <= max {
-        items.join(", ")
-    } else {
-        format!(
-            "{}, … and {} more",
-            items[..max].join(", "),
-            items.len() - max
-        )
-    }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    truncate_in_place(&mut text, max);
-    text
-}
-
-/// A copy of `text` that fits a schema bound of `max` bytes.
-fn bounded(text: &str, max: usize) -> String {
-    truncate(text.to_string(), max)
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-fn truncate_in_place(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{CredentialsRef, UserBatchSpec};
-
-    fn user(phone: &str, email: &str) -> User {
-        User {
-            firstname: "Ada".into(),
-            surname: None,
-            phone: phone.into(),
-            email: Some(email.into()),
-            password: Some("secret-password".into()),
-            password_secret_ref: None,
-        }
-    }
-
-    fn batch(users: Vec<User>, tasks: Vec<TaskRecord>) -> (UserBatch, UserBatchStatus) {
-        let ub = UserBatch::new(
-            "b",
-            UserBatchSpec {
-                credentials_ref: CredentialsRef {
-                    name: "c".into(),
-                    access_key_key: None,
-                    secret_key_key: None,
-                    user_id_key: None,
-                },
-                endpoint: None,
-                users,
-            },
-        );
-        let status = UserBatchStatus {
-            tasks,
-            ..UserBatchStatus::default()
-        };
-        (ub, status)
-    }
-
-    fn task(users: &[User]) -> TaskRecord {
-        TaskRecord {
-            task_id: Some("1".into()),
-            code: Some("0".into()),
-            message: None,
-            trace_id: "t".into(),
-            submitted_at: Time(jiff::Timestamp::UNIX_EPOCH),
-            phones: users.iter().map(|u| u.phone.clone()).collect(),
-            users_digest: Some(users_digest(users.iter())),
-            result: None,
-        }
-    }
-
-    #[test]
-    fn edits_are_named_per_user_even_when_others_were_removed() {
-        let sent = [
-            user("1", "a@x.io"),
-            user("2", "b@x.io"),
-            user("3", "c@x.io"),
-        ];
-        let now = vec![user("2", "changed@x.io"), user("3", "c@x.io")];
-        let (ub, status) = batch(now, vec![task(&sent)]);
-        assert_eq!(changed_after_submission(&ub, &status), ["2"]);
-    }
-
-    #[test]
-    fn unchanged_users_are_not_reported() {
-        let sent = [user("1", "a@x.io"), user("2", "b@x.io")];
-        let (ub, status) = batch(sent.to_vec(), vec![task(&sent)]);
-        assert!(changed_after_submission(&ub, &status).is_empty());
-    }
-
-    #[test]
-    fn the_digest_does_not_depend_on_the_password_value() {
-        let mut other = user("1", "a@x.io");
-        other.password = Some("another-password".into());
-        assert_eq!(user_digest(&user("1", "a@x.io")), user_digest(&other));
-        assert_eq!(user_digest(&other).len(), USER_DIGEST_LEN);
-    }
-
-    #[test]
-    fn inputs_digest_changes_with_generation_and_secret_versions() {
-        let (mut ub, _) = batch(vec![user("1", "a@x.io")], vec![]);
-        ub.metadata.generation = Some(1);
-        let a = inputs_digest(&ub, "https://e", "creds=1");
-        assert_eq!(a, inputs_digest(&ub, "https://e", "creds=1"));
-        assert_ne!(a, inputs_digest(&ub, "https://e", "creds=2"));
-        ub.metadata.generation = Some(2);
-        assert_ne!(a, inputs_digest(&ub, "https://e", "creds=1"));
-    }
+    names
 }

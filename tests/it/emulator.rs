@@ -94,6 +94,7 @@ fn batch(name: &str, phones: &[&str]) -> UserBatch {
             },
             endpoint: None,
             users: phones.iter().map(|p| user(p, "Ada")).collect(),
+            in_doubt_policy: None,
         },
     )
 }

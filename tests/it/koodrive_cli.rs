@@ -193,10 +193,13 @@ async fn dry_run_prints_the_signing_material_and_sends_nothing() {
 #[tokio::test]
 async fn transient_faults_are_retried_and_the_submission_succeeds_once() {
     let sim = simulator().await;
+    // Only faults that prove KooDrive did not act are retried on a create (a 5xx is in doubt).
     sim.inject(Fault {
         call: Some(Call::Create),
         times: 1,
-        kind: FaultKind::Status5xx(503),
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 0,
+        },
     });
     sim.inject(Fault {
         call: Some(Call::Create),
@@ -345,7 +348,7 @@ async fn the_simulator_command_serves_koodrive_and_its_control_endpoints() {
     let http = reqwest::Client::new();
     let response = http
         .post(format!("{url}/_sim/faults"))
-        .json(&serde_json::json!({"call": "create", "kind": {"status5xx": 503}}))
+        .json(&serde_json::json!({"call": "create", "kind": {"too_many_requests": {"retry_after_secs": 0}}}))
         .send()
         .await
         .unwrap();

@@ -259,6 +259,7 @@ pub fn userbatch(name: &str, credentials: &str, users: Vec<User>) -> UserBatch {
             },
             endpoint: None,
             users,
+            in_doubt_policy: None,
         },
     );
     ub.metadata.namespace = Some(NAMESPACE.into());

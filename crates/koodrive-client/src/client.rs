@@ -1,29 +1,89 @@
-//! The HTTPS client for KooDrive's two provisioning calls, with at-most-once retries.
+//! The HTTPS client for KooDrive's calls, with at-most-once retries.
 //!
-//! `create_batch` retries only when KooDrive provably did not process the request (no
-//! connection, 429, or an error envelope); anything else that leaves the outcome unknown is
-//! reported as [`ErrorClass::InDoubt`]. `get_task` is a read and retries every transient
-//! failure. Every attempt is signed afresh, because KooDrive rejects stale or reused dates.
+//! `create_batch` retries only when KooDrive provably did not process the request (see
+//! [`crate::error`] for the list); anything else that leaves the outcome unknown is reported
+//! as [`ErrorClass::InDoubt`]. Reads retry every transient failure. Every attempt is signed
+//! afresh with KooDrive's clock ([`ServerClock`]), because KooDrive rejects stale, future or
+//! reused dates, and takes its own permit from the shared [`RequestLimiter`], so the limit
+//! counts HTTP requests, retries included.
 
 use super::body::{HashedBody, is_blank};
-use super::error::{Call, CanonicalRequests, Error, ErrorClass};
+use super::clock::{self, ServerClock};
+use super::error::{AUTHENTICATION_FAILED, Call, CanonicalRequests, Error, ErrorClass};
+use super::limit::{Permit, RequestLimiter};
 use super::signer::{self, Signature, SigningInput};
-use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser};
+use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser, USERS_PATH};
+use backon::{ExponentialBuilder, Retryable};
 use jiff::Timestamp;
-use rand::RngExt;
 use serde::Deserialize;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Page size asked of `batchRegister/get` (KooDrive's maximum).
 const PAGE_SIZE: u32 = 1000;
-/// Longest `Retry-After` waited for inside one call.
+/// Longest `Retry-After` waited for inside one call; a longer one is handed back to the
+/// caller (in the error's class) so it can schedule the retry instead of holding a task.
 const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(30);
 /// Guard against a server whose cursors never end.
 const MAX_PAGES: usize = 10_000;
+/// Largest answer read. A full 1000-user result page is about 150 KB; anything far larger
+/// is not KooDrive talking, and must not be buffered (or logged) whole.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// Longest KooDrive message kept (in errors, hence logs, status and Events).
+const MAX_MESSAGE_CHARS: usize = 1024;
+/// Longest code or request ID kept.
+const MAX_ID_CHARS: usize = 128;
 
-/// Timeouts and retry policy.
+/// What happened to one HTTP request, for metrics (`koodrive_http_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpOutcome {
+    Success,
+    /// A 4xx or a KooDrive error code other than authentication and throttling.
+    Rejected,
+    /// Credentials, signature or date refused.
+    Authentication,
+    Throttled,
+    ServerError,
+    ConnectError,
+    /// Sent, but no (readable) answer.
+    NoAnswer,
+}
+
+impl HttpOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            HttpOutcome::Success => "success",
+            HttpOutcome::Rejected => "rejected",
+            HttpOutcome::Authentication => "authentication",
+            HttpOutcome::Throttled => "throttled",
+            HttpOutcome::ServerError => "server_error",
+            HttpOutcome::ConnectError => "connect_error",
+            HttpOutcome::NoAnswer => "no_answer",
+        }
+    }
+
+    fn of(result: &Result<Envelope, Error>) -> HttpOutcome {
+        match result {
+            Ok(_) => HttpOutcome::Success,
+            Err(Error::Connect { .. }) => HttpOutcome::ConnectError,
+            Err(Error::NoAnswer { .. } | Error::BadResponse { .. }) => HttpOutcome::NoAnswer,
+            Err(Error::Authentication { .. } | Error::ClockSkew { .. }) => {
+                HttpOutcome::Authentication
+            }
+            Err(Error::Unavailable { status: 429, .. }) => HttpOutcome::Throttled,
+            Err(Error::Unavailable { .. }) => HttpOutcome::ServerError,
+            Err(_) => HttpOutcome::Rejected,
+        }
+    }
+}
+
+/// Told about every HTTP request the client makes (metrics live outside this crate).
+pub trait HttpObserver: Send + Sync + fmt::Debug {
+    fn http_request(&self, call: Call, outcome: HttpOutcome, elapsed: Duration);
+}
+
+/// Timeouts, retry policy and what clients share.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Accept `http://` endpoints (simulator, tests). Never in production.
@@ -35,6 +95,14 @@ pub struct ClientConfig {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// The limit every HTTP request waits for. KooDrive throttles per AK: share one per set
+    /// of credentials (or one for all). `None`: unlimited.
+    pub limiter: Option<Arc<RequestLimiter>>,
+    /// KooDrive's clock for this endpoint, shared by its clients. `None`: the client keeps
+    /// its own.
+    pub clock: Option<Arc<ServerClock>>,
+    /// Told about every HTTP request.
+    pub observer: Option<Arc<dyn HttpObserver>>,
 }
 
 impl Default for ClientConfig {
@@ -46,8 +114,19 @@ impl Default for ClientConfig {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            limiter: None,
+            clock: None,
+            observer: None,
         }
     }
+}
+
+/// Room for one HTTP request under the client's limit, taken before anything that must
+/// happen only once the request is really about to leave (the operator records its intent
+/// to create only then, so a restart while waiting for the limit leaves no false intent).
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<Permit>,
 }
 
 /// The answer to a successful `batchRegister/create`.
@@ -65,7 +144,8 @@ pub struct CreatedTask {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskReport {
     pub task_id: String,
-    /// KooDrive's status string; its values are undocumented, so nothing depends on them.
+    /// KooDrive's status (a string or a number); its values are undocumented, so nothing
+    /// depends on them.
     pub status: Option<String>,
     pub total: i64,
     pub succeeded: i64,
@@ -89,6 +169,25 @@ pub struct UserResult {
     /// Set when the registration failed (or was skipped, depending on KooDrive).
     pub code: Option<String>,
     pub reason: Option<String>,
+}
+
+/// What `DELETE users/{userId}` achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// KooDrive does not know the user (already deleted, or never existed): nothing to do.
+    NotFound,
+}
+
+/// What `GET users/{userId}` says about a user (the documented fields; all optional).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserInfo {
+    pub user_id: Option<String>,
+    pub name: Option<String>,
+    /// Masked by KooDrive, e.g. `0086181****8439`.
+    pub mobile: Option<String>,
+    /// `0` enabled, `1` disabled.
+    pub status: Option<String>,
 }
 
 /// A signed request, ready to send (or to show, for `submit --dry-run`).
@@ -138,6 +237,7 @@ struct Inner {
     /// The exact `Host` header reqwest sends for `base`.
     host: String,
     credentials: Credentials,
+    clock: Arc<ServerClock>,
     config: ClientConfig,
 }
 
@@ -157,48 +257,7 @@ impl Client {
         credentials: Credentials,
         config: ClientConfig,
     ) -> Result<Client, Error> {
-        let invalid = |reason: &str| Error::InvalidEndpoint {
-            endpoint: endpoint.to_string(),
-            reason: reason.to_string(),
-        };
-        let url = url::Url::parse(endpoint).map_err(|e| {
-            invalid(&format!(
-                "not a URL ({e}); expected e.g. https://intl.myhuaweicloud-koodrive.com"
-            ))
-        })?;
-        match url.scheme() {
-            "https" => {}
-            "http" if config.allow_insecure_endpoints => {}
-            "http" => {
-                return Err(invalid(
-                    "plain http:// is refused because KooDrive is HTTPS only; allow insecure endpoints (--allow-insecure-endpoints) only for a simulator or tests",
-                ));
-            }
-            other => {
-                return Err(invalid(&format!(
-                    "unsupported scheme `{other}`; use https://"
-                )));
-            }
-        }
-        let Some(host_name) = url.host_str() else {
-            return Err(invalid("no host name"));
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                "credentials in the URL are not supported; use the access key and secret key",
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(invalid("a query string or fragment is not allowed"));
-        }
-        // `Url::port` is None for the scheme's default port, exactly when the Host header
-        // carries no port.
-        let host = match url.port() {
-            Some(port) => format!("{host_name}:{port}"),
-            None => host_name.to_string(),
-        };
-        let path_prefix = url.path().trim_end_matches('/').to_string();
-        let base = format!("{}://{host}", url.scheme());
+        let endpoint = Endpoint::parse(endpoint, config.allow_insecure_endpoints)?;
         check_header_text("access key", &credentials.access_key)?;
         check_header_text("user ID", &credentials.user_id)?;
         if credentials.access_key.contains(',') {
@@ -216,13 +275,15 @@ impl Client {
             .user_agent(concat!("koodrive-operator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| Error::HttpClient { source })?;
+        let clock = config.clock.clone().unwrap_or_default();
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                base,
-                path_prefix,
-                host,
+                base: endpoint.base,
+                path_prefix: endpoint.path_prefix,
+                host: endpoint.host,
                 credentials,
+                clock,
                 config,
             }),
         })
@@ -231,6 +292,25 @@ impl Client {
     /// The endpoint requests go to (`scheme://host[:port]` and path prefix).
     pub fn endpoint(&self) -> String {
         format!("{}{}", self.inner.base, self.inner.path_prefix)
+    }
+
+    /// The AK these requests are signed with (not secret: it is in every request).
+    pub fn access_key(&self) -> &str {
+        &self.inner.credentials.access_key
+    }
+
+    /// KooDrive's clock as this client sees it.
+    pub fn clock(&self) -> &ServerClock {
+        &self.inner.clock
+    }
+
+    /// Waits for room under the limit for one request (see [`Reservation`]).
+    pub async fn reserve(&self) -> Reservation {
+        let permit = match &self.inner.config.limiter {
+            Some(limiter) => limiter.acquire().await,
+            None => None,
+        };
+        Reservation { _permit: permit }
     }
 
     /// Validates and signs a `batchRegister/create` request at `now` without sending it.
@@ -311,12 +391,33 @@ impl Client {
         users: &[RegisterUser],
         trace_id: &str,
     ) -> Result<CreatedTask, Error> {
+        let reservation = self.reserve().await;
+        self.create_batch_reserved(reservation, users, trace_id)
+            .await
+    }
+
+    /// [`Client::create_batch`] whose first attempt uses `reservation`, taken before the
+    /// caller recorded its intent; retries (only after answers proving nothing was
+    /// processed) wait for their own room under the limit.
+    pub async fn create_batch_reserved(
+        &self,
+        reservation: Reservation,
+        users: &[RegisterUser],
+        trace_id: &str,
+    ) -> Result<CreatedTask, Error> {
         // Refuse an invalid request before any attempt (and so before any retry logic).
         validate_users(users)?;
         check_trace_id(trace_id)?;
-        self.with_retries(Call::Create, trace_id, || async {
-            let prepared = self.prepare_create(users, trace_id, Timestamp::now())?;
-            let envelope = self.execute(Call::Create, &prepared).await?;
+        let first = Mutex::new(Some(reservation));
+        let first = &first;
+        self.with_retries(Call::Create, trace_id, move || async move {
+            let reserved = first.lock().ok().and_then(|mut r| r.take());
+            let reservation = match reserved {
+                Some(reservation) => reservation,
+                None => self.reserve().await,
+            };
+            let prepared = self.prepare_create(users, trace_id, self.inner.clock.signing_time())?;
+            let envelope = self.execute(Call::Create, &prepared, reservation).await?;
             let task_id = envelope
                 .data
                 .as_ref()
@@ -328,9 +429,12 @@ impl Client {
                     detail: "success without a task ID in `data`".into(),
                 })?;
             Ok(CreatedTask {
-                task_id,
-                code: envelope.code.map(|c| c.into_string()).unwrap_or_default(),
-                message: envelope.msg.unwrap_or_default(),
+                task_id: bounded(&task_id, MAX_ID_CHARS),
+                code: envelope.code.map(Scalar::into_string).unwrap_or_default(),
+                message: envelope
+                    .msg
+                    .map(|m| bounded(&m.into_string(), MAX_MESSAGE_CHARS))
+                    .unwrap_or_default(),
                 trace_id: trace_id.to_string(),
             })
         })
@@ -357,26 +461,23 @@ impl Client {
                 ("pageSize".to_string(), PAGE_SIZE.to_string()),
             ];
             let page = self
-                .with_retries(Call::Get, "", || async {
-                    let prepared = self.prepare(
-                        "GET",
-                        GET_PATH,
-                        &query,
-                        HashedBody::empty(),
-                        &super::new_trace_id(),
-                        Timestamp::now(),
-                    );
-                    let envelope = self.execute(Call::Get, &prepared).await?;
-                    let data = envelope.data.unwrap_or(serde_json::Value::Null);
+                .read(Call::Get, GET_PATH, &query)
+                .await
+                .and_then(|data| {
+                    if data.is_null() {
+                        return Ok(TaskPage::default());
+                    }
                     serde_json::from_value::<TaskPage>(data).map_err(|e| Error::BadResponse {
                         call: Call::Get,
                         status: 200,
                         detail: format!("unexpected `data` shape: {e}"),
                     })
-                })
-                .await?;
+                })?;
             if let Some(info) = page.task_info {
-                report.status = info.status.or(report.status.take());
+                report.status = info
+                    .status
+                    .map(Scalar::into_string)
+                    .or(report.status.take());
                 report.total = info.total_count.map_or(report.total, Scalar::into_count);
                 report.succeeded = info
                     .success_count
@@ -384,40 +485,48 @@ impl Client {
                 report.failed = info.fail_count.map_or(report.failed, Scalar::into_count);
                 report.skipped = info.skip_count.map_or(report.skipped, Scalar::into_count);
             }
-            report
-                .users
-                .extend(page.register_list.into_iter().map(|entry| {
-                    UserResult {
+            report.users.extend(
+                page.register_list
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .map(|entry| UserResult {
                         phone: entry.phone.map(Scalar::into_string).unwrap_or_default(),
                         user_id: entry
                             .user_id
                             .map(Scalar::into_string)
-                            .filter(|s| !s.is_empty()),
+                            .filter(|s| !s.is_empty())
+                            .map(|s| bounded(&s, MAX_ID_CHARS)),
                         code: entry
                             .code
                             .map(Scalar::into_string)
-                            .filter(|s| !s.is_empty()),
-                        reason: entry.reason.filter(|s| !s.is_empty()),
-                    }
-                }));
+                            .filter(|s| !s.is_empty())
+                            .map(|s| bounded(&s, MAX_ID_CHARS)),
+                        reason: entry
+                            .reason
+                            .map(Scalar::into_string)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| bounded(&s, MAX_MESSAGE_CHARS)),
+                    }),
+            );
             let next = page
                 .next_page_cursor
                 .or(page.next_cursor)
                 .map(Scalar::into_string)
                 .unwrap_or_default();
-            if next.is_empty() {
+            let next = next.trim();
+            // The documented end is an absent or empty cursor; servers also end with a
+            // cursor that points back to the start ("0", "-1") or repeats. Any of those
+            // after the first page means there is nothing more to read.
+            let ends = next.is_empty()
+                || next == "0"
+                || next == "-1"
+                || next == cursor
+                || !seen_cursors.insert(next.to_string());
+            if ends {
                 return Ok(report);
             }
-            if !seen_cursors.insert(next.clone()) || next == cursor {
-                return Err(Error::BadResponse {
-                    call: Call::Get,
-                    status: 200,
-                    detail: format!(
-                        "page cursor `{next}` repeats; stopping to avoid an endless loop"
-                    ),
-                });
-            }
-            cursor = next;
+            cursor = next.to_string();
         }
         Err(Error::BadResponse {
             call: Call::Get,
@@ -426,68 +535,155 @@ impl Client {
         })
     }
 
+    /// Deletes a KooDrive user ("and the corresponding resources": irreversible). Sent
+    /// once: an ambiguous outcome is [`ErrorClass::InDoubt`], never retried here.
+    pub async fn delete_user(&self, user_id: &str, trace_id: &str) -> Result<Deletion, Error> {
+        check_user_id(user_id)?;
+        check_trace_id(trace_id)?;
+        let path = format!("{USERS_PATH}/{user_id}");
+        let reservation = self.reserve().await;
+        let prepared = self.prepare(
+            "DELETE",
+            &path,
+            &[],
+            HashedBody::empty(),
+            trace_id,
+            self.inner.clock.signing_time(),
+        );
+        match self.execute(Call::DeleteUser, &prepared, reservation).await {
+            Ok(_) => Ok(Deletion::Deleted),
+            Err(err) if is_user_not_found(&err) => Ok(Deletion::NotFound),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Reads what KooDrive knows of a user; `None` when it does not know the user.
+    pub async fn get_user(&self, user_id: &str) -> Result<Option<UserInfo>, Error> {
+        check_user_id(user_id)?;
+        let path = format!("{USERS_PATH}/{user_id}");
+        match self.read(Call::GetUser, &path, &[]).await {
+            Ok(data) => {
+                let text = |field: &str| {
+                    data.get(field)
+                        .and_then(scalar_from_value)
+                        .map(|s| bounded(&s, MAX_ID_CHARS))
+                };
+                Ok(Some(UserInfo {
+                    user_id: text("userId"),
+                    name: text("name"),
+                    mobile: text("mobile"),
+                    status: text("status"),
+                }))
+            }
+            Err(err) if is_user_not_found(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A signed GET with retries; the envelope's `data`.
+    async fn read(
+        &self,
+        call: Call,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<serde_json::Value, Error> {
+        let trace_id = super::new_trace_id();
+        let trace = trace_id.as_str();
+        self.with_retries(call, trace, move || async move {
+            let reservation = self.reserve().await;
+            let prepared = self.prepare(
+                "GET",
+                path,
+                query,
+                HashedBody::empty(),
+                trace,
+                self.inner.clock.signing_time(),
+            );
+            let envelope = self.execute(call, &prepared, reservation).await?;
+            Ok(envelope.data.unwrap_or(serde_json::Value::Null))
+        })
+        .await
+    }
+
+    /// Repeats `attempt` while its failure is safe to repeat: a transient one (for a create,
+    /// only those proving nothing was processed), or — once per call — a refused date after
+    /// the clock was corrected from KooDrive's answer. Exponential backoff with jitter,
+    /// never shorter than the server's `Retry-After`.
     async fn with_retries<T, F, Fut>(
         &self,
         call: Call,
         trace_id: &str,
-        mut attempt: F,
+        attempt: F,
     ) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let max_attempts = self.inner.config.max_attempts.max(1);
-        let mut number = 1;
-        loop {
-            match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(err) => {
-                    // Only `Transient` errors are safe to repeat: for a create, the error
-                    // types guarantee that means KooDrive provably did not process it.
-                    let ErrorClass::Transient { retry_after } = err.class() else {
-                        return Err(err);
-                    };
-                    // A long Retry-After is handed back (it is in the error's class) so the
-                    // caller can schedule the retry instead of holding a task for minutes.
-                    let wait_too_long = retry_after.is_some_and(|r| r > MAX_RETRY_AFTER_WAIT);
-                    if number >= max_attempts || wait_too_long {
-                        return Err(err);
-                    }
-                    let delay = self.backoff(number, retry_after);
-                    tracing::warn!(
-                        %call,
-                        trace_id,
-                        attempt = number,
-                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                        error = %err,
-                        "KooDrive call failed transiently; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    number += 1;
-                }
-            }
-        }
-    }
-
-    /// Exponential backoff with "equal jitter" (half fixed, half random), never shorter than
-    /// the server's `Retry-After`.
-    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let config = &self.inner.config;
-        let exponential = config
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(config.max_backoff);
-        let half = exponential / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
-        (half + jitter).max(retry_after.unwrap_or_default())
+        let retries = usize::try_from(config.max_attempts.max(1) - 1).unwrap_or(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.initial_backoff)
+            .with_max_delay(config.max_backoff)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(retries);
+        let mut clock_retried = false;
+        attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|err: &Error| match err.class() {
+                ErrorClass::Transient { retry_after } => {
+                    retry_after.is_none_or(|after| after <= MAX_RETRY_AFTER_WAIT)
+                }
+                // The answer corrected the clock (see `execute`): one more try is cheap, and
+                // a second refusal is an authentication failure the caller guards against.
+                ErrorClass::ClockSkew if !clock_retried => {
+                    clock_retried = true;
+                    true
+                }
+                _ => false,
+            })
+            .adjust(|err: &Error, next: Option<Duration>| match err.class() {
+                ErrorClass::ClockSkew => next.map(|_| Duration::ZERO),
+                ErrorClass::Transient {
+                    retry_after: Some(after),
+                } => next.map(|delay| delay.max(after)),
+                _ => next,
+            })
+            .notify(|err: &Error, delay: Duration| {
+                tracing::warn!(
+                    %call,
+                    trace_id,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    error = %err,
+                    "KooDrive call failed in a way that is safe to repeat; retrying"
+                );
+            })
+            .await
     }
 
-    async fn execute(&self, call: Call, prepared: &PreparedRequest) -> Result<Envelope, Error> {
-        let method = if prepared.method == "POST" {
-            reqwest::Method::POST
-        } else {
-            reqwest::Method::GET
+    /// Sends one request and classifies its answer. Learns KooDrive's clock from the answer.
+    async fn execute(
+        &self,
+        call: Call,
+        prepared: &PreparedRequest,
+        reservation: Reservation,
+    ) -> Result<Envelope, Error> {
+        let started = Instant::now();
+        let result = self.send(call, prepared).await;
+        // The permit covers the request until its answer is read.
+        drop(reservation);
+        if let Some(observer) = &self.inner.config.observer {
+            observer.http_request(call, HttpOutcome::of(&result), started.elapsed());
+        }
+        result
+    }
+
+    async fn send(&self, call: Call, prepared: &PreparedRequest) -> Result<Envelope, Error> {
+        let method = match prepared.method {
+            "POST" => reqwest::Method::POST,
+            "DELETE" => reqwest::Method::DELETE,
+            _ => reqwest::Method::GET,
         };
         let mut request = self.inner.http.request(method, &prepared.url);
         for (name, value) in &prepared.headers {
@@ -502,7 +698,8 @@ impl Client {
             .find(|(name, _)| name == "X-Traceid")
             .map(|(_, value)| value.as_str())
             .unwrap_or_default();
-        let response = request.send().await.map_err(|source| {
+        let sent = Timestamp::now();
+        let mut response = request.send().await.map_err(|source| {
             let error = if source.is_connect() {
                 Error::Connect { call, source }
             } else {
@@ -515,32 +712,137 @@ impl Client {
             tracing::warn!(%call, trace_id, %error, "KooDrive request failed");
             error
         })?;
+        let received = Timestamp::now();
         let status = response.status().as_u16();
-        let header_request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if let Some(date) = header(reqwest::header::DATE) {
+            self.inner.clock.observe_date_header(&date, sent, received);
+        }
+        let header_request_id = header(reqwest::header::HeaderName::from_static("x-request-id"))
+            .map(|id| bounded(&id, MAX_ID_CHARS));
+        let retry_after = header(reqwest::header::RETRY_AFTER)
+            .as_deref()
             .and_then(parse_retry_after);
-        let body = response.bytes().await.map_err(|source| Error::NoAnswer {
-            call,
-            status: Some(status),
-            source,
-        })?;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(Error::BadResponse {
+                            call,
+                            status,
+                            detail: format!(
+                                "the answer is larger than {} MiB",
+                                MAX_ANSWER_BYTES / 1024 / 1024
+                            ),
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(Error::NoAnswer {
+                        call,
+                        status: Some(status),
+                        source,
+                    });
+                }
+            }
+        }
         tracing::debug!(%call, trace_id, status, "KooDrive answered");
-        classify(
+        let result = classify(
             call,
             status,
             &body,
             header_request_id,
             retry_after,
-            &prepared.signature.canonical_request,
-        )
+            &prepared.signature,
+        );
+        if let Err(Error::ClockSkew {
+            server_time: Some(server),
+            ..
+        }) = &result
+            && let Ok(server) = Timestamp::from_second(*server)
+        {
+            self.inner.clock.observe_server_time(server, received);
+        }
+        result
     }
+}
+
+/// An endpoint URL taken apart into what requests and signatures need.
+struct Endpoint {
+    base: String,
+    path_prefix: String,
+    host: String,
+}
+
+impl Endpoint {
+    fn parse(endpoint: &str, allow_insecure: bool) -> Result<Endpoint, Error> {
+        let invalid = |reason: &str| Error::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason: reason.to_string(),
+        };
+        let url = url::Url::parse(endpoint).map_err(|e| {
+            invalid(&format!(
+                "not a URL ({e}); expected e.g. https://intl.myhuaweicloud-koodrive.com"
+            ))
+        })?;
+        match url.scheme() {
+            "https" => {}
+            "http" if allow_insecure => {}
+            "http" => {
+                return Err(invalid(
+                    "plain http:// is refused because KooDrive is HTTPS only; allow insecure endpoints (--allow-insecure-endpoints) only for a simulator or tests",
+                ));
+            }
+            other => {
+                return Err(invalid(&format!(
+                    "unsupported scheme `{other}`; use https://"
+                )));
+            }
+        }
+        let Some(host_name) = url.host_str() else {
+            return Err(invalid("no host name"));
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "credentials in the URL are not supported; use the access key and secret key",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid("a query string or fragment is not allowed"));
+        }
+        // `Url::port` is None for the scheme's default port, exactly when the Host header
+        // carries no port.
+        let host = match url.port() {
+            Some(port) => format!("{host_name}:{port}"),
+            None => host_name.to_string(),
+        };
+        Ok(Endpoint {
+            base: format!("{}://{host}", url.scheme()),
+            path_prefix: url.path().trim_end_matches('/').to_string(),
+            host,
+        })
+    }
+}
+
+/// The canonical form of an endpoint (`scheme://host[:port]/prefix`, default port and
+/// trailing `/` dropped, host lower-cased), for comparing endpoints as the client would
+/// reach them; `None` when it is not a URL the client could use at all.
+pub fn normalize_endpoint(endpoint: &str) -> Option<String> {
+    let parsed = Endpoint::parse(endpoint, true).ok()?;
+    Some(format!(
+        "{}{}",
+        parsed.base.to_ascii_lowercase(),
+        parsed.path_prefix
+    ))
 }
 
 /// Either of KooDrive's envelopes: `code`/`msg`/`data`, or the gateway's
@@ -548,20 +850,22 @@ impl Client {
 #[derive(Deserialize, Default, Debug)]
 struct Envelope {
     code: Option<Scalar>,
-    msg: Option<String>,
+    msg: Option<Scalar>,
     data: Option<serde_json::Value>,
     error_code: Option<Scalar>,
-    error_msg: Option<String>,
-    request_id: Option<String>,
+    error_msg: Option<Scalar>,
+    request_id: Option<Scalar>,
 }
 
-/// KooDrive documents string fields but its examples send numbers: accept both.
+/// KooDrive documents string fields but its examples send numbers: accept both, and keep
+/// anything else rather than failing on it.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
 enum Scalar {
     Int(i64),
     Float(f64),
     Text(String),
+    Other(serde_json::Value),
 }
 
 impl Scalar {
@@ -570,6 +874,8 @@ impl Scalar {
             Scalar::Int(n) => n.to_string(),
             Scalar::Float(n) => n.to_string(),
             Scalar::Text(s) => s,
+            Scalar::Other(serde_json::Value::Null) => String::new(),
+            Scalar::Other(value) => value.to_string(),
         }
     }
 
@@ -578,6 +884,7 @@ impl Scalar {
             Scalar::Int(n) => n,
             Scalar::Float(n) => n as i64,
             Scalar::Text(s) => s.trim().parse().unwrap_or(0),
+            Scalar::Other(_) => 0,
         }
     }
 }
@@ -590,12 +897,12 @@ fn scalar_from_value(value: &serde_json::Value) -> Option<String> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct TaskPage {
     task_info: Option<TaskInfo>,
-    #[serde(default)]
-    register_list: Vec<RegisterEntry>,
+    /// `null` and absent both mean "no entries"; a `null` entry is skipped.
+    register_list: Option<Vec<Option<RegisterEntry>>>,
     next_page_cursor: Option<Scalar>,
     next_cursor: Option<Scalar>,
 }
@@ -603,7 +910,7 @@ struct TaskPage {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TaskInfo {
-    status: Option<String>,
+    status: Option<Scalar>,
     total_count: Option<Scalar>,
     success_count: Option<Scalar>,
     fail_count: Option<Scalar>,
@@ -616,7 +923,52 @@ struct RegisterEntry {
     user_id: Option<Scalar>,
     phone: Option<Scalar>,
     code: Option<Scalar>,
-    reason: Option<String>,
+    reason: Option<Scalar>,
+}
+
+/// Whether an error answer means "KooDrive does not know this user". KooDrive does not
+/// document it; a 404 in KooDrive's own envelope (not the gateway's "no such API") or a
+/// message saying the user does not exist are taken as that.
+fn is_user_not_found(err: &Error) -> bool {
+    let Error::Rejected {
+        status, code, msg, ..
+    } = err
+    else {
+        return false;
+    };
+    if code.as_deref().is_some_and(|c| c.starts_with("APIG")) {
+        return false;
+    }
+    let says_so = msg.as_deref().is_some_and(|m| {
+        let m = m.to_ascii_lowercase();
+        m.contains("not exist") || m.contains("not found") || m.contains("no such user")
+    });
+    *status == 404 || says_so
+}
+
+/// Whether a refusal is about the request's date rather than its credentials.
+fn is_clock_message(msg: &str) -> bool {
+    let msg = msg.to_ascii_lowercase();
+    msg.contains("signature expired") || msg.contains("later than the current time")
+}
+
+/// Whether a 400 answer denotes an authentication failure (KooDrive documents HTTP 400 as
+/// "authentication failed", but also answers it for bad parameters: code and message tell).
+fn denotes_authentication(code: Option<&str>, msg: Option<&str>) -> bool {
+    let gateway_auth = code.is_some_and(|c| {
+        (c.starts_with("APIG.03") || c.starts_with("APIGW.03")) && !c.ends_with(".0308")
+    });
+    let koodrive_auth = code == Some(AUTHENTICATION_FAILED);
+    let says_so = msg.is_some_and(|m| {
+        let lower = m.to_ascii_lowercase();
+        lower.contains("auth")
+            || lower.contains("signature")
+            || lower.contains("appkey")
+            || m.contains("鉴权")
+            || m.contains("认证")
+            || m.contains("签名")
+    });
+    gateway_auth || koodrive_auth || says_so
 }
 
 /// Turns an HTTP answer into the success envelope or a classified error.
@@ -626,25 +978,34 @@ fn classify(
     body: &[u8],
     header_request_id: Option<String>,
     retry_after: Option<Duration>,
-    client_canonical_request: &str,
+    signed: &Signature,
 ) -> Result<Envelope, Error> {
     let parsed: Option<Envelope> = serde_json::from_slice(body).ok();
     let (code, msg, request_id) = match &parsed {
         Some(env) if env.error_code.is_some() || env.error_msg.is_some() => (
             env.error_code.clone().map(Scalar::into_string),
-            env.error_msg.clone(),
-            env.request_id.clone().or(header_request_id),
+            env.error_msg.clone().map(Scalar::into_string),
+            env.request_id
+                .clone()
+                .map(Scalar::into_string)
+                .or(header_request_id),
         ),
         Some(env) => (
             env.code.clone().map(Scalar::into_string),
-            env.msg.clone(),
-            env.request_id.clone().or(header_request_id),
+            env.msg.clone().map(Scalar::into_string),
+            env.request_id
+                .clone()
+                .map(Scalar::into_string)
+                .or(header_request_id),
         ),
         None => (None, None, header_request_id),
     };
-    let is_gateway = code
-        .as_deref()
-        .is_some_and(|c| c.starts_with("APIG.") || c.starts_with("APIGW."));
+    // Whatever KooDrive (or something pretending to be it) says ends up in logs, status
+    // and Events: keep it printable and short.
+    let code = code.map(|c| bounded(&c, MAX_ID_CHARS));
+    let request_id = request_id.map(|id| bounded(&id, MAX_ID_CHARS));
+    let full_msg = msg;
+    let msg = full_msg.as_deref().map(|m| bounded(m, MAX_MESSAGE_CHARS));
     let throttled = status == 429 || code.as_deref().is_some_and(|c| c.ends_with(".0308"));
     if (200..300).contains(&status) && !throttled {
         let Some(envelope) = parsed else {
@@ -680,13 +1041,25 @@ fn classify(
             retry_after,
         });
     }
-    // KooDrive documents 400 as "authentication failed" and 401 as "not authorized", but
-    // also answers 400 for bad parameters: the code and message tell them apart.
-    let mentions_auth = msg
-        .as_deref()
-        .is_some_and(|m| m.to_ascii_lowercase().contains("auth"));
-    if status == 401 || status == 403 || (status == 400 && (is_gateway || mentions_auth)) {
-        let server_canonical_request = msg.as_deref().and_then(|m| {
+    let authentication = status == 401
+        || status == 403
+        || (status == 400 && denotes_authentication(code.as_deref(), msg.as_deref()));
+    if authentication {
+        let text = full_msg.as_deref().unwrap_or_default();
+        if is_clock_message(text) {
+            return Err(Error::ClockSkew {
+                call,
+                status,
+                code,
+                msg,
+                request_id,
+                signed_at: clock::signature_time_in(text)
+                    .or_else(|| signer::parse_x_date(&signed.x_date).ok())
+                    .map(|t| t.as_second()),
+                server_time: clock::server_time_in(text).map(|t| t.as_second()),
+            });
+        }
+        let server_canonical_request = full_msg.as_deref().and_then(|m| {
             m.find("canonicalRequest:")
                 .map(|at| m[at + "canonicalRequest:".len()..].replace('|', "\n"))
         });
@@ -698,7 +1071,7 @@ fn classify(
             request_id,
             canonical: Box::new(CanonicalRequests {
                 server: server_canonical_request,
-                client: client_canonical_request.to_string(),
+                client: signed.canonical_request.clone(),
             }),
         });
     }
@@ -709,6 +1082,19 @@ fn classify(
         msg,
         request_id,
     })
+}
+
+/// `text` without control characters (as spaces), cut to at most `max` characters.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.
@@ -777,6 +1163,22 @@ fn check_trace_id(trace_id: &str) -> Result<(), Error> {
     }
 }
 
+/// A KooDrive user ID goes into the path: only the characters KooDrive's IDs use.
+fn check_user_id(user_id: &str) -> Result<(), Error> {
+    let valid = !user_id.is_empty()
+        && user_id.len() <= 64
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest {
+            reason: "a KooDrive user ID must be 1-64 characters of [0-9A-Za-z_-]".into(),
+        })
+    }
+}
+
 fn check_header_text(what: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::InvalidRequest {
@@ -809,6 +1211,17 @@ mod tests {
                 ..ClientConfig::default()
             },
         )
+    }
+
+    /// A signature whose canonical request is `canonical` (what `classify` echoes back).
+    fn signed(canonical: &str) -> Signature {
+        Signature {
+            x_date: "20240909T033325Z".into(),
+            canonical_request: canonical.into(),
+            string_to_sign: String::new(),
+            signature: String::new(),
+            authorization: String::new(),
+        }
     }
 
     fn user(phone: &str) -> RegisterUser {
@@ -899,7 +1312,7 @@ mod tests {
             br#"{"code":0,"msg":"Success","data":"123"}"#,
             None,
             None,
-            "",
+            &signed(""),
         )
         .unwrap();
         assert_eq!(ok.code.unwrap().into_string(), "0");
@@ -909,7 +1322,7 @@ mod tests {
             br#"{"code":"0","msg":"Success","data":"123"}"#,
             None,
             None,
-            "",
+            &signed(""),
         )
         .unwrap();
         assert_eq!(ok.data.unwrap(), serde_json::json!("123"));
@@ -919,17 +1332,18 @@ mod tests {
             br#"{"code":13000201,"msg":"inner server invoke failure"}"#,
             None,
             None,
-            "",
+            &signed(""),
         )
         .unwrap_err();
-        assert_eq!(err.class(), ErrorClass::Rejected);
+        // Not a refusal that proves nothing was created: on a create, it is in doubt.
+        assert_eq!(err.class(), ErrorClass::InDoubt);
         assert_eq!(err.code(), Some("13000201"));
     }
 
     #[test]
     fn parses_the_gateway_envelope_and_echoed_canonical_request() {
         let body = br#"{"error_code":"APIG.0303","error_msg":"Incorrect app authentication information: verify signature fail, canonicalRequest:GET|/test/||host:h|x-date:d||host;x-date|abc","request_id":"r-9"}"#;
-        let err = classify(Call::Get, 401, body, None, None, "ours").unwrap_err();
+        let err = classify(Call::Get, 401, body, None, None, &signed("ours")).unwrap_err();
         assert_eq!(err.class(), ErrorClass::Authentication);
         assert_eq!(err.code(), Some("APIG.0303"));
         assert_eq!(err.request_id(), Some("r-9"));
@@ -949,7 +1363,7 @@ mod tests {
             br#"{"code":13000102,"msg":"parameter validation failed"}"#,
             None,
             None,
-            "",
+            &signed(""),
         )
         .unwrap_err();
         assert_eq!(err.class(), ErrorClass::Rejected);
@@ -960,7 +1374,7 @@ mod tests {
             br#"{"code":13000001,"msg":"authentication failed"}"#,
             None,
             None,
-            "",
+            &signed(""),
         )
         .unwrap_err();
         assert_eq!(err.class(), ErrorClass::Authentication);
@@ -970,7 +1384,7 @@ mod tests {
             br#"{"error_code":"APIG.0308","error_msg":"throttled"}"#,
             None,
             Some(Duration::from_secs(3)),
-            "",
+            &signed(""),
         )
         .unwrap_err();
         assert_eq!(
@@ -985,15 +1399,25 @@ mod tests {
             br#"{"code":13000201,"msg":"inner server invoke failure"}"#,
             None,
             None,
-            "",
+            &signed(""),
         )
         .unwrap_err();
-        assert_eq!(err.class(), ErrorClass::Transient { retry_after: None });
-        let err = classify(Call::Create, 200, b"{\"code\":0,", None, None, "").unwrap_err();
+        // A 5xx on a create may come after KooDrive acted, envelope or not (issue #9).
         assert_eq!(err.class(), ErrorClass::InDoubt);
-        let err = classify(Call::Get, 200, b"garbage", None, None, "").unwrap_err();
+        let err =
+            classify(Call::Create, 200, b"{\"code\":0,", None, None, &signed("")).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::InDoubt);
+        let err = classify(Call::Get, 200, b"garbage", None, None, &signed("")).unwrap_err();
         assert_eq!(err.class(), ErrorClass::Transient { retry_after: None });
-        let err = classify(Call::Get, 404, b"", Some("hdr-id".into()), None, "").unwrap_err();
+        let err = classify(
+            Call::Get,
+            404,
+            b"",
+            Some("hdr-id".into()),
+            None,
+            &signed(""),
+        )
+        .unwrap_err();
         assert_eq!(err.class(), ErrorClass::Rejected);
         assert_eq!(err.request_id(), Some("hdr-id"));
     }
@@ -1010,7 +1434,13 @@ mod tests {
         assert_eq!(page.next_cursor.unwrap().into_string(), "abc");
         assert_eq!(page.task_info.unwrap().total_count.unwrap().into_count(), 3);
         assert_eq!(
-            page.register_list[0].user_id.clone().unwrap().into_string(),
+            page.register_list.unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .user_id
+                .clone()
+                .unwrap()
+                .into_string(),
             "77"
         );
     }
@@ -1030,8 +1460,33 @@ mod tests {
         assert!(!TaskReport::default().is_finished());
     }
 
-    #[test]
-    fn backoff_grows_is_capped_and_honours_retry_after() {
+    fn transient(retry_after: Option<Duration>) -> Error {
+        Error::Unavailable {
+            call: Call::Get,
+            status: 503,
+            code: None,
+            msg: None,
+            request_id: None,
+            retry_after,
+        }
+    }
+
+    /// Virtual time (paused tokio clock): what the retry loop waited, without waiting.
+    async fn retry_time(c: &Client, retry_after: Option<Duration>) -> (u32, Duration) {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let result: Result<(), Error> = c
+            .with_retries(Call::Get, "t", || async {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(transient(retry_after))
+            })
+            .await;
+        assert!(result.is_err());
+        (attempts.into_inner(), start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_is_capped_and_honours_retry_after() {
         let c = Client::new(
             "https://example.com",
             Credentials {
@@ -1042,21 +1497,108 @@ mod tests {
             ClientConfig {
                 initial_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_millis(400),
+                max_attempts: 5,
                 ..ClientConfig::default()
             },
         )
         .unwrap();
-        for _ in 0..50 {
-            let first = c.backoff(1, None);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let late = c.backoff(10, None);
-            assert!(late >= Duration::from_millis(200) && late <= Duration::from_millis(400));
-            assert_eq!(
-                c.backoff(1, Some(Duration::from_secs(2))),
-                Duration::from_secs(2)
-            );
-        }
+        // 100, 200, 400, 400 ms, each with up to as much again of jitter.
+        let (attempts, waited) = retry_time(&c, None).await;
+        assert_eq!(attempts, 5);
+        assert!(waited >= Duration::from_millis(1100), "{waited:?}");
+        assert!(waited <= Duration::from_millis(2200), "{waited:?}");
+        // Retry-After is a floor for every wait.
+        let (attempts, waited) = retry_time(&c, Some(Duration::from_secs(2))).await;
+        assert_eq!(attempts, 5);
+        assert!(waited >= Duration::from_secs(8), "{waited:?}");
+        // A Retry-After longer than a call may hold is handed back at once.
+        let (attempts, _) = retry_time(&c, Some(Duration::from_secs(40))).await;
+        assert_eq!(attempts, 1);
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn poll_pages_tolerate_numbers_nulls_and_looping_cursors() {
+        let page: TaskPage = serde_json::from_value(serde_json::json!({
+            "taskInfo": {"taskId": 7, "status": 2, "totalCount": 1, "successCount": 1,
+                          "failCount": 0, "skipCount": 0},
+            "registerList": null,
+            "nextPageCursor": -1
+        }))
+        .unwrap();
+        assert!(page.register_list.is_none());
+        assert_eq!(page.task_info.unwrap().status.unwrap().into_string(), "2");
+        assert_eq!(page.next_page_cursor.unwrap().into_string(), "-1");
+        let page: TaskPage = serde_json::from_value(serde_json::json!({
+            "registerList": [null, {"phone": 8613800000001_i64, "code": 13000301, "reason": 42}]
+        }))
+        .unwrap();
+        let entries: Vec<_> = page.register_list.unwrap().into_iter().flatten().collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].reason.clone().unwrap().into_string(), "42");
+    }
+
+    #[test]
+    fn koodrive_text_is_bounded_and_printable() {
+        let long = "x".repeat(5000);
+        let body = format!(r#"{{"code":13000201,"msg":"line\u0000one\nline two {long}"}}"#);
+        let err = classify(Call::Get, 400, body.as_bytes(), None, None, &signed("")).unwrap_err();
+        let msg = err.message();
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        assert!(
+            msg.chars().count() < MAX_MESSAGE_CHARS + 200,
+            "{}",
+            msg.len()
+        );
+        assert!(msg.contains("line one line two"), "{msg}");
+    }
+
+    #[test]
+    fn authentication_is_told_apart_from_parameters_and_clocks() {
+        let auth_400 = classify(
+            Call::Get,
+            400,
+            "{\"code\":13000001,\"msg\":\"鉴权不通过\"}".as_bytes(),
+            None,
+            None,
+            &signed(""),
+        )
+        .unwrap_err();
+        assert_eq!(auth_400.class(), ErrorClass::Authentication);
+        let params = classify(
+            Call::Create,
+            400,
+            br#"{"code":13000102,"msg":"parameter validation failed"}"#,
+            None,
+            None,
+            &signed(""),
+        )
+        .unwrap_err();
+        assert_eq!(params.class(), ErrorClass::Rejected);
+        let future = classify(
+            Call::Create,
+            401,
+            br#"{"error_code":"APIG.0303","error_msg":"Incorrect app authentication information: x-date cannot be later than the current time"}"#,
+            None,
+            None,
+            &signed(""),
+        )
+        .unwrap_err();
+        assert_eq!(future.class(), ErrorClass::ClockSkew);
+        let expired = classify(
+            Call::Get,
+            401,
+            br#"{"error_code":"APIG.0303","error_msg":"Incorrect app authentication information: signature expired, signature time:20230527T000431Z,server time:20230527T020608Z"}"#,
+            None,
+            None,
+            &signed(""),
+        )
+        .unwrap_err();
+        assert_eq!(expired.class(), ErrorClass::ClockSkew);
+        assert_eq!(
+            expired.clock_offset().map(|d| d.as_secs()),
+            Some(-(2 * 3600 + 97))
+        );
     }
 }

@@ -1,14 +1,59 @@
 //! What can go wrong talking to KooDrive, classified by what the caller may safely do next.
+//!
+//! The classification is the at-most-once rule of the whole operator: a create may be sent
+//! again only when the answer *proves* KooDrive did not act on it. Those answers are:
+//! - the connection failed before the request was written (nothing left this machine);
+//! - the API gateway answered with its own envelope (`APIG.*`) and a 4xx status:
+//!   authentication, an unknown API — the gateway refuses these before forwarding anything;
+//! - HTTP 429 (throttling, e.g. the gateway's `APIG.0308`): refused for its rate;
+//! - an authentication failure in KooDrive's own envelope (HTTP 400/401/403 whose code or
+//!   message denotes authentication): the request was refused before it was processed;
+//! - KooDrive's parameter-validation error (`13000102`): it refused the body outright;
+//! - the request was refused before sending (too many users, a blank field, a bad endpoint).
+//!
+//! Everything else a create can meet — any 5xx with or without an envelope (Huawei's gateway
+//! answers `504 APIG.0203 Backend timeout` when KooDrive did not reply in time, and it may
+//! already have created the task), another KooDrive error code, a timeout, a dropped,
+//! oversized or unreadable answer — is [`ErrorClass::InDoubt`].
 
+use jiff::Timestamp;
 use std::fmt;
 use std::time::Duration;
 
-/// One of KooDrive's two provisioning calls.
+/// KooDrive's code for "parameter validation failed": the body was refused outright.
+pub const PARAMETER_VALIDATION_FAILED: &str = "13000102";
+/// KooDrive's code for "authentication failed" (`鉴权不通过`).
+pub const AUTHENTICATION_FAILED: &str = "13000001";
+
+/// One of the KooDrive calls the operator makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Call {
+    /// `POST batchRegister/create`: the only call that creates anything.
     Create,
+    /// `GET batchRegister/get`.
     Get,
+    /// `DELETE users/{userId}`: irreversible.
+    DeleteUser,
+    /// `GET users/{userId}`.
+    GetUser,
+}
+
+impl Call {
+    /// A short label for metrics and logs (`create`, `get`, `delete_user`, `get_user`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Call::Create => "create",
+            Call::Get => "get",
+            Call::DeleteUser => "delete_user",
+            Call::GetUser => "get_user",
+        }
+    }
+
+    /// Whether repeating this call after an ambiguous outcome could do something twice.
+    pub fn changes_state(self) -> bool {
+        matches!(self, Call::Create | Call::DeleteUser)
+    }
 }
 
 impl fmt::Display for Call {
@@ -16,6 +61,8 @@ impl fmt::Display for Call {
         f.write_str(match self {
             Call::Create => "batchRegister/create",
             Call::Get => "batchRegister/get",
+            Call::DeleteUser => "users/{userId} (delete)",
+            Call::GetUser => "users/{userId} (query)",
         })
     }
 }
@@ -23,17 +70,22 @@ impl fmt::Display for Call {
 /// What a caller may do about an [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Safe to retry later (5xx, 429, connect failures, timeouts on reads).
+    /// Safe to repeat later: for a read, any transient failure; for a create, only a failure
+    /// that proves nothing was processed (no connection, gateway throttling). `retry_after`
+    /// is the server's floor for the next attempt.
     Transient { retry_after: Option<Duration> },
-    /// Credentials/signature problem: do not retry until the credentials change.
+    /// The credentials or signature were refused. Huawei locks an AK/SK for 5 minutes after
+    /// more than five consecutive failures: do not repeat until the credentials change.
     Authentication,
-    /// KooDrive rejected the request (code + msg): do not retry until the input changes.
+    /// The signature's date was outside KooDrive's window: this machine's clock and
+    /// KooDrive's disagree. Transient once the offset is applied; not a credentials problem.
+    ClockSkew,
+    /// KooDrive refused the request and provably did not act on it (parameter validation,
+    /// a gateway 4xx): do not repeat until the input changes.
     Rejected,
-    /// The request was refused before sending (too many users, missing field, bad endpoint).
+    /// Refused before sending (too many users, missing field, bad endpoint).
     Invalid,
-    /// create_batch only: the request may have reached KooDrive but no answer was read (read
-    /// timeout, connection dropped after sending, unparsable 200 body). KooDrive may have
-    /// created the task.
+    /// A create (or delete) that may have been acted on, with no answer proving either way.
     InDoubt,
 }
 
@@ -47,7 +99,7 @@ pub struct CanonicalRequests {
 }
 
 /// A failed KooDrive call. `Display` is one actionable line and never contains a secret
-/// (SKs and passwords never reach this type).
+/// (SKs and passwords never reach this type); it never repeats its `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid KooDrive endpoint `{endpoint}`: {reason}")]
@@ -86,8 +138,7 @@ pub enum Error {
         code_msg(code, msg),
         request_id_note(request_id),
         retry_note(retry_after),
-        // Without an envelope, a create may have been forwarded before the failure.
-        if code.is_none() && *status != 429 { in_doubt_hint(*call) } else { "" }
+        if acted_on_possible(*call, *status, code.as_deref()) { in_doubt_hint(*call) } else { "" }
     )]
     Unavailable {
         call: Call,
@@ -99,7 +150,7 @@ pub enum Error {
     },
 
     #[error(
-        "KooDrive refused the credentials ({call}): HTTP {status}{}{}; check the access key, secret key, user ID and this machine's clock (Huawei locks an AK/SK for 5 minutes after repeated failures, so fix them before retrying)",
+        "KooDrive refused the credentials ({call}): HTTP {status}{}{}; check the access key, secret key and user ID (Huawei locks an AK/SK for 5 minutes after repeated failures, so fix them before retrying)",
         code_msg(code, msg),
         request_id_note(request_id)
     )]
@@ -115,9 +166,29 @@ pub enum Error {
     },
 
     #[error(
-        "KooDrive rejected the request ({call}): HTTP {status}{}{}",
+        "KooDrive refused the request's date ({call}): HTTP {status}{}{}; this machine's clock and KooDrive's differ{}",
         code_msg(code, msg),
-        request_id_note(request_id)
+        request_id_note(request_id),
+        offset_note(*signed_at, *server_time)
+    )]
+    ClockSkew {
+        call: Call,
+        status: u16,
+        code: Option<String>,
+        msg: Option<String>,
+        request_id: Option<String>,
+        /// The `X-Date` the refused request carried (Unix seconds: small, so every
+        /// `Result` carrying this error stays small).
+        signed_at: Option<i64>,
+        /// KooDrive's time, when its answer says (`server time:…`), in Unix seconds.
+        server_time: Option<i64>,
+    },
+
+    #[error(
+        "KooDrive rejected the request ({call}): HTTP {status}{}{}{}",
+        code_msg(code, msg),
+        request_id_note(request_id),
+        if acted_on_possible(*call, *status, code.as_deref()) { in_doubt_hint(*call) } else { "" }
     )]
     Rejected {
         call: Call,
@@ -127,7 +198,7 @@ pub enum Error {
         request_id: Option<String>,
     },
 
-    #[error("KooDrive's answer to {call} could not be understood (HTTP {status}: {detail}){}", if *call == Call::Create { in_doubt_hint(*call) } else { "" })]
+    #[error("KooDrive's answer to {call} could not be understood (HTTP {status}: {detail}){}", in_doubt_hint(*call))]
     BadResponse {
         call: Call,
         status: u16,
@@ -166,8 +237,29 @@ fn in_doubt_hint(call: Call) -> &'static str {
         Call::Create => {
             "; KooDrive may have created the task: check the KooDrive console (or `koodrive-operator task`) before sending these users again"
         }
-        Call::Get => "",
+        Call::DeleteUser => "; KooDrive may have deleted the user",
+        Call::Get | Call::GetUser => "",
     }
+}
+
+/// Whether an error answer leaves open that a state-changing call was acted on: only a
+/// gateway 4xx, an authentication refusal, throttling and KooDrive's parameter validation
+/// prove it was not.
+fn acted_on_possible(call: Call, status: u16, code: Option<&str>) -> bool {
+    call.changes_state() && !proves_not_acted(status, code)
+}
+
+fn is_gateway_code(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("APIG.") || c.starts_with("APIGW."))
+}
+
+/// The answers that prove KooDrive did not process a request (see the module docs).
+fn proves_not_acted(status: u16, code: Option<&str>) -> bool {
+    let gateway_refusal = (400..500).contains(&status) && is_gateway_code(code);
+    // RFC 6585: a 429 refuses the request for its rate; nothing that acted on a request
+    // answers 429 afterwards.
+    let throttled = status == 429;
+    gateway_refusal || throttled || code == Some(PARAMETER_VALIDATION_FAILED)
 }
 
 fn code_msg(code: &Option<String>, msg: &Option<String>) -> String {
@@ -192,18 +284,58 @@ fn retry_note(retry_after: &Option<Duration>) -> String {
         .unwrap_or_default()
 }
 
+fn offset_note(signed_at: Option<i64>, server_time: Option<i64>) -> String {
+    let time = |s: i64| {
+        Timestamp::from_second(s)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| s.to_string())
+    };
+    match (signed_at, server_time) {
+        (Some(signed), Some(server)) => format!(
+            " by about {} s (this machine signed at {}, KooDrive's time was {})",
+            signed - server,
+            time(signed),
+            time(server)
+        ),
+        _ => String::new(),
+    }
+}
+
 impl Error {
+    /// The call that failed, when it got as far as choosing one.
+    pub fn call(&self) -> Option<Call> {
+        match self {
+            Error::Connect { call, .. }
+            | Error::NoAnswer { call, .. }
+            | Error::Unavailable { call, .. }
+            | Error::Authentication { call, .. }
+            | Error::ClockSkew { call, .. }
+            | Error::Rejected { call, .. }
+            | Error::BadResponse { call, .. } => Some(*call),
+            Error::InvalidEndpoint { .. }
+            | Error::InvalidRequest { .. }
+            | Error::HttpClient { .. } => None,
+        }
+    }
+
     /// What the caller may safely do next.
     pub fn class(&self) -> ErrorClass {
+        let ambiguous = |call: Call, transient: ErrorClass| {
+            if call.changes_state() {
+                ErrorClass::InDoubt
+            } else {
+                transient
+            }
+        };
+        let retry = ErrorClass::Transient { retry_after: None };
         match self {
             Error::InvalidEndpoint { .. }
             | Error::InvalidRequest { .. }
             | Error::HttpClient { .. } => ErrorClass::Invalid,
-            Error::Connect { .. } => ErrorClass::Transient { retry_after: None },
-            Error::NoAnswer { call, .. } | Error::BadResponse { call, .. } => match call {
-                Call::Create => ErrorClass::InDoubt,
-                Call::Get => ErrorClass::Transient { retry_after: None },
-            },
+            Error::Connect { .. } => retry,
+            Error::NoAnswer { call, .. } | Error::BadResponse { call, .. } => {
+                ambiguous(*call, retry)
+            }
             Error::Unavailable {
                 call,
                 status,
@@ -211,19 +343,26 @@ impl Error {
                 retry_after,
                 ..
             } => {
-                // A 5xx that carries no KooDrive/gateway envelope may come from a proxy that
-                // had already forwarded the request: for a create, only an envelope proves
-                // that no task was created.
-                if *call == Call::Create && *status != 429 && code.is_none() {
-                    ErrorClass::InDoubt
+                let transient = ErrorClass::Transient {
+                    retry_after: *retry_after,
+                };
+                if proves_not_acted(*status, code.as_deref()) {
+                    transient
                 } else {
-                    ErrorClass::Transient {
-                        retry_after: *retry_after,
-                    }
+                    ambiguous(*call, transient)
                 }
             }
             Error::Authentication { .. } => ErrorClass::Authentication,
-            Error::Rejected { .. } => ErrorClass::Rejected,
+            Error::ClockSkew { .. } => ErrorClass::ClockSkew,
+            Error::Rejected {
+                call, status, code, ..
+            } => {
+                if proves_not_acted(*status, code.as_deref()) {
+                    ErrorClass::Rejected
+                } else {
+                    ambiguous(*call, ErrorClass::Rejected)
+                }
+            }
         }
     }
 
@@ -232,7 +371,21 @@ impl Error {
         match self {
             Error::Unavailable { code, .. }
             | Error::Authentication { code, .. }
+            | Error::ClockSkew { code, .. }
             | Error::Rejected { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the answer, if one arrived.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Unavailable { status, .. }
+            | Error::Authentication { status, .. }
+            | Error::ClockSkew { status, .. }
+            | Error::Rejected { status, .. }
+            | Error::BadResponse { status, .. } => Some(*status),
+            Error::NoAnswer { status, .. } => *status,
             _ => None,
         }
     }
@@ -242,6 +395,7 @@ impl Error {
         match self {
             Error::Unavailable { request_id, .. }
             | Error::Authentication { request_id, .. }
+            | Error::ClockSkew { request_id, .. }
             | Error::Rejected { request_id, .. } => request_id.as_deref(),
             _ => None,
         }
@@ -258,6 +412,19 @@ impl Error {
         }
     }
 
+    /// For a clock problem: how far this machine's signing clock was ahead of KooDrive's
+    /// (negative: behind), when KooDrive's answer gave its time.
+    pub fn clock_offset(&self) -> Option<jiff::SignedDuration> {
+        match self {
+            Error::ClockSkew {
+                signed_at: Some(signed),
+                server_time: Some(server),
+                ..
+            } => Some(jiff::SignedDuration::from_secs(signed - server)),
+            _ => None,
+        }
+    }
+
     /// A human message for status fields and Events: no secrets, and deterministic (no
     /// request IDs, dates or echoed canonical requests, which change on every attempt), so
     /// writing it twice does not look like a change.
@@ -266,9 +433,21 @@ impl Error {
             Error::Authentication {
                 status, code, msg, ..
             } => format!(
-                "KooDrive refused the credentials (HTTP {status}{}); check the access key, secret key, user ID and clock",
+                "KooDrive refused the credentials (HTTP {status}{}); check the access key, secret key and user ID",
                 code_msg(code, &msg.as_deref().map(stable_gateway_message))
             ),
+            Error::ClockSkew {
+                status, code, msg, ..
+            } => {
+                let offset = self
+                    .clock_offset()
+                    .map(|d| format!(" by about {} s", d.as_secs()))
+                    .unwrap_or_default();
+                format!(
+                    "KooDrive refused the request's date (HTTP {status}{}): this machine's clock differs from KooDrive's{offset}; the operator signs with KooDrive's clock once it has seen it, otherwise fix the node's time (NTP)",
+                    code_msg(code, &msg.as_deref().map(stable_gateway_message))
+                )
+            }
             Error::Unavailable {
                 call,
                 status,
@@ -301,6 +480,7 @@ fn stable_gateway_message(msg: &str) -> String {
         ", canonicalRequest:",
         "canonicalRequest:",
         ", signature time:",
+        "signature time:",
     ] {
         if let Some(at) = stable.find(marker) {
             stable = &stable[..at];
@@ -330,19 +510,37 @@ mod tests {
     #[test]
     fn status_message_drops_volatile_gateway_details() {
         let err = auth(
-            "Incorrect app authentication information: signature expired, signature time:20230527T000431Z,server time:20230527T020608Z",
+            "Incorrect app authentication information: verify signature fail, canonicalRequest:GET|/x/||host:h",
         );
         assert_eq!(
             err.message(),
-            "KooDrive refused the credentials (HTTP 401, code APIG.0303: Incorrect app authentication information: signature expired); check the access key, secret key, user ID and clock"
+            "KooDrive refused the credentials (HTTP 401, code APIG.0303: Incorrect app authentication information: verify signature fail); check the access key, secret key and user ID"
         );
         let display = err.to_string();
-        assert!(
-            display.contains("server time:20230527T020608Z"),
-            "{display}"
-        );
+        assert!(display.contains("canonicalRequest:GET"), "{display}");
         assert!(display.contains("req-1"), "{display}");
         assert!(!display.contains('\n'));
+    }
+
+    #[test]
+    fn clock_messages_name_the_offset_and_stay_stable() {
+        let skew = |signed: i64, server: i64| Error::ClockSkew {
+            call: Call::Get,
+            status: 401,
+            code: Some("APIG.0303".into()),
+            msg: Some(format!(
+                "Incorrect app authentication information: signature expired, signature time:{signed},server time:{server}"
+            )),
+            request_id: Some("r".into()),
+            signed_at: Some(signed),
+            server_time: Some(server),
+        };
+        let a = skew(1_000_100, 1_000_000);
+        assert_eq!(a.class(), ErrorClass::ClockSkew);
+        assert!(a.message().contains("by about 100 s"), "{}", a.message());
+        assert!(!a.message().contains("signature time"), "{}", a.message());
+        assert_eq!(a.clock_offset(), Some(jiff::SignedDuration::from_secs(100)));
+        assert_eq!(a.message(), skew(1_000_200, 1_000_100).message());
     }
 
     #[test]
@@ -355,21 +553,52 @@ mod tests {
             request_id: None,
             retry_after: None,
         };
+        let retry = ErrorClass::Transient { retry_after: None };
+        // A 5xx on a create is in doubt whatever its envelope: the backend may have acted.
         assert_eq!(
             unavailable(Call::Create, 503, Some("13000201")).class(),
-            ErrorClass::Transient { retry_after: None }
+            ErrorClass::InDoubt
+        );
+        assert_eq!(
+            unavailable(Call::Create, 504, Some("APIG.0203")).class(),
+            ErrorClass::InDoubt
         );
         assert_eq!(
             unavailable(Call::Create, 502, None).class(),
             ErrorClass::InDoubt
         );
+        // Reads are always safe to repeat.
+        assert_eq!(unavailable(Call::Get, 502, None).class(), retry);
+        assert_eq!(unavailable(Call::Get, 503, Some("13000201")).class(), retry);
+        // Throttling proves nothing was processed.
         assert_eq!(
-            unavailable(Call::Get, 502, None).class(),
-            ErrorClass::Transient { retry_after: None }
+            unavailable(Call::Create, 429, Some("APIG.0308")).class(),
+            retry
+        );
+        assert_eq!(unavailable(Call::Create, 429, None).class(), retry);
+        let rejected = |call, status, code: &str| Error::Rejected {
+            call,
+            status,
+            code: Some(code.into()),
+            msg: None,
+            request_id: None,
+        };
+        assert_eq!(
+            rejected(Call::Create, 400, PARAMETER_VALIDATION_FAILED).class(),
+            ErrorClass::Rejected
         );
         assert_eq!(
-            unavailable(Call::Create, 429, None).class(),
-            ErrorClass::Transient { retry_after: None }
+            rejected(Call::Create, 404, "APIG.0101").class(),
+            ErrorClass::Rejected
+        );
+        // Any other KooDrive code on a create leaves the outcome open.
+        assert_eq!(
+            rejected(Call::Create, 200, "13000201").class(),
+            ErrorClass::InDoubt
+        );
+        assert_eq!(
+            rejected(Call::Get, 400, "13000404").class(),
+            ErrorClass::Rejected
         );
         let no_answer = |call| Error::NoAnswer {
             call,
@@ -380,10 +609,8 @@ mod tests {
                 .expect_err("an unparsable URL is refused"),
         };
         assert_eq!(no_answer(Call::Create).class(), ErrorClass::InDoubt);
-        assert_eq!(
-            no_answer(Call::Get).class(),
-            ErrorClass::Transient { retry_after: None }
-        );
+        assert_eq!(no_answer(Call::DeleteUser).class(), ErrorClass::InDoubt);
+        assert_eq!(no_answer(Call::Get).class(), retry);
         assert_eq!(auth("x").class(), ErrorClass::Authentication);
         assert_eq!(auth("x").code(), Some("APIG.0303"));
     }

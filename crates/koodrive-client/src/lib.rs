@@ -1,16 +1,26 @@
-//! KooDrive's batch-provisioning API: request signing ([`signer`]) and the HTTP client
-//! ([`Client`]). Nothing in here knows about Kubernetes.
+//! KooDrive's provisioning and user-management API: request signing ([`signer`]), the HTTP
+//! client ([`Client`]) with its at-most-once error classes ([`ErrorClass`]), the request
+//! limit ([`limit`]) and KooDrive's clock ([`clock`]). Nothing in here knows about Kubernetes.
 //!
 //! Secrets (the SK and users' initial passwords) only ever live in [`SecretKey`] and
 //! [`Password`], whose `Debug` output is redacted, so they cannot leak through `{:?}`.
 
 mod body;
 mod client;
+pub mod clock;
 mod error;
+pub mod limit;
 pub mod signer;
 
-pub use client::{Client, ClientConfig, CreatedTask, PreparedRequest, TaskReport, UserResult};
-pub use error::{Call, CanonicalRequests, Error, ErrorClass};
+pub use client::{
+    Client, ClientConfig, CreatedTask, Deletion, HttpObserver, HttpOutcome, PreparedRequest,
+    Reservation, TaskReport, UserInfo, UserResult, normalize_endpoint,
+};
+pub use clock::ServerClock;
+pub use error::{
+    AUTHENTICATION_FAILED, Call, CanonicalRequests, Error, ErrorClass, PARAMETER_VALIDATION_FAILED,
+};
+pub use limit::RequestLimiter;
 
 use rand::RngExt;
 use serde::{Serialize, Serializer};
@@ -23,6 +33,8 @@ pub const MAX_USERS_PER_REQUEST: usize = 1000;
 pub const CREATE_PATH: &str = "/koodrive/ose/v1/user/batchRegister/create";
 /// Path of "query a batch provisioning task".
 pub const GET_PATH: &str = "/koodrive/ose/v1/user/batchRegister/get";
+/// Prefix of the user-management calls: `DELETE` and `GET {USERS_PATH}/{userId}`.
+pub const USERS_PATH: &str = "/koodrive/ose/v1/users";
 
 /// Length of an `X-Traceid` (the docs say "58 bits", meaning 58 characters).
 pub const TRACE_ID_LEN: usize = 58;
@@ -50,6 +62,13 @@ impl SecretKey {
     /// The raw key, for the HMAC and nothing else.
     pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    /// Whether `candidate` is this key, compared in constant time: lets a caller refuse to
+    /// send the key anywhere else (as a user's password, say) without exposing it.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
 

@@ -1,5 +1,5 @@
-//! The simulator's HTTP surface: KooDrive's two calls behind signature verification, and
-//! the `/_sim/` control endpoints.
+//! The simulator's HTTP surface: KooDrive's provisioning and user-management calls behind
+//! signature verification, and the `/_sim/` control endpoints.
 
 use super::{Fault, Inner, Outcome, State, Task};
 use axum::body::{Body, Bytes};
@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use koodrive_client::signer::{self, parse_authorization};
-use koodrive_client::{CREATE_PATH, GET_PATH, MAX_USERS_PER_REQUEST};
+use koodrive_client::{CREATE_PATH, GET_PATH, MAX_USERS_PER_REQUEST, USERS_PATH};
 use rand::RngExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,6 +25,8 @@ const USER_MISMATCH: i64 = 13000104;
 /// Not documented by KooDrive: per-user codes in task results.
 const USER_EXISTS: &str = "13000301";
 const USER_FAILED: &str = "13000302";
+/// Not documented by KooDrive: the simulator's answer for an unknown user (HTTP 404).
+const USER_NOT_FOUND: i64 = 13000404;
 const MAX_PAGE_SIZE: usize = 1000;
 
 pub(super) fn router(state: Arc<State>) -> Router {
@@ -73,7 +75,7 @@ pub(super) fn koodrive_error(status: StatusCode, code: i64, msg: &str) -> http::
     respond(status, &json!({"code": code, "msg": msg}))
 }
 
-fn respond(status: StatusCode, body: &Value) -> http::Response<Body> {
+pub(super) fn respond(status: StatusCode, body: &Value) -> http::Response<Body> {
     let mut response = http::Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -126,8 +128,13 @@ async fn koodrive_api(
 ) -> http::Response<Body> {
     let trace_id = header(&headers, "x-traceid").unwrap_or("-").to_string();
     let path = uri.path();
+    let user_path = path
+        .strip_prefix(USERS_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|id| !id.is_empty() && !id.contains('/'));
     let known = (method == Method::POST && path == CREATE_PATH)
-        || (method == Method::GET && path == GET_PATH);
+        || (method == Method::GET && path == GET_PATH)
+        || (user_path.is_some() && (method == Method::GET || method == Method::DELETE));
     if !known {
         tracing::info!(%method, path, trace_id, "simulator: no such API");
         return gateway_error(
@@ -145,10 +152,11 @@ async fn koodrive_api(
             return response;
         }
     };
-    let response = if path == CREATE_PATH {
-        create(&mut inner, &user_id, &body)
-    } else {
-        get_task(&inner, &user_id, uri.query().unwrap_or(""))
+    let response = match (user_path, &method) {
+        (Some(target), &Method::DELETE) => delete_user(&mut inner, &user_id, target),
+        (Some(target), _) => get_user(&inner, &user_id, target),
+        (None, _) if path == CREATE_PATH => create(&mut inner, &user_id, &body),
+        (None, _) => get_task(&inner, &user_id, uri.query().unwrap_or("")),
     };
     tracing::info!(%method, path, trace_id, status = response.status().as_u16(), "simulator: answered");
     response
@@ -185,14 +193,21 @@ fn authenticate(
         header(headers, "x-date").ok_or_else(|| auth_failure("x-date header not found"))?;
     let signed_at = signer::parse_x_date(x_date)
         .map_err(|_| auth_failure("x-date format incorrect, expected yyyyMMddTHHmmssZ"))?;
-    let now = jiff::Timestamp::now();
+    let now = inner.now();
     let age = now.duration_since(signed_at);
     let too_old = age.as_secs() > i64::try_from(inner.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
-    if too_old || age.is_negative() {
+    if too_old {
         return Err(auth_failure(&format!(
             "signature expired, signature time:{x_date},server time:{}",
             signer::format_x_date(now)
         )));
+    }
+    // KooDrive names no time when the date is ahead of its clock: a client learns the
+    // offset only from the `Date` header.
+    if age.is_negative() {
+        return Err(auth_failure(
+            "the signature time cannot be later than the current time",
+        ));
     }
     let authority = uri.authority().map(|a| a.as_str());
     let mut values = Vec::with_capacity(parsed.signed_headers.len());
@@ -304,15 +319,23 @@ fn create(inner: &mut Inner, user_id: &str, body: &[u8]) -> http::Response<Body>
     let mut users = Vec::with_capacity(phones.len());
     for (index, phone) in phones.into_iter().enumerate() {
         *inner.submissions.entry(phone.clone()).or_default() += 1;
-        let outcome = if inner.registered_phones.contains(&phone) {
+        let exists = inner.registered_phones.contains(&phone)
+            || inner
+                .users
+                .get(user_id)
+                .is_some_and(|users| users.contains_key(&phone));
+        let outcome = if exists {
             Outcome::Skipped
         } else if inner.failing_phones.contains(&phone) {
             Outcome::Failed
         } else {
-            inner.registered_phones.insert(phone.clone());
-            Outcome::Registered {
-                user_id: format!("{task_id}{index:04}"),
-            }
+            let new_id = format!("{task_id}{index:04}");
+            inner
+                .users
+                .entry(user_id.to_string())
+                .or_default()
+                .insert(phone.clone(), new_id.clone());
+            Outcome::Registered { user_id: new_id }
         };
         users.push((phone, outcome));
     }
@@ -367,6 +390,7 @@ fn get_task(inner: &Inner, user_id: &str, raw_query: &str) -> http::Response<Bod
             &format!("task {task_id} not found"),
         );
     };
+    let quirks = &inner.quirks;
     let total = task.users.len();
     let ready = task.created.elapsed() >= inner.result_delay;
     let count = |wanted: fn(&Outcome) -> bool| {
@@ -376,11 +400,24 @@ fn get_task(inner: &Inner, user_id: &str, raw_query: &str) -> http::Response<Bod
             0
         }
     };
+    let status = match (quirks.numeric_status, ready) {
+        (true, true) => json!(2),
+        (true, false) => json!(1),
+        (false, true) => json!("FINISHED"),
+        (false, false) => json!("PROCESSING"),
+    };
+    // A task that never finishes reports one user short of its total, forever.
+    let success = count(|o| matches!(o, Outcome::Registered { .. }));
+    let success = if quirks.never_finish {
+        success.min(total.saturating_sub(1))
+    } else {
+        success
+    };
     let task_info = json!({
         "taskId": task_id,
-        "status": if ready { "FINISHED" } else { "PROCESSING" },
+        "status": status,
         "totalCount": total,
-        "successCount": count(|o| matches!(o, Outcome::Registered { .. })),
+        "successCount": success,
         "failCount": count(|o| matches!(o, Outcome::Failed)),
         "skipCount": count(|o| matches!(o, Outcome::Skipped)),
     });
@@ -399,6 +436,12 @@ fn get_task(inner: &Inner, user_id: &str, raw_query: &str) -> http::Response<Bod
                     Outcome::Registered { user_id } => {
                         json!({"id": id, "userId": user_id, "phone": phone})
                     }
+                    Outcome::Skipped if quirks.numeric_reason => {
+                        json!({"id": id, "phone": phone, "code": 13000301, "reason": 1})
+                    }
+                    Outcome::Failed if quirks.numeric_reason => {
+                        json!({"id": id, "phone": phone, "code": 13000302, "reason": 2})
+                    }
                     Outcome::Skipped => json!({"id": id, "phone": phone, "code": USER_EXISTS,
                                                "reason": "user already registered"}),
                     Outcome::Failed => json!({"id": id, "phone": phone, "code": USER_FAILED,
@@ -406,20 +449,77 @@ fn get_task(inner: &Inner, user_id: &str, raw_query: &str) -> http::Response<Bod
                 }
             })
             .collect();
-        let next = if end < total {
-            end.to_string()
-        } else {
-            String::new()
-        };
+        let last = quirks.end_cursor.clone().unwrap_or_default();
+        let next = if end < total { end.to_string() } else { last };
         (page, next)
     } else {
-        (Vec::new(), String::new())
+        (Vec::new(), quirks.end_cursor.clone().unwrap_or_default())
+    };
+    let register_list = if quirks.null_register_list && entries.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(entries)
     };
     // The string form of `code`, so clients are exercised with both forms KooDrive uses.
     respond(
         StatusCode::OK,
         &json!({"code": "0", "msg": "Success", "data": {
-            "taskInfo": task_info, "registerList": entries, "nextPageCursor": next}}),
+            "taskInfo": task_info, "registerList": register_list, "nextPageCursor": next}}),
+    )
+}
+
+/// The user `target` among those `owner`'s account created: its phone.
+fn owned_user<'a>(inner: &'a Inner, owner: &str, target: &str) -> Option<&'a String> {
+    inner
+        .users
+        .get(owner)?
+        .iter()
+        .find(|(_, id)| id.as_str() == target)
+        .map(|(phone, _)| phone)
+}
+
+fn user_not_found(target: &str) -> http::Response<Body> {
+    koodrive_error(
+        StatusCode::NOT_FOUND,
+        USER_NOT_FOUND,
+        &format!("user {target} does not exist"),
+    )
+}
+
+/// `DELETE users/{userId}`: the user and "the corresponding resources" go; the phone can be
+/// registered again.
+fn delete_user(inner: &mut Inner, owner: &str, target: &str) -> http::Response<Body> {
+    *inner.deletions.entry(target.to_string()).or_default() += 1;
+    let Some(phone) = owned_user(inner, owner, target).cloned() else {
+        return user_not_found(target);
+    };
+    if let Some(users) = inner.users.get_mut(owner) {
+        users.remove(&phone);
+    }
+    tracing::info!(user_id = target, "simulator: user deleted");
+    respond(StatusCode::OK, &json!({"code": 0, "msg": "success"}))
+}
+
+/// `GET users/{userId}`, with the enterprise edition's documented fields (mobile masked).
+fn get_user(inner: &Inner, owner: &str, target: &str) -> http::Response<Body> {
+    let Some(phone) = owned_user(inner, owner, target) else {
+        return user_not_found(target);
+    };
+    let masked: String = phone
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if (3..phone.len().saturating_sub(4)).contains(&i) {
+                '*'
+            } else {
+                c
+            }
+        })
+        .collect();
+    respond(
+        StatusCode::OK,
+        &json!({"code": 0, "msg": "success", "data": {
+            "id": target, "userId": target, "mobile": masked, "name": "", "status": 0}}),
     )
 }
 

@@ -3,9 +3,12 @@
 //!
 //! It recomputes each signature from the request it received (so any client-side
 //! canonicalisation bug shows up as the gateway's `APIG.0303` with its canonical request),
-//! enforces the `X-Date` window, validates bodies, creates tasks whose per-user results
-//! appear after a delay, pages results, injects faults, and counts how often each phone was
-//! submitted so tests can prove nothing is provisioned twice.
+//! enforces the `X-Date` window against its own (possibly skewed) clock, validates bodies,
+//! creates tasks whose per-user results appear after a delay, pages results, keeps the users
+//! it created per account (so they can be queried, deleted, and created again), injects
+//! faults — including the worst cases a real gateway produces, such as answering 5xx after
+//! the backend acted — and counts how often each phone was submitted and each user deleted,
+//! so tests can prove nothing is done twice.
 
 mod api;
 
@@ -16,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 pub use koodrive_client::Call;
-use koodrive_client::{CREATE_PATH, GET_PATH, SecretKey};
+use koodrive_client::{CREATE_PATH, GET_PATH, SecretKey, USERS_PATH};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -46,6 +49,27 @@ pub struct SimulatorConfig {
     pub failing_phones: HashSet<String>,
     /// Oldest accepted `X-Date` (KooDrive: 15 minutes). Dates in the future are refused.
     pub max_clock_skew: Duration,
+    /// How far the simulated KooDrive's clock is ahead of this machine's (negative: behind).
+    /// It judges `X-Date` by that clock and reports it in the `Date` header and in refusals.
+    pub clock_offset: jiff::SignedDuration,
+    /// Documented-but-loose answer shapes to exercise clients with.
+    pub quirks: Quirks,
+}
+
+/// Answer shapes KooDrive's docs allow (or do not rule out) that a client must survive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Quirks {
+    /// `taskInfo.status` as a number (the docs type it as a string).
+    pub numeric_status: bool,
+    /// Per-user `code` and `reason` as numbers.
+    pub numeric_reason: bool,
+    /// `registerList: null` instead of an empty or absent list.
+    pub null_register_list: bool,
+    /// The cursor of the last page, instead of an empty string (e.g. `"0"` or `"-1"`).
+    pub end_cursor: Option<String>,
+    /// The task's counts never add up to its total: it never finishes.
+    pub never_finish: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -56,6 +80,8 @@ impl Default for SimulatorConfig {
             registered_phones: HashSet::new(),
             failing_phones: HashSet::new(),
             max_clock_skew: Duration::from_secs(15 * 60),
+            clock_offset: jiff::SignedDuration::ZERO,
+            quirks: Quirks::default(),
         }
     }
 }
@@ -78,7 +104,8 @@ fn one() -> u32 {
 /// What goes wrong. JSON (for `POST /_sim/faults`): `{"status5xx":503}`,
 /// `{"too_many_requests":{"retry_after_secs":2}}`, `{"latency":250}` (milliseconds),
 /// `"drop_connection"`, `"drop_after_processing"`, `"garbled_json"`,
-/// `{"reject":{"code":13000102,"msg":"parameter validation failed"}}`.
+/// `{"reject":{"code":13000102,"msg":"parameter validation failed"}}`,
+/// `{"respond":{"status":504,"body":{"error_code":"APIG.0203","error_msg":"Backend timeout."},"process":true}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -97,6 +124,36 @@ pub enum FaultKind {
     /// Refuse the request with HTTP 400 and this KooDrive code and message, without
     /// processing: a permanent rejection such as `13000102` (parameter validation failed).
     Reject { code: i64, msg: String },
+    /// Answer with exactly this status and JSON body; when `process` is set, process the
+    /// request first (a create makes its task). The gateway's "Backend timeout" is
+    /// `{status: 504, body: {"error_code":"APIG.0203",...}, process: true}`.
+    Respond {
+        status: u16,
+        body: serde_json::Value,
+        #[serde(default)]
+        process: bool,
+    },
+}
+
+impl FaultKind {
+    /// The gateway's answer when KooDrive did not reply in time — after it may have acted.
+    pub fn backend_timeout_after_processing() -> FaultKind {
+        FaultKind::Respond {
+            status: 504,
+            body: serde_json::json!({"error_code": "APIG.0203", "error_msg": "Backend timeout.",
+                                     "request_id": "sim-backend-timeout"}),
+            process: true,
+        }
+    }
+
+    /// KooDrive's own "authentication failed" (`鉴权不通过`) on HTTP 400, without processing.
+    pub fn authentication_failed_400() -> FaultKind {
+        FaultKind::Respond {
+            status: 400,
+            body: serde_json::json!({"code": 13000001, "msg": "鉴权不通过"}),
+            process: false,
+        }
+    }
 }
 
 mod millis {
@@ -138,13 +195,29 @@ struct Inner {
     accounts: HashMap<String, Account>,
     result_delay: Duration,
     max_clock_skew: Duration,
+    clock_offset: jiff::SignedDuration,
+    quirks: Quirks,
+    /// Phones that exist before any request (any account): reported as skipped.
     registered_phones: HashSet<String>,
     failing_phones: HashSet<String>,
+    /// Users created through this simulator, per owner (the account's user ID):
+    /// phone → KooDrive user ID.
+    users: HashMap<String, HashMap<String, String>>,
     tasks: HashMap<String, Task>,
     next_task_id: u64,
     submissions: HashMap<String, u32>,
+    /// KooDrive user ID → how many DELETEs reached it (found or not).
+    deletions: HashMap<String, u32>,
     faults: VecDeque<Fault>,
     page_limit: Option<usize>,
+}
+
+impl Inner {
+    /// The simulated KooDrive's clock.
+    fn now(&self) -> jiff::Timestamp {
+        let real = jiff::Timestamp::now();
+        real.checked_add(self.clock_offset).unwrap_or(real)
+    }
 }
 
 struct Task {
@@ -200,8 +273,12 @@ impl Simulator {
                     .collect(),
                 result_delay: config.result_delay,
                 max_clock_skew: config.max_clock_skew,
+                clock_offset: config.clock_offset,
+                quirks: config.quirks,
                 registered_phones: config.registered_phones,
                 failing_phones: config.failing_phones,
+                users: HashMap::new(),
+                deletions: HashMap::new(),
                 tasks: HashMap::new(),
                 // Shaped like the documented example task ID.
                 next_task_id: 1_893_596_414_966_089_600,
@@ -235,6 +312,37 @@ impl Simulator {
     /// Phone → how many times it was carried by an accepted create request.
     pub fn submissions(&self) -> HashMap<String, u32> {
         self.state.lock().submissions.clone()
+    }
+
+    /// KooDrive user ID → how many DELETE requests reached it (found or not).
+    pub fn deletions(&self) -> HashMap<String, u32> {
+        self.state.lock().deletions.clone()
+    }
+
+    /// Phone → KooDrive user ID of every user that exists now (created here, not deleted),
+    /// across accounts.
+    pub fn users(&self) -> HashMap<String, String> {
+        self.state
+            .lock()
+            .users
+            .values()
+            .flat_map(|users| users.iter().map(|(p, id)| (p.clone(), id.clone())))
+            .collect()
+    }
+
+    /// Moves the simulated clock (ahead of this machine's when positive).
+    pub fn set_clock_offset(&self, offset: jiff::SignedDuration) {
+        self.state.lock().clock_offset = offset;
+    }
+
+    /// Replaces the answer quirks.
+    pub fn set_quirks(&self, quirks: Quirks) {
+        self.state.lock().quirks = quirks;
+    }
+
+    /// Makes phones fail (or stop failing) from the next task on.
+    pub fn set_failing_phones(&self, phones: HashSet<String>) {
+        self.state.lock().failing_phones = phones;
     }
 
     /// Queues a fault for upcoming requests (faults apply in the order queued).
@@ -332,16 +440,39 @@ async fn serve(listener: TcpListener, state: Arc<State>, router: Router, stop: C
     }
 }
 
-/// Applies an injected fault (if one matches), otherwise hands the request to the API.
+/// Serves one request and stamps the answer with the simulated KooDrive's clock, as a real
+/// server's `Date` header carries its own.
 async fn handle_with_faults(
     state: &State,
     router: &TowerToHyperService<Router>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, SimulatedDrop> {
+    let mut response = handle(state, router, request).await?;
+    let now = state.lock().now();
+    let date = jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&now);
+    if let Ok(date) = date
+        && let Ok(value) = http::HeaderValue::from_str(&date)
+    {
+        response.headers_mut().insert(http::header::DATE, value);
+    }
+    Ok(response)
+}
+
+/// Applies an injected fault (if one matches), otherwise hands the request to the API.
+async fn handle(
+    state: &State,
+    router: &TowerToHyperService<Router>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, SimulatedDrop> {
     use hyper::service::Service;
-    let call = match request.uri().path() {
+    let path = request.uri().path();
+    let call = match path {
         CREATE_PATH => Some(Call::Create),
         GET_PATH => Some(Call::Get),
+        _ if path.starts_with(USERS_PATH) && request.method() == http::Method::DELETE => {
+            Some(Call::DeleteUser)
+        }
+        _ if path.starts_with(USERS_PATH) => Some(Call::GetUser),
         _ => None,
     };
     if !request.uri().path().starts_with("/_sim/") {
@@ -389,6 +520,18 @@ async fn handle_with_faults(
             code,
             &msg,
         )),
+        Some(FaultKind::Respond {
+            status,
+            body,
+            process,
+        }) => {
+            if process {
+                let _processed = forward(request).await;
+            }
+            let status = http::StatusCode::from_u16(status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            Ok(api::respond(status, &body))
+        }
         Some(FaultKind::DropConnection) => Err(SimulatedDrop),
         Some(FaultKind::DropAfterProcessing) => {
             let _processed = forward(request).await;

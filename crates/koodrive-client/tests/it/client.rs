@@ -41,6 +41,7 @@ fn config() -> ClientConfig {
         max_attempts: 4,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        ..ClientConfig::default()
     }
 }
 
@@ -247,17 +248,36 @@ const BODY: &[u8] = br#"{"userList":[{"firstname":"Ada","phone":"8613800000001"}
 async fn stale_and_future_dates_are_rejected_as_expired() {
     let sim = simulator(Duration::ZERO).await;
     let now = jiff::Timestamp::now();
-    for signed_at in [
+    let (status, body) = raw_create(
+        &sim,
         now - jiff::SignedDuration::from_mins(16),
+        BODY,
+        BODY,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error_code"], "APIG.0303");
+    let msg = body["error_msg"].as_str().unwrap();
+    assert!(msg.contains("signature expired, signature time:"), "{msg}");
+    assert!(msg.contains(",server time:"), "{msg}");
+    // A date ahead of the gateway's clock is refused with its own message, which names no
+    // server time (the client learns the offset from the `Date` header).
+    let (status, body) = raw_create(
+        &sim,
         now + jiff::SignedDuration::from_mins(2),
-    ] {
-        let (status, body) = raw_create(&sim, signed_at, BODY, BODY, None).await;
-        assert_eq!(status, 401);
-        assert_eq!(body["error_code"], "APIG.0303");
-        let msg = body["error_msg"].as_str().unwrap();
-        assert!(msg.contains("signature expired, signature time:"), "{msg}");
-        assert!(msg.contains(",server time:"), "{msg}");
-    }
+        BODY,
+        BODY,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error_code"], "APIG.0303");
+    let msg = body["error_msg"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot be later than the current time"),
+        "{msg}"
+    );
     // Fourteen minutes old is still inside the window.
     let (status, _) = raw_create(
         &sim,
@@ -352,10 +372,13 @@ async fn more_than_1000_users_are_refused_without_sending() {
 #[tokio::test]
 async fn provably_unprocessed_failures_are_retried_and_the_batch_is_sent_once() {
     let sim = simulator(Duration::ZERO).await;
+    // Throttling proves KooDrive did not act; a 5xx does not (see the in-doubt test below).
     sim.inject(Fault {
         call: Some(Call::Create),
         times: 2,
-        kind: FaultKind::Status5xx(503),
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 0,
+        },
     });
     sim.inject(Fault {
         call: Some(Call::Create),
@@ -371,7 +394,7 @@ async fn provably_unprocessed_failures_are_retried_and_the_batch_is_sent_once() 
         .await
         .unwrap();
     assert!(!created.task_id.is_empty());
-    assert_eq!(sim.request_count(), 4, "two 503s, one 429, then success");
+    assert_eq!(sim.request_count(), 4, "three 429s, then success");
     // The client honoured Retry-After (1 s) although its own backoff is ≤ 50 ms.
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert_each_sent_once(&sim, &batch);
@@ -380,22 +403,60 @@ async fn provably_unprocessed_failures_are_retried_and_the_batch_is_sent_once() 
 #[tokio::test]
 async fn a_persistent_fault_ends_as_transient_after_max_attempts() {
     let sim = simulator(Duration::ZERO).await;
+    let c = client(&sim);
+    let task = c
+        .create_batch(&users(phones(0..3)), &koodrive_client::new_trace_id())
+        .await
+        .unwrap();
+    let before = sim.request_count();
     sim.inject(Fault {
         call: None,
         times: 100,
         kind: FaultKind::Status5xx(500),
     });
-    let err = client(&sim)
-        .create_batch(&users(phones(0..3)), &koodrive_client::new_trace_id())
-        .await
-        .unwrap_err();
+    // A read is safe to repeat: it is retried up to max_attempts, then handed back.
+    let err = c.get_task(&task.task_id).await.unwrap_err();
     assert!(
         matches!(err.class(), ErrorClass::Transient { .. }),
         "{err:?}"
     );
     assert_eq!(err.code(), Some("13000201"));
-    assert_eq!(sim.request_count(), 4, "max_attempts");
-    assert!(sim.submissions().is_empty());
+    assert_eq!(sim.request_count() - before, 4, "max_attempts");
+    // A create is never repeated after a 5xx: KooDrive may have acted on it.
+    let err = c
+        .create_batch(&users(phones(10..13)), &koodrive_client::new_trace_id())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::InDoubt, "{err:?}");
+    assert_eq!(sim.request_count() - before, 5, "one create attempt");
+    assert!(
+        sim.submissions().keys().all(|p| !p.ends_with("10")),
+        "the faulted create was not processed"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_timeout_after_processing_is_in_doubt_and_never_resent() {
+    let sim = simulator(Duration::ZERO).await;
+    sim.inject(Fault {
+        call: Some(Call::Create),
+        times: 1,
+        kind: FaultKind::backend_timeout_after_processing(),
+    });
+    let batch = phones(20..23);
+    let err = client(&sim)
+        .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::InDoubt, "{err:?}");
+    assert_eq!(err.code(), Some("APIG.0203"));
+    assert!(
+        err.to_string().contains("may have created the task"),
+        "{err}"
+    );
+    assert_eq!(sim.request_count(), 1);
+    // KooDrive did create them: resending would have provisioned them twice.
+    assert_each_sent_once(&sim, &batch);
 }
 
 #[tokio::test]
@@ -498,7 +559,7 @@ async fn faults_and_submissions_are_reachable_over_http() {
     let response = http
         .post(format!("{}/_sim/faults", sim.url()))
         .json(
-            &serde_json::json!([{"call": "create", "times": 1, "kind": {"status5xx": 502}},
+            &serde_json::json!([{"call": "create", "times": 1, "kind": {"too_many_requests": {"retry_after_secs": 0}}},
                                    {"kind": {"latency": 10}}]),
         )
         .send()
@@ -510,7 +571,7 @@ async fn faults_and_submissions_are_reachable_over_http() {
         .create_batch(&users(batch.clone()), &koodrive_client::new_trace_id())
         .await
         .unwrap();
-    assert_eq!(sim.request_count(), 2, "a 502, then a delayed success");
+    assert_eq!(sim.request_count(), 2, "a 429, then a delayed success");
     let counts: std::collections::HashMap<String, u32> = http
         .get(format!("{}/_sim/submissions", sim.url()))
         .send()

@@ -1,23 +1,29 @@
-//! The global limit on KooDrive calls: at most N in flight and R started per second, across
-//! every UserBatch. Waiters are served in arrival order, so one huge batch (which takes a
-//! permit per request) cannot starve the small ones queued behind it.
+//! A limit on HTTP requests to KooDrive: at most N in flight and R started per second.
+//!
+//! Every HTTP request takes a permit, retries included, so a limit of 5 per second is 5
+//! requests per second on the wire whatever the retry policy does. Waiters are served in
+//! arrival order, so one huge batch (which takes a permit per request) cannot starve the
+//! small ones queued behind it. KooDrive throttles per AK, so callers share one limiter per
+//! set of credentials (or one for everything).
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub struct Throttle {
+#[derive(Debug)]
+pub struct RequestLimiter {
     in_flight: Arc<Semaphore>,
     rate: Option<DefaultDirectRateLimiter>,
 }
 
-/// Held for the duration of one KooDrive call.
+/// Held for the duration of one HTTP request.
+#[derive(Debug)]
 pub struct Permit {
     _in_flight: OwnedSemaphorePermit,
 }
 
-impl Throttle {
+impl RequestLimiter {
     /// `requests_per_second <= 0` lifts the rate limit.
     pub fn new(max_in_flight: usize, requests_per_second: f64) -> Self {
         let rate = quota(requests_per_second).map(RateLimiter::direct);
@@ -27,17 +33,14 @@ impl Throttle {
         }
     }
 
-    pub async fn acquire(&self) -> Permit {
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the throttle's semaphore is never closed");
+    /// Waits for room in flight, then for the rate. `None` only if the limiter was closed,
+    /// which never happens: the semaphore is private and never closed.
+    pub async fn acquire(&self) -> Option<Permit> {
+        let permit = self.in_flight.clone().acquire_owned().await.ok()?;
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
         }
-        Permit { _in_flight: permit }
+        Some(Permit { _in_flight: permit })
     }
 }
 
@@ -62,12 +65,12 @@ mod tests {
 
     #[tokio::test]
     async fn limits_calls_in_flight() {
-        let throttle = Throttle::new(2, 0.0);
-        let a = throttle.acquire().await;
-        let _b = throttle.acquire().await;
-        assert_eq!(throttle.in_flight.available_permits(), 0);
+        let limiter = RequestLimiter::new(2, 0.0);
+        let a = limiter.acquire().await;
+        let _b = limiter.acquire().await;
+        assert_eq!(limiter.in_flight.available_permits(), 0);
         drop(a);
-        assert_eq!(throttle.in_flight.available_permits(), 1);
+        assert_eq!(limiter.in_flight.available_permits(), 1);
     }
 
     #[test]

@@ -1,0 +1,78 @@
+//! What several subcommands share: duration parsing, KooDrive credentials from the
+//! environment, and the stop signal.
+
+use koodrive_client::{Credentials, SecretKey};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `--help` text of the commands that read credentials from the environment.
+pub const CREDENTIALS_HELP: &str = "\
+Credentials are read from the environment, never from flags:
+  KOODRIVE_ACCESS_KEY   access key (AK / AppId)
+  KOODRIVE_SECRET_KEY   secret key (SK / AppSecret); never printed
+  KOODRIVE_USER_ID      KooDrive user ID the credentials belong to";
+
+/// A credential the environment does not provide.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} is not set; it must hold the KooDrive {what}")]
+pub struct MissingEnv {
+    pub name: &'static str,
+    pub what: &'static str,
+}
+
+fn env_var(name: &'static str, what: &'static str) -> Result<String, MissingEnv> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or(MissingEnv { name, what })
+}
+
+/// Reads `KOODRIVE_ACCESS_KEY`, `KOODRIVE_SECRET_KEY` and `KOODRIVE_USER_ID`.
+pub fn credentials_from_env() -> Result<Credentials, MissingEnv> {
+    Ok(Credentials {
+        access_key: env_var("KOODRIVE_ACCESS_KEY", "access key (AK)")?,
+        secret_key: SecretKey::new(env_var("KOODRIVE_SECRET_KEY", "secret key (SK)")?),
+        user_id: env_var("KOODRIVE_USER_ID", "user ID the credentials belong to")?,
+    })
+}
+
+/// Parses durations such as `30s`, `5m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<jiff::SignedDuration>()
+        .map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m"))
+        .and_then(|d| {
+            Duration::try_from(d).map_err(|_| "a duration cannot be negative".to_string())
+        })
+}
+
+/// Cancels `token` on SIGTERM (Kubernetes' stop signal) or SIGINT (Ctrl-C).
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight reconciles");
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn parses_friendly_durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! The operator's stable words: condition types and reasons, Event reasons and actions.
+//!
+//! These are API. `kubectl wait`, Argo CD, Flux, alerts (`charts/…/prometheusrule.yaml`) and
+//! people's runbooks match on them, so each has one spelling, defined here and nowhere else.
+
+use std::fmt;
+
+/// Declares a closed set of words: an enum whose variants print as their own names.
+macro_rules! words {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every word, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => stringify!($variant)),+
+                }
+            }
+
+            /// The word spelled `text`, if it is one.
+            pub fn parse(text: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|word| word.as_str() == text)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+words! {
+    /// The conditions a UserBatch carries, following Kubernetes API conventions and kstatus:
+    /// `Ready` is the summary, `Reconciling=True` means work is in progress, `Stalled=True`
+    /// means nothing will change without a human.
+    ConditionType {
+        Ready,
+        /// Every user in `spec.users` has been sent.
+        Submitted,
+        Reconciling,
+        Stalled,
+    }
+}
+
+words! {
+    /// Why a condition is what it is.
+    Reason {
+        // Ready=True.
+        Ready,
+        // Ready=False, waiting for something outside the operator; it retries by itself.
+        /// The credentials Secret or one of its keys is missing.
+        CredentialsNotFound,
+        /// A `passwordSecretRef` points at a missing Secret or key.
+        PasswordNotFound,
+        /// The operator's RBAC does not let it read what it needs.
+        PermissionDenied,
+        /// KooDrive cannot be reached or answered with a transient error.
+        KooDriveUnavailable,
+        /// KooDrive refused the request's date: this machine's clock and KooDrive's differ.
+        ClockSkew,
+        // Ready=False, work in progress.
+        Submitting,
+        AwaitingResults,
+        // Ready=False and Stalled=True: a human must act.
+        /// KooDrive refused the credentials; nothing is sent with them until the Secret
+        /// changes.
+        CredentialsInvalid,
+        /// Something only the controller can check is wrong with the spec.
+        InvalidSpec,
+        /// `spec.endpoint` is not among the endpoints the operator was told to trust.
+        EndpointNotAllowed,
+        /// KooDrive refused a request and provably did not act on it.
+        KooDriveRejected,
+        /// Some users failed in KooDrive.
+        UsersFailed,
+        /// A request may or may not have been acted on; its users are not resent blindly.
+        SubmissionInDoubt,
+        /// A task's results never added up within the allowed time.
+        ResultsOverdue,
+        // The Submitted condition.
+        AllSubmitted,
+        UsersPending,
+        // Reconciling=False, Stalled=False.
+        Idle,
+        NotStalled,
+    }
+}
+
+impl Reason {
+    /// Whether a Ready=False with this reason needs a human (kstatus `Stalled=True`).
+    pub const fn is_stalled(self) -> bool {
+        matches!(
+            self,
+            Reason::CredentialsInvalid
+                | Reason::InvalidSpec
+                | Reason::EndpointNotAllowed
+                | Reason::KooDriveRejected
+                | Reason::UsersFailed
+                | Reason::SubmissionInDoubt
+                | Reason::ResultsOverdue
+                | Reason::PermissionDenied
+        )
+    }
+}
+
+words! {
+    /// What an Event reports. Events about a condition reuse the condition's reason (see
+    /// [`EventReason::from`]); these are the others.
+    EventReason {
+        /// KooDrive created a task for some users.
+        TaskCreated,
+        /// A task's results are in.
+        TaskFinished,
+        /// `spec.users[].password` holds a password in plain text.
+        InlinePassword,
+        /// Users were removed from the spec after they were sent.
+        UsersRemoved,
+        /// Users were edited after they were sent.
+        UsersChangedAfterSubmission,
+        /// In-doubt users are being sent again (annotation or `inDoubtPolicy: Resubmit`).
+        ResubmittingInDoubt,
+        // The condition reasons Events repeat.
+        Ready,
+        CredentialsNotFound,
+        PasswordNotFound,
+        PermissionDenied,
+        KooDriveUnavailable,
+        ClockSkew,
+        CredentialsInvalid,
+        InvalidSpec,
+        EndpointNotAllowed,
+        KooDriveRejected,
+        UsersFailed,
+        SubmissionInDoubt,
+        ResultsOverdue,
+    }
+}
+
+impl EventReason {
+    /// The Event reason announcing a condition reason, if Events announce it.
+    pub fn from_condition(reason: Reason) -> Option<EventReason> {
+        EventReason::parse(reason.as_str())
+    }
+}
+
+words! {
+    /// What the operator was doing when it emitted an Event (`action` of events.k8s.io/v1).
+    EventAction {
+        Reconcile,
+        Submit,
+        PollResults,
+        Resubmit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_print_as_their_names_and_parse_back() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(*reason));
+        }
+        assert_eq!(Reason::SubmissionInDoubt.to_string(), "SubmissionInDoubt");
+        assert_eq!(EventReason::TaskCreated.as_str(), "TaskCreated");
+        assert_eq!(Reason::parse("Submitted"), None);
+    }
+
+    #[test]
+    fn every_stalling_reason_can_be_announced() {
+        for reason in Reason::ALL.iter().filter(|r| r.is_stalled()) {
+            assert!(
+                EventReason::from_condition(*reason).is_some(),
+                "{reason} has no Event reason"
+            );
+        }
+    }
+
+    #[test]
+    fn event_reasons_never_collide_with_condition_types() {
+        for reason in EventReason::ALL {
+            assert!(
+                ConditionType::parse(reason.as_str()).is_none() || *reason == EventReason::Ready
+            );
+        }
+    }
+}
