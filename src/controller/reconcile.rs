@@ -161,6 +161,8 @@ impl Reconciler<'_> {
 
         let mut blocker = None;
         let mut retry = None;
+        // Events for tasks that finished in this pass, published after the status write.
+        let mut finished = Vec::new();
         if !plan.sends.is_empty() || !plan.polls.is_empty() {
             let mut secrets = SecretReader::new(
                 self.ctx.client.clone(),
@@ -199,7 +201,7 @@ impl Reconciler<'_> {
                         }
                     }
                     if blocker.is_none() {
-                        let polled = self.poll(&mut ub, &target).await;
+                        let polled = self.poll(&mut ub, &target, &mut finished).await;
                         retry = polled.retry.or(retry);
                         blocker = polled.blocker;
                     }
@@ -208,6 +210,13 @@ impl Reconciler<'_> {
         }
 
         let verdict = self.write_status(&ub, blocker.as_ref(), now).await?;
+        // When the last task's results make the UserBatch Ready, the Ready Event says it
+        // all; a task that finished with failures (a Warning) is always announced.
+        for event in &finished {
+            if verdict != Verdict::Ready || event.severity == plan::Severity::Warning {
+                self.publish(&ub, event).await;
+            }
+        }
         self.finish(&ub, blocker, retry, verdict, now)
     }
 
@@ -372,7 +381,12 @@ impl Reconciler<'_> {
 
     /// Polls every unfinished task; results are applied to `ub` and written with the final
     /// status (a lost write only means polling again: reads are safe to repeat).
-    async fn poll(&self, ub: &mut UserBatch, target: &Target) -> Transition {
+    async fn poll(
+        &self,
+        ub: &mut UserBatch,
+        target: &Target,
+        finished: &mut Vec<PlannedEvent>,
+    ) -> Transition {
         let tasks: Vec<_> = ub
             .status
             .as_ref()
@@ -433,7 +447,7 @@ impl Reconciler<'_> {
                 plan::apply(edit, ub.status.get_or_insert_with(UserBatchStatus::default));
             }
             if let Some(event) = &transition.event {
-                self.publish(ub, event).await;
+                finished.push(event.clone());
             }
             if transition.stop {
                 return transition;

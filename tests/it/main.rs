@@ -6,6 +6,8 @@
 //! - [`koodrive_cli`] — `submit`, `task` and `simulator` as processes.
 //! - [`operator_e2e`], [`operator_ha`] — the real `koodrive-operator run` binary against the
 //!   emulator and the KooDrive simulator.
+//! - [`protocol`] — the at-most-once call order, request by request, against a mock API
+//!   server.
 
 mod chart;
 mod crd_schema;
@@ -14,4 +16,5 @@ mod emulator;
 mod koodrive_cli;
 mod operator_e2e;
 mod operator_ha;
+mod protocol;
 mod support;
