@@ -1,6 +1,49 @@
-//! Finding and reading manifest files, shared by `validate` and `demo`.
+//! Finding and reading manifest files, shared by `validate`, `submit` and `demo`, and
+//! saying where one is broken without repeating what it says.
 
 use std::path::{Path, PathBuf};
+
+/// Where a YAML document is broken, and why — never the text found there: manifests hold
+/// passwords and Secrets hold keys, and these messages go to CI logs others read. The YAML
+/// parser's own rendering quotes the offending lines, and serde's messages quote offending
+/// values (`invalid type: string "…"`), so only a reason that quotes nothing is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlProblem {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub reason: String,
+}
+
+impl YamlProblem {
+    pub fn of(err: &serde_saphyr::Error) -> YamlProblem {
+        use serde_saphyr::MessageFormatter;
+        let location = err.location();
+        let message = serde_saphyr::UserMessageFormatter.format_message(err.without_snippet());
+        let quotes_nothing = !message.contains(['"', '\'', '`'])
+            && message.len() <= 100
+            && !message.chars().any(char::is_control);
+        YamlProblem {
+            line: location.map(|at| at.line() as usize),
+            column: location.map(|at| at.column() as usize),
+            reason: if quotes_nothing {
+                message.into_owned()
+            } else {
+                "unexpected content (not shown: it may be secret)".to_string()
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for YamlProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "line {line}, column {column}: {}", self.reason)
+            }
+            _ => f.write_str(&self.reason),
+        }
+    }
+}
 
 /// A manifest path that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -52,5 +95,22 @@ fn collect_yaml(dir: &Path, out: &mut Vec<Result<PathBuf, (PathBuf, InputError)>
         {
             out.push(Ok(path));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::YamlProblem;
+
+    #[test]
+    fn a_broken_line_is_located_but_never_quoted() {
+        let yaml = "users:\n  - password: \"Pw-very-secret\n    phone: 1\n";
+        let err = serde_saphyr::from_str::<serde_json::Value>(yaml).unwrap_err();
+        let shown = YamlProblem::of(&err).to_string();
+        assert!(!shown.contains("Pw-very-secret"), "{shown}");
+        assert!(shown.contains("line "), "{shown}");
+        let typed = serde_saphyr::from_str::<Vec<u8>>("[\"Pw-typed-secret\"]").unwrap_err();
+        let shown = YamlProblem::of(&typed).to_string();
+        assert!(!shown.contains("Pw-typed-secret"), "{shown}");
     }
 }

@@ -215,14 +215,15 @@ pub enum Document {
 /// Why a manifest could not be checked at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("not valid YAML")]
-    Yaml(#[from] serde_saphyr::Error),
+    #[error("not valid YAML: {0}")]
+    Yaml(crate::manifests::YamlProblem),
 }
 
 /// Parses a (multi-document) YAML manifest and validates every UserBatch in it; other
 /// documents are reported as skipped, empty documents are left out.
 pub fn validate_manifests(yaml: &str) -> Result<Vec<Document>, ManifestError> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml)?;
+    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml)
+        .map_err(|err| ManifestError::Yaml(crate::manifests::YamlProblem::of(&err)))?;
     Ok(documents
         .iter()
         .filter(|document| !document.is_null())

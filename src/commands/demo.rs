@@ -239,10 +239,7 @@ fn load_documents(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Demo
         let docs: Vec<serde_json::Value> =
             serde_saphyr::from_multiple(&text).map_err(|e| DemoError::Yaml {
                 path: file.clone(),
-                location: e
-                    .location()
-                    .map(|at| format!("line {}, column {}", at.line(), at.column()))
-                    .unwrap_or_else(|| "unknown location".into()),
+                location: crate::manifests::YamlProblem::of(&e).to_string(),
             })?;
         documents.extend(docs.into_iter().filter(|d| !d.is_null()));
     }

@@ -12,15 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Every flag has an environment fallback so the Helm chart can set it with `env:`.
+/// Every flag has an environment fallback so the Helm chart can set it with `env:`. A flag
+/// given twice takes its last value (so `extraArgs` can override what the chart sets).
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "\
+#[command(
+    args_override_self = true,
+    after_help = "\
 The Kubernetes connection comes from the pod's service account in a cluster, otherwise from \
 KUBECONFIG or ~/.kube/config. KooDrive credentials come from the Secret each UserBatch names \
 in spec.credentialsRef; the operator never logs them.
 
 Exit status: 0 after SIGTERM/SIGINT once in-flight reconciles finish; non-zero when the CRD \
-is not installed, the cluster is unreachable at start-up, or leadership is lost.")]
+is not installed, the cluster is unreachable at start-up, or leadership is lost."
+)]
 pub struct Args {
     /// Only watch UserBatches (and Secrets) in this namespace. Empty: all namespaces.
     #[arg(long, env = "KOODRIVE_WATCH_NAMESPACE", default_value = "")]

@@ -100,10 +100,7 @@ fn load_manifest(path: &PathBuf) -> Result<(Vec<RegisterUser>, Option<String>), 
     let batch: UserBatch =
         serde_saphyr::from_str(&text).map_err(|err| SubmitError::ParseManifest {
             path: path.clone(),
-            location: err
-                .location()
-                .map(|at| format!("line {}, column {}", at.line(), at.column()))
-                .unwrap_or_else(|| "missing or mistyped field".to_string()),
+            location: crate::manifests::YamlProblem::of(&err).to_string(),
         })?;
     if batch.spec.users.is_empty() {
         return Err(SubmitError::NoUsers { path: path.clone() });

@@ -661,6 +661,17 @@ impl Reconciler<'_> {
                 });
             }
         }
+        if blocker
+            .as_ref()
+            .is_some_and(|b| b.reason == Reason::CredentialsInvalid)
+        {
+            // Nothing is sent with refused credentials: a Secret change wakes the
+            // UserBatch; otherwise one look after the guard's pause.
+            return Ok((
+                Action::requeue(self.ctx.settings.auth_retry_interval),
+                outcome,
+            ));
+        }
         let status = ub.status.clone().unwrap_or_default();
         if let Verdict::Working {
             reason: Reason::SubmissionInDoubt,
@@ -717,12 +728,11 @@ fn blocked(blocker: Blocker) -> Transition {
 
 /// The blocker for a credential the guard holds back.
 fn guard_blocker(held: &super::guard::Blocked) -> Blocker {
-    let minutes = held.retry_in.as_secs().div_ceil(60);
     if held.clock {
         Blocker::new(
             Reason::ClockSkew,
             format!(
-                "{}; to protect the AK/SK from Huawei's lockout, requests with these credentials pause for about {minutes} more minute(s)",
+                "{}; to protect the AK/SK from Huawei's lockout, requests with these credentials pause for a while (at least 5 minutes)",
                 held.message
             ),
         )

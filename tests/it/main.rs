@@ -2,6 +2,8 @@
 //!
 //! - [`chart`] — the Helm chart and the Argo CD health check, with the real `helm`, `lua5.1`.
 //! - [`crd_schema`], [`crd_validate`] — the generated CRD and offline validation.
+//! - [`hostile`] — the at-most-once and no-leak promises under hostile gateways, tenants,
+//!   clocks and CI logs (issue #9).
 //! - [`emulator`] — the Kubernetes API emulator serving the UserBatch CRD, with `kubectl`.
 //! - [`koodrive_cli`] — `submit`, `task` and `simulator` as processes.
 //! - [`operator_e2e`], [`operator_ha`] — the real `koodrive-operator run` binary against the
@@ -13,6 +15,7 @@ mod chart;
 mod crd_schema;
 mod crd_validate;
 mod emulator;
+mod hostile;
 mod koodrive_cli;
 mod operator_e2e;
 mod operator_ha;

@@ -122,7 +122,10 @@ fn accept_write(mut body: Value, send: SendResponse<Response<Body>>, rv: u64) ->
 }
 
 fn tasks(body: &Value) -> Vec<Value> {
-    body["status"]["tasks"].as_array().cloned().unwrap_or_default()
+    body["status"]["tasks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -150,17 +153,31 @@ async fn intent_is_written_before_the_post_and_the_answer_after_it() {
 
     // 1. The intent, conditional on the version just read, before anything is sent.
     let (intent, send) = expect(&mut handle, Method::PUT, &format!("{BASE}/status")).await;
-    assert_eq!(intent["metadata"]["resourceVersion"], "10", "a conditional write");
+    assert_eq!(
+        intent["metadata"]["resourceVersion"], "10",
+        "a conditional write"
+    );
     let recorded = tasks(&intent);
     assert_eq!(recorded.len(), 1);
-    assert!(recorded[0].get("taskId").is_none(), "an intent has no task yet");
+    assert!(
+        recorded[0].get("taskId").is_none(),
+        "an intent has no task yet"
+    );
     assert_eq!(recorded[0]["phones"].as_array().unwrap().len(), 2);
-    assert_eq!(sim.request_count(), 0, "nothing sent before the intent is on record");
+    assert_eq!(
+        sim.request_count(),
+        0,
+        "nothing sent before the intent is on record"
+    );
     let after_intent = accept_write(intent, send, 11);
 
     // 2. The POST happens now; 3. its answer is recorded on a fresh read.
     let (_, send) = expect(&mut handle, Method::GET, &format!("{BASE}/status")).await;
-    assert_eq!(sim.request_count(), 1, "exactly one create, before the record");
+    assert_eq!(
+        sim.request_count(),
+        1,
+        "exactly one create, before the record"
+    );
     assert!(sim.submissions().values().all(|&n| n == 1));
     respond(send, 200, &after_intent);
     let (record, send) = expect(&mut handle, Method::PUT, &format!("{BASE}/status")).await;

@@ -115,6 +115,7 @@ impl Env {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAME", name)
             .env_remove("KOODRIVE_WATCH_NAMESPACE")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -667,3 +667,44 @@ async fn a_long_retry_after_is_handed_back_to_the_caller() {
     assert_eq!(err.code(), Some("APIG.0308"));
     assert_eq!(sim.request_count(), 1);
 }
+
+#[tokio::test]
+async fn the_rate_limit_counts_every_http_request_retries_included() {
+    let sim = simulator(Duration::ZERO).await;
+    sim.inject(Fault {
+        call: Some(Call::Create),
+        times: 4,
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 0,
+        },
+    });
+    // Two requests per second (burst 2): five requests need at least 1.5 s, whatever the
+    // client's own backoff (≤ 50 ms here).
+    let limited = Client::new(
+        &sim.url(),
+        Credentials {
+            access_key: AK.into(),
+            secret_key: SecretKey::new(SK.into()),
+            user_id: USER_ID.into(),
+        },
+        ClientConfig {
+            max_attempts: 5,
+            limiter: Some(std::sync::Arc::new(koodrive_client::RequestLimiter::new(
+                1, 2.0,
+            ))),
+            ..config()
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    limited
+        .create_batch(&users(phones(0..2)), &koodrive_client::new_trace_id())
+        .await
+        .unwrap();
+    assert_eq!(sim.request_count(), 5);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}: retries skipped the limit",
+        started.elapsed()
+    );
+}
