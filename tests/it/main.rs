@@ -14,4 +14,5 @@ mod emulator;
 mod koodrive_cli;
 mod operator_e2e;
 mod operator_ha;
+mod size_limits;
 mod support;

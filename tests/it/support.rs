@@ -385,3 +385,31 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?))
 }
+
+/// Users of ordinary size, as a real onboarding list has them: full names, a company e-mail
+/// and a password from a Secret (key = phone). About 90 characters of text each.
+pub fn ordinary_users(prefix: &str, n: usize, passwords: &str) -> Vec<User> {
+    const FIRST: [&str; 4] = ["Alexandra", "Maximilian", "Guinevere", "Bartholomew"];
+    const LAST: [&str; 4] = ["Montgomery", "Castellanos", "Oyelaran", "Vasquez-Ortiz"];
+    (0..n)
+        .map(|i| {
+            let (first, last) = (FIRST[i % 4], LAST[(i / 4) % 4]);
+            let phone = format!("{prefix}{i:06}");
+            User {
+                firstname: first.into(),
+                surname: Some(last.into()),
+                email: Some(format!(
+                    "{}.{}.{i:04}@example.com",
+                    first.to_lowercase(),
+                    last.to_lowercase()
+                )),
+                password: None,
+                password_secret_ref: Some(SecretKeyRef {
+                    name: passwords.into(),
+                    key: phone.clone(),
+                }),
+                phone,
+            }
+        })
+        .collect()
+}

@@ -31,6 +31,7 @@
 mod discovery;
 mod error;
 mod event_conversion;
+pub mod limits;
 mod merge;
 mod resources;
 mod selectors;
@@ -95,7 +96,13 @@ pub struct EmulatorConfig {
     pub watch_history: usize,
     /// Admission checks by kind (the first matching check applies).
     pub admission: Vec<Admission>,
+    /// Where `generateName` suffixes come from; random (as on a real server) when `None`.
+    /// Tests use it to force name collisions.
+    pub name_suffixes: Option<NameSuffixes>,
 }
+
+/// Produces the next five-character suffix for a `generateName`.
+pub type NameSuffixes = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
@@ -105,6 +112,7 @@ impl Default for EmulatorConfig {
             // emulator's main memory cost.
             watch_history: 1_000,
             admission: Vec::new(),
+            name_suffixes: None,
         }
     }
 }

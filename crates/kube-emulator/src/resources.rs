@@ -42,6 +42,11 @@ pub struct ResourceDef {
     /// Set when this kind is a view of another kind's storage (core Events of
     /// `events.k8s.io` Events): objects are converted on the way in and out.
     pub stored_as: Option<StoredAs>,
+    /// A custom resource (served from a CRD): JSON only, no strategic merge patch, no
+    /// unconditional updates, unknown fields pruned by its structural schema.
+    pub custom: bool,
+    /// The CRD's `openAPIV3Schema` for this kind's storage version.
+    pub schema: Option<Value>,
 }
 
 /// The storage a view kind reads and writes, and how stored objects are stamped.
@@ -68,6 +73,8 @@ impl ResourceDef {
             list_map_keys: Vec::new(),
             printer_columns: Vec::new(),
             stored_as: None,
+            custom: false,
+            schema: None,
         }
     }
 
@@ -171,6 +178,8 @@ impl ResourceDef {
             list_map_keys,
             printer_columns,
             stored_as: None,
+            custom: true,
+            schema: main.pointer("/schema/openAPIV3Schema").cloned(),
         })
     }
 }

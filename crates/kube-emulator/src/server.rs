@@ -23,7 +23,11 @@ use std::sync::Arc;
 const EMULATED_MINOR: &str = "33";
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(handle).with_state(shared)
+    // Bodies are read with the API server's own limit (and its 413 Status), not axum's.
+    Router::new()
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(shared)
 }
 
 /// Creates a built-in object at start-up, as a fresh cluster has it.
@@ -165,12 +169,20 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let path = uri.path().to_string();
     let query = Query::parse(uri.query());
     let route = parse_route(&path);
     let verb = verb_for(&method, &route, &query);
+    let body = match axum::body::to_bytes(body, crate::limits::MAX_REQUEST_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            let response = ApiError::body_too_large().into_response();
+            shared.log_request(verb, &path, response.status().as_u16());
+            return response;
+        }
+    };
     let response = match shared.take_fault(verb, &path) {
         Some(FaultKind::Status(code)) => {
             ApiError::for_code(code, format!("fault injected for {verb} {path}")).into_response()
@@ -283,7 +295,7 @@ fn resource_request(
                 .unwrap_or_default();
             ctx.patch(name, status, content_type, body, &manager, query)
         }
-        (Method::DELETE, Some(name)) => ctx.delete(name, query),
+        (Method::DELETE, Some(name)) => ctx.delete(name, query, body),
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",

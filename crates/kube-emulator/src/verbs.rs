@@ -10,7 +10,7 @@ use super::server::Query;
 use super::store::{EventType, ResourceKey, Store};
 use super::table;
 use super::watch::{Backlog, WatchFilter, WatchStream, stream_response, watch_line};
-use super::{Shared, event_conversion, lock};
+use super::{Shared, event_conversion, limits, lock};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,19 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Longest `generateName` prefix kept: a generated name must still fit 63 characters.
+const MAX_GENERATED_PREFIX_LEN: usize = 58;
+/// How often a generated name is tried before giving up (`maxNameGenerationCreateAttempts`).
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+
+fn qualified(resource: &str, group: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
 
 pub(super) fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
@@ -351,6 +364,69 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A free name for `generateName`: the prefix (cut to leave room for the suffix) and five
+    /// random characters, retried on collision as API servers do since 1.31.
+    fn generate_name(&self, store: &Store, prefix: &str) -> Result<String, ApiError> {
+        let prefix: String = prefix.chars().take(MAX_GENERATED_PREFIX_LEN).collect();
+        let mut candidate = String::new();
+        for _ in 0..GENERATE_NAME_ATTEMPTS {
+            let suffix = match &self.shared.config.name_suffixes {
+                Some(next) => next(),
+                None => (0..5)
+                    .map(|_| {
+                        let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+                        alphabet[rand::random_range(0..alphabet.len())] as char
+                    })
+                    .collect(),
+            };
+            candidate = format!("{prefix}{suffix}");
+            if store
+                .get(&self.key(), &self.namespace, &candidate)
+                .is_none()
+            {
+                return Ok(candidate);
+            }
+        }
+        let mut err = ApiError::new(
+            409,
+            "AlreadyExists",
+            format!(
+                "{} \"{candidate}\" already exists, the server was not able to generate a unique name for the object",
+                qualified(&self.def.plural, &self.def.group)
+            ),
+        );
+        err.details = Some(json!({
+            "name": candidate, "group": self.def.group, "kind": self.def.plural,
+            "retryAfterSeconds": 1,
+        }));
+        Err(err)
+    }
+
+    /// All annotations together must fit [`limits::MAX_ANNOTATIONS_BYTES`].
+    fn check_annotations(&self, object: &Value) -> Result<(), ApiError> {
+        if limits::annotations_size(object) > limits::MAX_ANNOTATIONS_BYTES {
+            return Err(ApiError::invalid_field(
+                &self.def.group,
+                &self.def.kind,
+                meta_str(object, "name").unwrap_or_default(),
+                "metadata.annotations",
+                &format!(
+                    "Too long: must have at most {} bytes",
+                    limits::MAX_ANNOTATIONS_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What etcd would refuse: an object over [`limits::MAX_OBJECT_BYTES`] as stored.
+    fn check_stored_size(&self, object: &Value) -> Result<(), ApiError> {
+        if limits::encoded_len(object) > limits::MAX_OBJECT_BYTES {
+            return Err(ApiError::object_too_large());
+        }
+        Ok(())
+    }
+
     pub(super) fn create(
         &self,
         body: Value,
@@ -376,30 +452,26 @@ impl Ctx<'_> {
         manager: &str,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        let name = match meta_str(&object, "name") {
-            Some(name) => name.to_string(),
-            None => match meta_str(&object, "generateName") {
-                Some(prefix) => {
-                    let suffix: String = (0..5)
-                        .map(|_| {
-                            let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-                            alphabet[rand::random_range(0..alphabet.len())] as char
-                        })
-                        .collect();
-                    format!("{prefix}{suffix}")
-                }
-                None => {
-                    return Err(ApiError::invalid(
-                        &self.def.group,
-                        &self.def.kind,
-                        "",
-                        &[Cause {
-                            field: "metadata.name".into(),
-                            message: "Required value: name or generateName is required".into(),
-                        }],
-                    ));
-                }
-            },
+        let generate = meta_str(&object, "generateName")
+            .filter(|_| meta_str(&object, "name").is_none_or(str::is_empty))
+            .map(str::to_string);
+        let name = match (
+            meta_str(&object, "name").filter(|n| !n.is_empty()),
+            &generate,
+        ) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(prefix)) => self.generate_name(store, prefix)?,
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    &self.def.group,
+                    &self.def.kind,
+                    "",
+                    &[Cause {
+                        field: "metadata.name".into(),
+                        message: "Required value: name or generateName is required".into(),
+                    }],
+                ));
+            }
         };
         if let Some(ns) = meta_str(&object, "namespace")
             && self.def.namespaced
@@ -448,10 +520,12 @@ impl Ctx<'_> {
         if self.def.group == CRD_GROUP && self.def.plural == CRD_PLURAL {
             establish_crd(&mut object);
         }
+        self.check_annotations(&object)?;
         self.validate(&object)?;
         if dry_run {
             return Ok(object);
         }
+        self.check_stored_size(&object)?;
         let ownership = ownership.unwrap_or_else(|| {
             Ownership::owned_by(
                 ManagerKey {
@@ -522,10 +596,12 @@ impl Ctx<'_> {
                 + 1;
             meta_mut(&mut candidate).insert("generation".into(), json!(next));
         }
+        self.check_annotations(&candidate)?;
         self.validate(&candidate)?;
         if dry_run {
             return Ok(candidate);
         }
+        self.check_stored_size(&candidate)?;
         if candidate == old {
             store.set_ownership(&self.key(), &self.namespace, name, ownership);
             return Ok(candidate);
@@ -603,6 +679,17 @@ impl Ctx<'_> {
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
         let body = self.to_storage(body);
+        // Custom resources only take conditional updates (the CRD strategy's
+        // `AllowUnconditionalUpdate` is false); built-ins update the latest version.
+        if self.def.custom && meta_str(&body, "resourceVersion").is_none_or(str::is_empty) {
+            return Err(ApiError::invalid_field(
+                &self.def.group,
+                &self.def.kind,
+                name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            ));
+        }
         self.check_precondition(name, &stored.value, &body)?;
         let (old, ownership) = (stored.value.clone(), stored.ownership.clone());
         let dry_run = query.get("dryRun").is_some();
@@ -624,6 +711,14 @@ impl Ctx<'_> {
         let dry_run = query.get("dryRun").is_some();
         if media == "application/apply-patch+yaml" {
             return self.apply(name, status, body, manager, query);
+        }
+        if self.def.custom && media == "application/strategic-merge-patch+json" {
+            // Strategic merge needs Go struct tags; custom resources have none.
+            return Err(ApiError::unsupported_patch(&[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]));
         }
         let mut store = lock(&self.shared.store);
         let stored = store
@@ -767,19 +862,26 @@ impl Ctx<'_> {
         Ok(ok_json(self.present(updated)))
     }
 
-    pub(super) fn delete(&self, name: &str, query: &Query) -> Result<Response, ApiError> {
+    pub(super) fn delete(
+        &self,
+        name: &str,
+        query: &Query,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let options = DeleteOptions::parse(query, body)?;
         let mut store = lock(&self.shared.store);
         let stored = store
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
         let mut object = stored.value.clone();
         let ownership = stored.ownership.clone();
-        if query.get("dryRun").is_some() {
-            return Ok(ok_json(self.present(object)));
-        }
+        self.check_delete_preconditions(name, &object, &options)?;
         if finalizers_empty(&object) {
-            let removed = store.remove(&self.key(), &self.namespace, name, object);
-            return Ok(ok_json(self.present(removed)));
+            let details = self.deleted_status(name, &object);
+            if !options.dry_run {
+                store.remove(&self.key(), &self.namespace, name, object);
+            }
+            return Ok(ok_json(details));
         }
         if meta(&object).is_some_and(|m| m.contains_key("deletionTimestamp")) {
             return Ok(ok_json(self.present(object)));
@@ -793,6 +895,9 @@ impl Ctx<'_> {
         metadata.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
         metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
         metadata.insert("generation".into(), json!(generation + 1));
+        if options.dry_run {
+            return Ok(ok_json(self.present(object)));
+        }
         let marked = store.put(
             &self.key(),
             &self.namespace,
@@ -802,6 +907,62 @@ impl Ctx<'_> {
             EventType::Modified,
         );
         Ok(ok_json(self.present(marked)))
+    }
+
+    /// `preconditions` of a DELETE: the API server's storage check, reported as a conflict.
+    fn check_delete_preconditions(
+        &self,
+        name: &str,
+        object: &Value,
+        options: &DeleteOptions,
+    ) -> Result<(), ApiError> {
+        let failed = |what: &str, wanted: &str, actual: &str| {
+            let key = if self.def.group.is_empty() || !self.def.custom {
+                format!("/registry/{}/{}/{name}", self.def.plural, self.namespace)
+            } else {
+                format!(
+                    "/registry/{}/{}/{}/{name}",
+                    self.def.group, self.def.plural, self.namespace
+                )
+            };
+            ApiError::conflict(
+                &self.def.group,
+                &self.def.plural,
+                name,
+                &format!(
+                    "StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {what} in precondition: {wanted}, {what} in object meta: {actual}"
+                ),
+            )
+        };
+        if let Some(uid) = &options.uid {
+            let actual = meta_str(object, "uid").unwrap_or_default();
+            if uid != actual {
+                return Err(failed("UID", uid, actual));
+            }
+        }
+        if let Some(rv) = &options.resource_version {
+            let actual = meta_str(object, "resourceVersion").unwrap_or_default();
+            if rv != actual {
+                return Err(failed("ResourceVersion", rv, actual));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a DELETE that removed the object answers: a success `Status` naming it.
+    fn deleted_status(&self, name: &str, object: &Value) -> Value {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {
+                "name": name,
+                "group": self.def.group,
+                "kind": self.def.plural,
+                "uid": meta_str(object, "uid").unwrap_or_default(),
+            },
+        })
     }
 
     pub(super) fn watch(
@@ -893,6 +1054,77 @@ impl Ctx<'_> {
                 .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
         });
         Ok(stream_response(body))
+    }
+}
+
+/// The parts of `DeleteOptions` (body or query) the emulator honours.
+struct DeleteOptions {
+    dry_run: bool,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    fn parse(query: &Query, body: &Bytes) -> Result<DeleteOptions, ApiError> {
+        let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
+            })?
+        };
+        let mut dry_run: Vec<String> = body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(value) = query.get("dryRun") {
+            dry_run.push(value.to_string());
+        }
+        let mut causes = Vec::new();
+        if dry_run.iter().any(|v| v != "All") {
+            causes.push(Cause {
+                field: "dryRun".into(),
+                message: format!("Unsupported value: {dry_run:?}: supported values: \"All\""),
+            });
+        }
+        let policy = body
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .or(query.get("propagationPolicy"));
+        if let Some(policy) = policy
+            && !matches!(policy, "Orphan" | "Background" | "Foreground")
+        {
+            causes.push(Cause {
+                field: "propagationPolicy".into(),
+                message: format!(
+                    "Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            });
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "DeleteOptions",
+                "",
+                &causes,
+            ));
+        }
+        let precondition = |field: &str| {
+            body.pointer(&format!("/preconditions/{field}"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        Ok(DeleteOptions {
+            dry_run: !dry_run.is_empty(),
+            uid: precondition("uid"),
+            resource_version: precondition("resourceVersion"),
+        })
     }
 }
 
