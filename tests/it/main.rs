@@ -14,5 +14,6 @@ mod emulator;
 mod koodrive_cli;
 mod operator_e2e;
 mod operator_ha;
+mod operator_rbac;
 mod size_limits;
 mod support;

@@ -59,7 +59,13 @@ pub struct StoredAs {
 }
 
 impl ResourceDef {
-    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool) -> Self {
+    pub(crate) fn builtin(
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespaced: bool,
+    ) -> Self {
         ResourceDef {
             group: group.to_string(),
             versions: vec![version.to_string()],
@@ -258,12 +264,14 @@ pub fn builtins() -> Vec<ResourceDef> {
     let mut events = ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true);
     events.short_names = vec!["ev".into()];
     events.printer_columns = event_columns(".regarding", ".note");
-    vec![
+    let mut defs = vec![
         ResourceDef::builtin("", "v1", "secrets", "Secret", true),
         core_events,
         namespaces,
         events,
         ResourceDef::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
         crd,
-    ]
+    ];
+    defs.extend(super::rbac::resource_defs());
+    defs
 }

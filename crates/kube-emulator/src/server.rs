@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::resources::{self, CRD_PLURAL};
 use super::table;
 use super::verbs::{Ctx, ok_json, parse_body};
-use super::{FaultKind, Shared, lock};
+use super::{FaultKind, Shared, lock, rbac};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -41,6 +41,42 @@ fn seed(shared: &Shared, plural: &str, object: serde_json::Value) -> Result<(), 
         version: def.versions.first().cloned().unwrap_or_default(),
         def,
         namespace: String::new(),
+    };
+    let mut store = lock(&shared.store);
+    ctx.create_locked(&mut store, object, None, "emulator", false)
+        .map(|_| ())
+}
+
+/// Creates a built-in object given at start-up (RBAC objects), found by its kind.
+pub fn seed_object(shared: &Shared, object: serde_json::Value) -> Result<(), ApiError> {
+    let kind = object
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    let api_version = object
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    let def = resources::builtins()
+        .into_iter()
+        .find(|d| d.kind == kind && d.versions.iter().any(|v| d.api_version(v) == api_version))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{api_version} {kind} is not a built-in kind"))
+        })?;
+    let namespace = if def.namespaced {
+        object
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let ctx = Ctx {
+        shared,
+        version: def.versions.first().cloned().unwrap_or_default(),
+        def,
+        namespace,
     };
     let mut store = lock(&shared.store);
     ctx.create_locked(&mut store, object, None, "emulator", false)
@@ -183,6 +219,11 @@ async fn handle(
             return response;
         }
     };
+    if let Err(err) = authorize(&shared, &route, verb, &path, &query, &headers) {
+        let response = err.into_response();
+        shared.log_request(verb, &path, response.status().as_u16());
+        return response;
+    }
     let response = match shared.take_fault(verb, &path) {
         Some(FaultKind::Status(code)) => {
             ApiError::for_code(code, format!("fault injected for {verb} {path}")).into_response()
@@ -197,6 +238,65 @@ async fn handle(
     tracing::debug!(verb, path = %path, status, "emulated API request");
     shared.log_request(verb, &path, status);
     response
+}
+
+/// RBAC mode: who sent the request (bearer token), and whether they may do it.
+fn authorize(
+    shared: &Shared,
+    route: &Route,
+    verb: &str,
+    path: &str,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(config) = &shared.config.rbac else {
+        return Ok(());
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let admin = || rbac::User {
+        name: "emulator-admin".into(),
+        groups: vec![rbac::MASTERS_GROUP.into(), "system:authenticated".into()],
+    };
+    let user = match token {
+        // Like the insecure port API servers had until 1.20: plain HTTP without credentials is
+        // the administrator. kubectl never sends a token over plain HTTP, so this is what
+        // keeps tests' own kubectl and clients working.
+        None => admin(),
+        Some(token) if token == shared.admin_token => admin(),
+        Some(token) => match config.identities.iter().find(|i| i.token == token) {
+            Some(identity) => rbac::User {
+                name: identity.user.clone(),
+                groups: identity.groups.clone(),
+            },
+            None => return Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
+        },
+    };
+    let store = lock(&shared.store);
+    let Route::Resource(rp) = route else {
+        return rbac::authorize_path(&store, &user, verb, path);
+    };
+    // A list or watch of one object (`metadata.name=` field selector) names it, as the API
+    // server's request info does, so `resourceNames` rules apply.
+    let selected = query.get("fieldSelector").and_then(|selector| {
+        selector
+            .split(',')
+            .find_map(|term| term.trim().strip_prefix("metadata.name="))
+    });
+    let name = rp.name.as_deref().or(selected);
+    let attributes = rbac::Attributes {
+        verb,
+        group: &rp.group,
+        resource: &rp.plural,
+        subresource: rp.subresource.as_deref(),
+        // Creates are authorized before the object (and its name) is read.
+        name: if verb == "create" { None } else { name },
+        namespace: rp.namespace.as_deref().unwrap_or_default(),
+    };
+    rbac::authorize(&store, &user, &attributes)
 }
 
 fn serve(
