@@ -11,6 +11,7 @@ mod chart;
 mod crd_schema;
 mod crd_validate;
 mod emulator;
+mod emulator_limits;
 mod koodrive_cli;
 mod operator_e2e;
 mod operator_ha;
