@@ -261,3 +261,134 @@ fn a_full_userbatch_of_ordinary_users_fits_client_side_apply() {
         "{violations:?}"
     );
 }
+
+fn manifest_yaml(users: &[koodrive_operator::crd::User]) -> String {
+    let manifest = json!({
+        "apiVersion": "koodrive.io/v1alpha1",
+        "kind": "UserBatch",
+        "metadata": {"name": "full", "namespace": crate::support::NAMESPACE},
+        "spec": {"credentialsRef": {"name": "creds"}, "users": users},
+    });
+    serde_saphyr::to_string(&manifest).unwrap()
+}
+
+/// The largest valid UserBatch goes through plain `kubectl apply` (client-side, the
+/// default, as Argo CD syncs) and the operator brings it to Ready; one user more is refused
+/// at apply time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_userbatch_applies_with_kubectl_and_becomes_ready() {
+    use crate::support::*;
+    let env = Env::start().await;
+    env.create_credentials("creds", SECRET_KEY).await;
+    let people = ordinary_users("86170", MAX_USERS, "passwords");
+    env.create_passwords("passwords", &people).await;
+    let file = env.dir.path().join("full.yaml");
+    std::fs::write(&file, manifest_yaml(&people)).unwrap();
+    let kubectl = |file: &std::path::Path| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&env.kubeconfig)
+            .arg("--cache-dir")
+            .arg(env.dir.path().join("kubectl-cache"))
+            .arg("apply")
+            .arg("-f")
+            .arg(file)
+            .output()
+            .expect("kubectl is installed")
+    };
+    let out = kubectl(&file);
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = env.userbatches().get("full").await.unwrap();
+    let copy = applied
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kube_emulator::limits::LAST_APPLIED_ANNOTATION))
+        .expect("client-side apply keeps its copy of the manifest");
+    assert!(copy.len() < MAX_ANNOTATIONS_BYTES);
+
+    let _operator = env.operator("op", &[]);
+    let ub = env.wait_for("full", "Ready", is_ready).await;
+    assert_eq!(
+        ub.status.unwrap().summary.unwrap().submitted,
+        MAX_USERS as i64
+    );
+
+    let mut more = people.clone();
+    more.extend(ordinary_users("86171", 1, "passwords"));
+    std::fs::write(&file, manifest_yaml(&more)).unwrap();
+    let out = kubectl(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.users: Too many: 1001: must have at most 1000 items"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_validate_commands_size_checks_agree_with_the_emulators() {
+    use koodrive_operator::validation::size;
+    assert_eq!(size::MAX_ANNOTATIONS_BYTES, MAX_ANNOTATIONS_BYTES);
+    assert_eq!(size::MAX_REQUEST_BODY_BYTES, MAX_REQUEST_BODY_BYTES);
+    assert_eq!(size::MAX_OBJECT_BYTES, MAX_OBJECT_BYTES);
+    let mut sample = userbatch(largest_users());
+    sample["metadata"]["annotations"] = json!({"a": "x<y>&\"\\\n\u{2028}é"});
+    assert_eq!(
+        size::after_client_side_apply(&sample),
+        with_last_applied_configuration(&sample)
+    );
+    assert_eq!(size::encoded_len(&sample), encoded_len(&sample));
+}
+
+fn validate_file(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+        .args(["validate", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn validate_refuses_what_client_side_apply_could_not_store() {
+    let ordinary = ordinary_users("86138", MAX_USERS, "passwords");
+    let (code, stdout) = validate_file(&manifest_yaml(&ordinary));
+    assert_eq!(code, Some(0), "{stdout}");
+
+    // Schema-valid (the text budget counts characters), but `<` takes six bytes in the
+    // JSON copy kubectl keeps in the annotation.
+    let mut wide_users = ordinary;
+    for user in &mut wide_users {
+        user.firstname = wide(60);
+    }
+    let (code, stdout) = validate_file(&manifest_yaml(&wide_users));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("metadata.annotations: Too long: must have at most 262144 bytes")
+            && stdout.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "{stdout}"
+    );
+
+    // Labels are not bounded by the annotation limit, but by the body and etcd's limits.
+    let mut labelled: Value = serde_saphyr::from_str(&manifest_yaml(&wide_users[..1])).unwrap();
+    labelled["metadata"]["labels"] = (0..20_000)
+        .map(|i| (format!("example.com/label-{i:05}"), json!("v".repeat(63))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let violations = koodrive_operator::validation::size_violations(&labelled);
+    let problems: Vec<&str> = violations.iter().map(|v| v.problem.as_str()).collect();
+    assert_eq!(violations.len(), 3, "{problems:?}");
+    assert!(problems[1].contains("over the API server's limit of 3145728 bytes (3 MiB)"));
+    assert!(problems[2].contains("over etcd's limit of 1572864 bytes (1.5 MiB) per object"));
+}
