@@ -554,3 +554,64 @@ fn ub_api(client: Client, namespace: &str) -> Api<DynamicObject> {
 fn ub_api_all(client: Client) -> Api<DynamicObject> {
     Api::all_with(client, &ub_resource())
 }
+
+/// kubectl sends built-in kinds as protobuf and does not fall back to JSON on 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_secret_generic_works_as_the_chart_notes_say() {
+    let env = start(emulator_config()).await;
+    let sk = env.file("sk", "the-secret-key");
+    env.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "koodrive-credentials",
+        "--from-literal=accessKey=AK",
+        &format!("--from-file=secretKey={sk}"),
+        "--from-literal=userId=1505084218764547200",
+    ])
+    .await;
+    let secrets: Api<Secret> = Api::default_namespaced(env.client.clone());
+    let secret = secrets.get("koodrive-credentials").await.unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(data["secretKey"].0, b"the-secret-key");
+    assert_eq!(data["accessKey"].0, b"AK");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    env.ok(&["create", "namespace", "team-a"]).await;
+    env.ok(&[
+        "create",
+        "clusterrole",
+        "reader",
+        "--verb=get",
+        "--resource=secrets",
+    ])
+    .await;
+    env.ok(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "--clusterrole=reader",
+        "--serviceaccount=team-a:bot",
+        "-n",
+        "team-a",
+    ])
+    .await;
+    let binding = env
+        .ok(&["get", "rolebinding", "reader", "-n", "team-a", "-o", "json"])
+        .await;
+    let binding: Value = serde_json::from_str(&binding).unwrap();
+    assert_eq!(binding["subjects"][0]["name"], "bot");
+    assert_eq!(binding["roleRef"]["name"], "reader");
+    // The same protobuf body for a custom resource: 415, as a real server answers.
+    let (code, status) = env
+        .raw(
+            "POST",
+            "/apis/koodrive.io/v1alpha1/namespaces/default/userbatches",
+            "application/vnd.kubernetes.protobuf",
+            b"k8s\0".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+}

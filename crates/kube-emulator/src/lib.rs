@@ -33,6 +33,7 @@ mod error;
 mod event_conversion;
 pub mod limits;
 mod merge;
+mod protobuf;
 mod rbac;
 mod resources;
 mod selectors;

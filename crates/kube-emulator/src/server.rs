@@ -6,6 +6,7 @@ use super::discovery::{
     served_resources,
 };
 use super::error::ApiError;
+use super::protobuf;
 use super::resources::{self, CRD_PLURAL};
 use super::table;
 use super::verbs::{Ctx, ok_json, parse_body};
@@ -380,6 +381,26 @@ fn resource_request(
     };
     let manager = field_manager(query, headers);
     let scope = rp.namespace.as_deref();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let parse_body = |body: &Bytes| -> Result<serde_json::Value, ApiError> {
+        if !protobuf::is_protobuf(content_type) {
+            return parse_body(body);
+        }
+        if ctx.def.custom {
+            // The custom resource handler only has JSON and YAML serializers.
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"
+                ),
+            ));
+        }
+        protobuf::decode(body)
+    };
     match (method.clone(), rp.name.as_deref()) {
         (Method::GET, Some(name)) => ctx.get(name, as_table, query),
         (Method::GET, None) if query.flag("watch") => {
