@@ -394,9 +394,7 @@ fn resource_request(
             return Err(ApiError::new(
                 415,
                 "UnsupportedMediaType",
-                format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"
-                ),
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
             ));
         }
         protobuf::decode(body)
