@@ -615,3 +615,84 @@ async fn kubectl_create_secret_generic_works_as_the_chart_notes_say() {
         (415, Some("UnsupportedMediaType"))
     );
 }
+
+/// Unknown fields: dropped with a warning by default, silently with `--validate=false`, and
+/// refused with 400 under `fieldValidation=Strict` (kubectl's default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_follow_the_field_validation_mode() {
+    let env = start(emulator_config()).await;
+    let mut with_extra = userbatch("b");
+    with_extra["spec"]["users"][0]["lastname"] = json!("Lovelace");
+    with_extra["spec"]["colour"] = json!("red");
+    let file = env.file("b.json", &with_extra.to_string());
+    let stderr = env.fails(&["apply", "-f", &file]).await;
+    assert!(
+        stderr.contains("UserBatch in version \"v1alpha1\" cannot be handled as a UserBatch: strict decoding error: unknown field \"spec.colour\", unknown field \"spec.users[0].lastname\""),
+        "{stderr}"
+    );
+    let (success, _, stderr) = env
+        .kubectl(&["apply", "--validate=warn", "-f", &file])
+        .await;
+    assert!(success, "{stderr}");
+    assert!(
+        stderr.contains("Warning: unknown field \"spec.colour\"")
+            && stderr.contains("Warning: unknown field \"spec.users[0].lastname\""),
+        "{stderr}"
+    );
+    let stored = env.ok(&["get", "ub", "b", "-o", "json"]).await;
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert!(stored["spec"].get("colour").is_none(), "{stored}");
+    assert!(stored["spec"]["users"][0].get("lastname").is_none());
+
+    // A built-in kind knows its type's fields; metadata is ObjectMeta.
+    let mut secret = secret_with("s", 0, 1);
+    secret["metadata"]["colour"] = json!("red");
+    secret["extra"] = json!(true);
+    let file = env.file("s.json", &secret.to_string());
+    let stderr = env.fails(&["create", "-f", &file]).await;
+    assert!(
+        stderr.contains(
+            "strict decoding error: unknown field \"extra\", unknown field \"metadata.colour\""
+        ),
+        "{stderr}"
+    );
+    env.ok(&["create", "--validate=false", "-f", &file]).await;
+    let (code, body) = env
+        .raw(
+            "POST",
+            "/api/v1/namespaces/default/secrets?fieldValidation=Strict",
+            "application/json",
+            secret.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")));
+
+    // kube clients send no fieldValidation: Warn, the API server's default.
+    let client = reqwest::Client::new();
+    let mut other = with_extra.clone();
+    other["metadata"]["name"] = json!("c");
+    let response = client
+        .post(format!(
+            "{}/apis/koodrive.io/v1alpha1/namespaces/default/userbatches",
+            env.emulator.url()
+        ))
+        .header("Content-Type", "application/json")
+        .body(other.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let warnings: Vec<&str> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "unknown field \"spec.colour\"""#,
+            r#"299 - "unknown field \"spec.users[0].lastname\"""#
+        ]
+    );
+}

@@ -31,6 +31,7 @@
 mod discovery;
 mod error;
 mod event_conversion;
+mod fields;
 pub mod limits;
 mod merge;
 mod protobuf;

@@ -6,11 +6,11 @@ use super::discovery::{
     served_resources,
 };
 use super::error::ApiError;
-use super::protobuf;
 use super::resources::{self, CRD_PLURAL};
 use super::table;
 use super::verbs::{Ctx, ok_json, parse_body};
 use super::{FaultKind, Shared, lock, rbac};
+use super::{fields, protobuf};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -399,20 +399,55 @@ fn resource_request(
         }
         protobuf::decode(body)
     };
-    match (method.clone(), rp.name.as_deref()) {
+    let mode = fields::FieldValidation::from_query(query)?;
+    let mut warnings = Vec::new();
+    let version = rp.version.clone();
+    let mut checked = |mut object: serde_json::Value, whole: bool| {
+        match fields::check(&ctx.def, &mut object, mode, whole) {
+            Ok(found) => warnings.extend(found),
+            // As the API server's decoder words a refused object.
+            Err(mut err) if whole => {
+                let kind = &ctx.def.kind;
+                err.message = format!(
+                    "{kind} in version \"{version}\" cannot be handled as a {kind}: {}",
+                    err.message
+                );
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        }
+        Ok::<_, ApiError>(object)
+    };
+    let result = match (method.clone(), rp.name.as_deref()) {
         (Method::GET, Some(name)) => ctx.get(name, as_table, query),
         (Method::GET, None) if query.flag("watch") => {
             ctx.watch(shared.clone(), scope, query, as_table)
         }
         (Method::GET, None) => ctx.list(scope, query, as_table),
-        (Method::POST, None) => ctx.create(parse_body(body)?, &manager, query),
-        (Method::PUT, Some(name)) => ctx.update(name, status, parse_body(body)?, &manager, query),
+        (Method::POST, None) => ctx.create(checked(parse_body(body)?, true)?, &manager, query),
+        (Method::PUT, Some(name)) => ctx.update(
+            name,
+            status,
+            checked(parse_body(body)?, true)?,
+            &manager,
+            query,
+        ),
         (Method::PATCH, Some(name)) => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            ctx.patch(name, status, content_type, body, &manager, query)
+            let media = content_type.split(';').next().unwrap_or_default().trim();
+            // Patches shaped like the object (merge, apply) are pruned like one; JSON
+            // patches (lists of operations) are not checked.
+            let body = if media == "application/json-patch+json" {
+                body.clone()
+            } else {
+                let parsed = match media {
+                    "application/apply-patch+yaml" => parse_body(body)?,
+                    _ => serde_json::from_slice(body).map_err(|e| {
+                        ApiError::bad_request(format!("the merge patch is not valid JSON: {e}"))
+                    })?,
+                };
+                Bytes::from(checked(parsed, false)?.to_string())
+            };
+            ctx.patch(name, status, content_type, &body, &manager, query)
         }
         (Method::DELETE, Some(name)) => ctx.delete(name, query, body),
         _ => Err(ApiError::new(
@@ -422,7 +457,14 @@ fn resource_request(
                 "the server does not allow this method on the requested resource ({method} {path})"
             ),
         )),
+    };
+    let mut response = result?;
+    for warning in warnings {
+        if let Ok(value) = header::HeaderValue::from_str(&fields::warning_header(&warning)) {
+            response.headers_mut().append(header::WARNING, value);
+        }
     }
+    Ok(response)
 }
 
 /// The field manager of a write: `fieldManager=` or, like the real server, the client's
