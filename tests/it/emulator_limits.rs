@@ -696,3 +696,103 @@ async fn unknown_fields_follow_the_field_validation_mode() {
         ]
     );
 }
+
+/// Events are validated as the API server does: events.k8s.io/v1 strictly on create,
+/// core v1 by the legacy rules only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_validated_like_the_api_server_does() {
+    let env = start(emulator_config()).await;
+    let valid = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "b.1", "namespace": "default"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "koodrive-operator",
+        "reportingInstance": "koodrive-operator-0", "action": "Submit", "type": "Normal",
+        "reason": "Submitted", "note": "sent 1 user",
+        "regarding": {"apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "name": "b", "namespace": "default"},
+    });
+    env.ok(&["create", "-f", &env.file("valid.json", &valid.to_string())])
+        .await;
+
+    let mut invalid = valid.clone();
+    invalid["metadata"]["name"] = json!("b.2");
+    invalid["note"] = json!("n".repeat(1025));
+    invalid["type"] = json!("Info");
+    invalid.as_object_mut().unwrap().remove("action");
+    invalid.as_object_mut().unwrap().remove("eventTime");
+    let stderr = env
+        .fails(&[
+            "create",
+            "-f",
+            &env.file("invalid.json", &invalid.to_string()),
+        ])
+        .await;
+    assert!(
+        stderr.contains("Event.events.k8s.io \"b.2\" is invalid")
+            && stderr.contains("eventTime: Required value")
+            && stderr.contains("type: Invalid value: \"\": has invalid value: Info"),
+        "{stderr}"
+    );
+    let mut long_note = valid.clone();
+    long_note["metadata"]["name"] = json!("b.3");
+    long_note["note"] = json!("n".repeat(1025));
+    long_note.as_object_mut().unwrap().remove("action");
+    let stderr = env
+        .fails(&[
+            "create",
+            "-f",
+            &env.file("long.json", &long_note.to_string()),
+        ])
+        .await;
+    assert!(
+        stderr.contains("action: Required value")
+            && stderr.contains("message: Invalid value: \"\": can have at most 1024 characters"),
+        "{stderr}"
+    );
+
+    // Core v1: only the legacy rules, here the namespace of the involved object.
+    let core = json!({
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "b.4", "namespace": "default"},
+        "reason": "Submitted", "message": "m", "type": "Normal",
+        "involvedObject": {"kind": "UserBatch", "name": "b", "namespace": "team-a"},
+    });
+    let stderr = env
+        .fails(&["create", "-f", &env.file("core.json", &core.to_string())])
+        .await;
+    assert!(
+        stderr.contains(
+            "involvedObject.namespace: Invalid value: \"team-a\": does not match event.namespace"
+        ),
+        "{stderr}"
+    );
+    let mut core = core;
+    core["involvedObject"]["namespace"] = json!("default");
+    env.ok(&["create", "-f", &env.file("core-ok.json", &core.to_string())])
+        .await;
+
+    // Updates keep what identifies an Event.
+    let events: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        "default",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    );
+    let kube::Error::Api(err) = events
+        .patch(
+            "b.1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"reason": "Changed"})),
+        )
+        .await
+        .unwrap_err()
+    else {
+        panic!("expected an API error")
+    };
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message
+            .contains("reason: Invalid value: \"object\": field is immutable"),
+        "{}",
+        err.message
+    );
+}

@@ -31,6 +31,7 @@
 mod discovery;
 mod error;
 mod event_conversion;
+mod event_validation;
 mod fields;
 pub mod limits;
 mod merge;

@@ -10,7 +10,7 @@ use super::server::Query;
 use super::store::{EventType, ResourceKey, Store};
 use super::table;
 use super::watch::{Backlog, WatchFilter, WatchStream, stream_response, watch_line};
-use super::{Shared, event_conversion, limits, lock};
+use super::{Shared, event_conversion, event_validation, limits, lock};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -419,6 +419,27 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The API server's own validation of Events (stored in `events.k8s.io` shape).
+    fn check_event(&self, object: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        if self.def.kind != "Event" || !matches!(self.def.group.as_str(), "" | "events.k8s.io") {
+            return Ok(());
+        }
+        let core = self.def.group.is_empty();
+        let causes = match old {
+            None => event_validation::validate_create(object, core),
+            Some(old) => event_validation::validate_update(object, old, core),
+        };
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid(
+            &self.def.group,
+            &self.def.kind,
+            meta_str(object, "name").unwrap_or_default(),
+            &causes,
+        ))
+    }
+
     /// What etcd would refuse: an object over [`limits::MAX_OBJECT_BYTES`] as stored.
     fn check_stored_size(&self, object: &Value) -> Result<(), ApiError> {
         if limits::encoded_len(object) > limits::MAX_OBJECT_BYTES {
@@ -521,6 +542,7 @@ impl Ctx<'_> {
             establish_crd(&mut object);
         }
         self.check_annotations(&object)?;
+        self.check_event(&object, None)?;
         self.validate(&object)?;
         if dry_run {
             return Ok(object);
@@ -597,6 +619,7 @@ impl Ctx<'_> {
             meta_mut(&mut candidate).insert("generation".into(), json!(next));
         }
         self.check_annotations(&candidate)?;
+        self.check_event(&candidate, Some(&old))?;
         self.validate(&candidate)?;
         if dry_run {
             return Ok(candidate);
