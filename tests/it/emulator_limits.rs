@@ -796,3 +796,93 @@ async fn events_are_validated_like_the_api_server_does() {
         err.message
     );
 }
+
+/// A paginated list is one snapshot: later pages show the first page's state; once that
+/// state is compacted away, 410 with a token that continues from the latest state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_lists_are_one_snapshot_until_it_expires() {
+    use kube::api::ListParams;
+    let env = start(EmulatorConfig {
+        watch_history: 20,
+        ..emulator_config()
+    })
+    .await;
+    let secrets: Api<Secret> = Api::default_namespaced(env.client.clone());
+    for i in 0..5 {
+        let secret: Secret = serde_json::from_value(secret_with(&format!("s{i}"), 0, 1)).unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let first = secrets.list(&ListParams::default().limit(2)).await.unwrap();
+    let names = |list: &kube::core::ObjectList<Secret>| -> Vec<String> {
+        list.items.iter().map(|s| s.name_any()).collect()
+    };
+    assert_eq!(names(&first), ["s0", "s1"]);
+    let token = first.metadata.continue_.clone().unwrap();
+    // Changes after the first page do not show in the later ones.
+    secrets
+        .delete("s3", &DeleteParams::default())
+        .await
+        .unwrap();
+    let late: Secret = serde_json::from_value(secret_with("s2a", 0, 1)).unwrap();
+    secrets.create(&PostParams::default(), &late).await.unwrap();
+    let second = secrets
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["s2", "s3"]);
+    assert_eq!(
+        second.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    let third = secrets
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(second.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&third), ["s4"]);
+    assert!(third.metadata.continue_.is_none());
+
+    // Expired: more writes than the history keeps.
+    let first = secrets.list(&ListParams::default().limit(2)).await.unwrap();
+    for i in 0..25 {
+        let secret: Secret =
+            serde_json::from_value(secret_with(&format!("t{i:02}"), 0, 1)).unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let path = format!(
+        "/api/v1/namespaces/default/secrets?limit=2&continue={}",
+        first.metadata.continue_.clone().unwrap()
+    );
+    let response = reqwest::get(format!("{}{path}", env.emulator.url()))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 410);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(status["reason"], "Expired");
+    assert!(status["message"].as_str().unwrap().starts_with(
+        "The provided continue parameter is too old to display a consistent list result."
+    ));
+    let latest = status["metadata"]["continue"].as_str().unwrap().to_string();
+    let rest = secrets
+        .list(&ListParams::default().continue_token(&latest))
+        .await
+        .unwrap();
+    assert!(
+        names(&rest).contains(&"t24".to_string()),
+        "continues from the latest state"
+    );
+    // kubectl pages through the same way.
+    let all = env
+        .ok(&["get", "secrets", "--chunk-size=3", "-o", "name"])
+        .await;
+    assert_eq!(all.lines().count(), 4 + 1 + 25, "{all}");
+}

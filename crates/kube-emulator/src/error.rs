@@ -20,6 +20,8 @@ pub struct ApiError {
     pub reason: String,
     pub message: String,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status (an expired list's way on).
+    pub list_continue: Option<String>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             reason: reason.to_string(),
             message: message.into(),
             details: None,
+            list_continue: None,
         }
     }
 
@@ -177,6 +180,9 @@ impl ApiError {
         }
         if let Some(details) = &self.details {
             body["details"] = details.clone();
+        }
+        if let Some(token) = &self.list_continue {
+            body["metadata"]["continue"] = Value::String(token.clone());
         }
         body
     }

@@ -252,39 +252,70 @@ impl Ctx<'_> {
             })?),
             None => None,
         };
-        // The continue token is the namespace/name of the last item returned, so a page
-        // resumes after it even if objects were added or removed meanwhile.
-        let after = query.get("continue").map(str::to_string);
-        let store = lock(&self.shared.store);
-        let rv = store.resource_version().to_string();
-        let mut items: Vec<Value> = store
-            .list(&self.key(), scope)
+        let token = query
+            .get("continue")
+            .map(ContinueToken::decode)
+            .transpose()?;
+        let mut store = lock(&self.shared.store);
+        // A continued list reads the first page's snapshot, as etcd reads one revision;
+        // once that revision is compacted the API server answers 410 with a token that
+        // continues from the latest state instead.
+        let snapshot = match &token {
+            Some(t) if t.rv >= 0 => match store.snapshot(&self.key(), t.rv as u64) {
+                Some(snapshot) => Some(snapshot),
+                None => return Err(expired_continue(&t.start)),
+            },
+            Some(_) => None,
+            None if limit.is_some_and(|l| l > 0) => Some(store.take_snapshot(&self.key())),
+            None => None,
+        };
+        let rv = match &snapshot {
+            Some(snapshot) => snapshot.resource_version,
+            None => store.resource_version(),
+        };
+        let start = token.as_ref().map(|t| t.start.clone());
+        let objects: Vec<&Value> = match &snapshot {
+            Some(snapshot) => snapshot
+                .objects
+                .iter()
+                .filter(|(ns, _, _)| scope.is_none_or(|want| want == ns))
+                .map(|(_, _, v)| v)
+                .collect(),
+            None => store.list(&self.key(), scope),
+        };
+        let position = |o: &Value| {
+            format!(
+                "{}/{}",
+                meta_str(o, "namespace").unwrap_or_default(),
+                meta_str(o, "name").unwrap_or_default()
+            )
+        };
+        let mut items: Vec<Value> = objects
             .into_iter()
+            .filter(|o| {
+                start
+                    .as_ref()
+                    .is_none_or(|s| position(o).as_str() > s.as_str())
+            })
             .map(|o| self.present(o.clone()))
             .filter(|o| labels.matches(o) && fields.matches(o))
-            .filter(|o| {
-                after.as_ref().is_none_or(|token| {
-                    let position = format!(
-                        "{}/{}",
-                        meta_str(o, "namespace").unwrap_or_default(),
-                        meta_str(o, "name").unwrap_or_default()
-                    );
-                    position.as_str() > token.as_str()
-                })
-            })
             .collect();
-        drop(store);
         let mut continue_token = None;
         if let Some(limit) = limit.filter(|l| *l > 0 && items.len() > *l) {
             items.truncate(limit);
             continue_token = items.last().map(|o| {
-                format!(
-                    "{}/{}",
-                    meta_str(o, "namespace").unwrap_or_default(),
-                    meta_str(o, "name").unwrap_or_default()
-                )
+                ContinueToken {
+                    rv: rv as i64,
+                    start: position(o),
+                }
+                .encode()
             });
         }
+        if continue_token.is_none() && snapshot.is_some() {
+            store.release_snapshot(&self.key(), rv);
+        }
+        drop(store);
+        let rv = rv.to_string();
         if as_table {
             let include = query.get("includeObject").unwrap_or("Metadata");
             let mut t = table::table(&self.def, &items, include, Some(rv), true);
@@ -1078,6 +1109,67 @@ impl Ctx<'_> {
         });
         Ok(stream_response(body))
     }
+}
+
+/// A list's continue token, in the API server's format: base64 of
+/// `{"v":"meta.k8s.io/v1","rv":<revision>,"start":"<namespace>/<name>"}` (here `start` is the
+/// last key returned). `rv: -1` continues from the latest state.
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+impl ContinueToken {
+    fn encode(&self) -> String {
+        let json = json!({"v": "meta.k8s.io/v1", "rv": self.rv, "start": self.start});
+        base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
+    }
+
+    fn decode(text: &str) -> Result<ContinueToken, ApiError> {
+        let invalid =
+            |why: &str| ApiError::bad_request(format!("continue key is not valid: {why}"));
+        let bytes = base64::engine::general_purpose::URL_SAFE
+            .decode(text)
+            .map_err(|_| {
+                invalid("incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+            })?;
+        let json: Value =
+            serde_json::from_slice(&bytes).map_err(|_| invalid("the token is not JSON"))?;
+        if json.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
+            return Err(invalid("server does not recognize this encoded key"));
+        }
+        let rv = json
+            .get("rv")
+            .and_then(Value::as_i64)
+            .filter(|rv| *rv != 0)
+            .ok_or_else(|| {
+                invalid("incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+            })?;
+        let start = json
+            .get("start")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("encoded key is empty"))?;
+        Ok(ContinueToken {
+            rv,
+            start: start.to_string(),
+        })
+    }
+}
+
+/// `410 Gone` for a continue token whose snapshot is gone, carrying a token that continues
+/// from the latest state (the API server's `handleCompactedErrorForPaging`).
+fn expired_continue(start: &str) -> ApiError {
+    let mut err = ApiError::gone(
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+    );
+    err.list_continue = Some(
+        ContinueToken {
+            rv: -1,
+            start: start.to_string(),
+        }
+        .encode(),
+    );
+    err
 }
 
 /// The parts of `DeleteOptions` (body or query) the emulator honours.
