@@ -1,25 +1,37 @@
 //! An in-process emulator of the Kubernetes API subset an operator uses (Secret, Event,
-//! Lease, Namespace, CustomResourceDefinition and the custom resources those define), so
-//! end-to-end tests and demos can run a real controller, a real kube client and real watch
-//! streams where no API server can be installed.
+//! Lease, Namespace, CustomResourceDefinition, the RBAC kinds and the custom resources the
+//! CRDs define), so end-to-end tests and demos can run a real controller, a real kube client
+//! and real watch streams where no API server can be installed.
 //!
 //! It knows no particular operator: it is configured with the CRDs it serves from the start
-//! ([`EmulatorConfig::crds`]) and the admission checks it runs on writes of a kind
-//! ([`EmulatorConfig::admission`]), as a real cluster gets its CRDs applied and its
-//! validation from their schemas and CEL rules.
+//! ([`EmulatorConfig::crds`]), the admission checks it runs on writes of a kind
+//! ([`EmulatorConfig::admission`]) and, optionally, the RBAC objects and identities it
+//! authorizes requests with ([`EmulatorConfig::rbac`]), as a real cluster gets its CRDs
+//! applied, its validation from their schemas and CEL rules, and its permissions from RBAC.
 //!
 //! It is faithful where an operator's correctness depends on it: `resourceVersion`
-//! preconditions (409), `generation` vs status writes, watch resumption and `410 Gone`,
-//! finalizers, server-side apply merging list-maps, admission (422 with field paths).
-//! Tests can inject faults, drop watches and read the request log.
+//! preconditions (409), conditional updates of custom resources (422 without
+//! `resourceVersion`), `generation` vs status writes, watch resumption and `410 Gone`,
+//! consistent paginated lists, finalizers, DELETE options, server-side apply merging
+//! list-maps, admission (422 with field paths), unknown fields per `fieldValidation`,
+//! Event validation, a real cluster's size limits ([`limits`]: annotations 256 KiB, request
+//! bodies 3 MiB, stored objects 1.5 MiB), `generateName` retries, protobuf bodies from
+//! kubectl, and RBAC (403 with the API server's message). Tests can inject faults, drop
+//! watches and read the request log. `README.md` beside this crate lists what it does not
+//! emulate.
 //!
 //! Deliberate simplifications, none of which the operator depends on:
 //! - field ownership is tracked per leaf field and not returned as `managedFields`;
-//! - LIST always answers from the latest state, whatever `resourceVersion` it is given;
-//! - namespaces are not required to exist, and deleting a CRD keeps its objects;
-//! - strategic merge patch is served as a JSON merge patch;
-//! - OpenAPI documents only advertise server-side field validation (schemas accept anything:
-//!   admission is the configured validator's job).
+//! - a LIST without a continue token answers from the latest state, whatever
+//!   `resourceVersion` it is given (`resourceVersionMatch` is not honoured);
+//! - namespaces are not required to exist (nor removed with their objects), and deleting a
+//!   CRD keeps its objects;
+//! - strategic merge patch on built-in kinds is served as a JSON merge patch (custom
+//!   resources refuse it with 415, as real servers do);
+//! - OpenAPI documents only advertise server-side field validation (schemas accept
+//!   anything: admission and the `fieldValidation` check are the server's job);
+//! - without [`EmulatorConfig::rbac`] every request is allowed; with it, a request without
+//!   credentials is the administrator (see [`Rbac`]).
 //!
 //! ```text
 //! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorConfig::default()).await?;
