@@ -193,11 +193,28 @@ async fn request_bodies_over_3_mib_get_413_with_a_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_over_etcds_1_5_mib_are_refused_as_etcd_refuses_them() {
     let env = start(emulator_config()).await;
-    // Under the body limit, over the storage limit once base64-encoded in JSON.
+    // A Secret's data may hold 1 MiB at most.
     let file = env.file(
-        "large.json",
-        &secret_with("large", 0, MAX_OBJECT_BYTES * 3 / 4 + 1000).to_string(),
+        "big.json",
+        &secret_with("big", 0, 1024 * 1024 + 1).to_string(),
     );
+    let stderr = env.fails(&["create", "-f", &file]).await;
+    assert!(
+        stderr.contains("data: Too long: must have at most 1048576 bytes"),
+        "{stderr}"
+    );
+    // Labels have no limit of their own: under the body limit, over etcd's.
+    let mut large = secret_with("large", 0, 1);
+    large["metadata"]["labels"] = (0..20_000)
+        .map(|i| (format!("example.com/label-{i:05}"), json!("v".repeat(63))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let size = large.to_string().len();
+    assert!(
+        size > MAX_OBJECT_BYTES && size < MAX_REQUEST_BODY_BYTES,
+        "{size}"
+    );
+    let file = env.file("large.json", &large.to_string());
     let stderr = env.fails(&["create", "-f", &file]).await;
     assert!(
         stderr.contains("Error from server") && stderr.contains("etcdserver: request is too large"),
@@ -726,7 +743,7 @@ async fn events_are_validated_like_the_api_server_does() {
         ])
         .await;
     assert!(
-        stderr.contains("Event.events.k8s.io \"b.2\" is invalid")
+        stderr.contains("\"b.2\" is invalid")
             && stderr.contains("eventTime: Required value")
             && stderr.contains("type: Invalid value: \"\": has invalid value: Info"),
         "{stderr}"

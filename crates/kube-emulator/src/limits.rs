@@ -23,6 +23,8 @@ pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 pub const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Most bytes etcd accepts in one write, which bounds a stored object.
 pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024 / 2;
+/// Most bytes of a Secret's data (`MaxSecretSize`): `422`, `data: Too long: …`.
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 /// Where client-side `kubectl apply` keeps a copy of the applied manifest.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 

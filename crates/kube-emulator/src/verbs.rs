@@ -433,8 +433,37 @@ impl Ctx<'_> {
         Err(err)
     }
 
-    /// All annotations together must fit [`limits::MAX_ANNOTATIONS_BYTES`].
+    /// All annotations together must fit [`limits::MAX_ANNOTATIONS_BYTES`]; a Secret's data
+    /// must fit [`limits::MAX_SECRET_BYTES`].
     fn check_annotations(&self, object: &Value) -> Result<(), ApiError> {
+        if self.def.group.is_empty() && self.def.plural == "secrets" {
+            let data: usize = object
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|data| {
+                    data.values()
+                        .filter_map(Value::as_str)
+                        .map(|b64| {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .map_or(b64.len(), |bytes| bytes.len())
+                        })
+                        .sum()
+                })
+                .unwrap_or(0);
+            if data > limits::MAX_SECRET_BYTES {
+                return Err(ApiError::invalid_field(
+                    &self.def.group,
+                    &self.def.kind,
+                    meta_str(object, "name").unwrap_or_default(),
+                    "data",
+                    &format!(
+                        "Too long: must have at most {} bytes",
+                        limits::MAX_SECRET_BYTES
+                    ),
+                ));
+            }
+        }
         if limits::annotations_size(object) > limits::MAX_ANNOTATIONS_BYTES {
             return Err(ApiError::invalid_field(
                 &self.def.group,
