@@ -61,6 +61,21 @@ async fn a_missing_rule_surfaces_as_permission_denied() {
     env.create_batch("denied", "creds", users("86161", 2, None))
         .await;
     let _operator = env.operator("op", &[]);
+    // First the refusal itself, so a failure below is about how the operator reports it.
+    eventually(
+        "the emulator to refuse the operator's read of the Secret",
+        || {
+            let refused = env
+                .emulator
+                .request_log()
+                .iter()
+                .any(|(verb, path, status)| {
+                    verb == "get" && path.contains("/secrets/creds") && *status == 403
+                });
+            async move { refused.then_some(()) }
+        },
+    )
+    .await;
     let ub = env
         .wait_for("denied", "Ready=False/PermissionDenied", |s| {
             ready_reason(s) == Some("PermissionDenied")
