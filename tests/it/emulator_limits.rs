@@ -903,3 +903,63 @@ async fn paginated_lists_are_one_snapshot_until_it_expires() {
         .await;
     assert_eq!(all.lines().count(), 4 + 1 + 25, "{all}");
 }
+
+/// `koodrive-operator emulator --rbac … --identity … --kubeconfig-token …`: the standalone
+/// emulator enforces the chart's RBAC for the written kubeconfig's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_emulator_enforces_rbac_for_the_kubeconfigs_identity() {
+    use crate::support::{RELEASE_NAMESPACE, SERVICE_ACCOUNT, chart_rbac};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let rendered: Vec<String> = chart_rbac().iter().map(Value::to_string).collect();
+    let rbac_file = dir.path().join("rbac.yaml");
+    std::fs::write(&rbac_file, rendered.join("\n---\n")).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let identity = format!("op-token=system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}");
+    /// Kills the emulator process however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
+            .args(["emulator", "--listen", "127.0.0.1:0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .arg("--rbac")
+            .arg(&rbac_file)
+            .args(["--identity", &identity, "--kubeconfig-token", "op-token"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = Client::try_from(config).unwrap();
+    // Granted by the chart's ClusterRole.
+    ub_api_all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap();
+    // Not granted: the operator never deletes Secrets.
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    match secrets
+        .delete("any", &DeleteParams::default())
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(status) => assert_eq!(status.code, 403, "{}", status.message),
+        other => panic!("expected 403, got {other:?}"),
+    }
+}

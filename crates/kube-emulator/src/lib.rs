@@ -162,13 +162,14 @@ impl Identity {
 /// Why RBAC objects could not be read from manifests.
 #[derive(Debug, thiserror::Error)]
 #[error("the manifests are not valid YAML")]
-pub struct ManifestError(#[source] serde_saphyr::Error);
+pub struct ManifestError(#[source] Box<serde_saphyr::Error>);
 
 impl Rbac {
     /// The Roles, ClusterRoles, RoleBindings and ClusterRoleBindings among (multi-document)
     /// YAML manifests, e.g. `helm template` output; other documents are skipped.
     pub fn objects_from_manifests(yaml: &str) -> Result<Vec<Value>, ManifestError> {
-        let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(ManifestError)?;
+        let documents: Vec<Value> =
+            serde_saphyr::from_multiple(yaml).map_err(|e| ManifestError(Box::new(e)))?;
         Ok(documents
             .into_iter()
             .filter(|d| {
