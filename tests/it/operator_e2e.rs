@@ -215,7 +215,9 @@ async fn large_batches_are_split_and_appended_users_go_in_one_new_task() {
         .unwrap();
     let ub = env
         .wait_for("big", "Ready with 4 tasks", |s| {
-            is_ready(s) && s.tasks.len() == 4
+            // The fourth record must carry its task ID: before that it is only the intent,
+            // written while an older Ready=True may still stand.
+            is_ready(s) && s.tasks.len() == 4 && s.tasks[3].task_id.is_some()
         })
         .await;
     let last = &ub.status.unwrap().tasks[3];
