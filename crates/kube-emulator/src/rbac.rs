@@ -166,11 +166,10 @@ pub fn authorize(store: &Store, user: &User, attributes: &Attributes<'_>) -> Res
 
 /// Authorizes a request outside the resource paths (discovery, `/version`, OpenAPI). Every
 /// authenticated user may read them, as the bootstrap `system:discovery` and
-/// `system:public-info-viewer` roles grant; anonymous users only `/version`.
+/// `system:public-info-viewer` roles grant; other verbs need a `nonResourceURLs` rule.
 pub fn authorize_path(store: &Store, user: &User, verb: &str, path: &str) -> Result<(), ApiError> {
-    let authenticated = !user.groups.iter().any(|g| g == "system:unauthenticated");
     if user.groups.iter().any(|g| g == MASTERS_GROUP)
-        || (verb == "get" && (authenticated || path == "/version"))
+        || verb == "get"
         || granted_rules(store, user, "")
             .into_iter()
             .any(|rule| non_resource_rule_allows(rule, verb, path))
