@@ -21,25 +21,51 @@ pub const DEFAULT_USER_ID_KEY: &str = "userId";
 
 // Bounds the schema enforces. Public so the controller can truncate what it writes to status
 // instead of having the API server reject the whole status update.
+//
+// They are chosen so that every UserBatch the API server accepts still fits in etcd (an
+// object may be at most 1.5 MiB) with its largest possible status, and so that a UserBatch
+// of MAX_USERS ordinary users can be applied with client-side `kubectl apply`, whose
+// `last-applied-configuration` annotation must stay under the 256 KiB annotation limit.
+// `tests/it/size_limits.rs` builds the largest object these bounds allow and checks it.
 
-/// Most users one UserBatch may list.
-pub const MAX_USERS: usize = 5000;
-/// Most entries in `status.tasks`: one per request, so a batch sent one user at a time, with
-/// every user resent once, still fits.
-pub const MAX_TASKS: usize = 10_000;
+/// Most users one UserBatch may list: KooDrive's per-request limit. More users go into
+/// several UserBatches.
+pub const MAX_USERS: usize = 1000;
+/// Most characters the users' free-text fields (names, e-mail, inline password and the
+/// `passwordSecretRef` name and key) may hold together, on average 100 per user at
+/// [`MAX_USERS`]. An ordinary user needs 40 to 80. The per-field limits alone would let a
+/// UserBatch outgrow etcd's object limit; this total keeps the largest spec within budget.
+pub const MAX_USER_TEXT_CHARS: usize = 100_000;
+/// Most entries in `status.tasks`: one per request sent. At the default batch size a full
+/// UserBatch needs one; a full UserBatch sent 16 users at a time still fits.
+pub const MAX_TASKS: usize = 64;
 /// Most phones one task record carries (KooDrive's per-request limit).
 pub const MAX_PHONES_PER_TASK: usize = 1000;
+/// Most phones all task records carry together: every user once, and once more after a
+/// resubmission.
+pub const MAX_TASK_PHONES: usize = 2 * MAX_USERS;
 /// Most entries in `status.failures`.
 pub const MAX_FAILURES: usize = 100;
 /// Most entries in `status.conditions`.
 pub const MAX_CONDITIONS: usize = 10;
-/// Longest `status.message`, task message or condition message (the Kubernetes limit for
-/// condition messages).
-pub const MAX_MESSAGE_LEN: usize = 32_768;
+/// Longest `status.message` and task message, and the longest condition message the
+/// controller writes today. KooDrive's own messages are a few words.
+pub const MAX_MESSAGE_LEN: usize = 256;
+/// Longest condition message the schema accepts (room for a list of in-doubt trace IDs).
+pub const MAX_CONDITION_MESSAGE_LEN: usize = 1024;
 /// Longest failure reason kept per user.
-pub const MAX_REASON_LEN: usize = 1024;
+pub const MAX_REASON_LEN: usize = 128;
 /// Longest KooDrive code, task ID or trace ID.
 pub const MAX_ID_LEN: usize = 64;
+/// Longest phone in a failure record (KooDrive's formatting, e.g. with a country prefix).
+pub const MAX_FAILURE_PHONE_LEN: usize = 32;
+/// Hex characters of one user's fingerprint in `TaskRecord::users_digest`.
+pub const USER_DIGEST_HEX_LEN: usize = 8;
+/// Budget kept free in status for one record per spec user (issue #12): the phone, the
+/// KooDrive user ID (at most this long, digits or other ASCII) and a state word.
+pub const MAX_USER_ID_LEN: usize = 64;
+/// Longest per-user state word (`created`, `skipped`, …) the status budget allows for.
+pub const MAX_USER_STATE_LEN: usize = 16;
 
 /// Phone numbers: digits with an optional leading `+`, 5 to 20 digits.
 pub const PHONE_PATTERN: &str = r"^\+?[0-9]{5,20}$";
@@ -48,6 +74,10 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+\.[^@\s]+$";
 /// An object name in the UserBatch's namespace (RFC 1123 subdomain).
 pub const OBJECT_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// The operator's own trace IDs: letters and digits.
+pub const TRACE_ID_PATTERN: &str = "^[0-9A-Za-z]+$";
+/// User fingerprints: lower-case hex.
+pub const USERS_DIGEST_PATTERN: &str = "^[0-9a-f]*$";
 /// A key in a Secret's `data`.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
@@ -108,9 +138,12 @@ pub struct UserBatchSpec {
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_RULE_MESSAGE))]
     pub endpoint: Option<String>,
-    /// The users to provision, unique by phone (1 to 5000).
+    /// The users to provision, unique by phone (1 to 1000; provision more with several
+    /// UserBatches). Names, e-mails and password fields hold at most 100000 characters in
+    /// all.
     #[schemars(length(min = 1, max = MAX_USERS))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["phone".into()]))]
+    #[x_kube(validation = Rule::new(USERS_TEXT_RULE).message(USERS_TEXT_RULE_MESSAGE))]
     pub users: Vec<User>,
     /// What the operator does when KooDrive's answer to a create request is ambiguous (a
     /// timeout, a 5xx, a dropped connection — KooDrive may or may not have created the
@@ -147,6 +180,18 @@ pub const ENDPOINT_RULE: &str = concat!(
 /// What a user reads when [`ENDPOINT_RULE`] fails.
 pub const ENDPOINT_RULE_MESSAGE: &str =
     "endpoint must be an https:// URL (http:// is accepted only for localhost, 127.0.0.1 or [::1])";
+/// CEL rule bounding the users' free text to [`MAX_USER_TEXT_CHARS`] characters in all, so
+/// the largest spec leaves room in etcd for the largest status.
+pub const USERS_TEXT_RULE: &str = concat!(
+    "self.map(u, size(u.firstname)",
+    " + (has(u.surname) ? size(u.surname) : 0)",
+    " + (has(u.email) ? size(u.email) : 0)",
+    " + (has(u.password) ? size(u.password) : 0)",
+    " + (has(u.passwordSecretRef) ? size(u.passwordSecretRef.name) + size(u.passwordSecretRef.key) : 0)",
+    ").sum() <= 100000"
+);
+/// What a user reads when [`USERS_TEXT_RULE`] fails.
+pub const USERS_TEXT_RULE_MESSAGE: &str = "the users' names, e-mails and password fields may hold at most 100000 characters in all (100 per user on average at 1000 users): split the users over several UserBatches";
 /// CEL rule making a user's two password sources mutually exclusive.
 pub const PASSWORD_EXCLUSIVE_RULE: &str = "!(has(self.password) && has(self.passwordSecretRef))";
 /// What a user reads when [`PASSWORD_EXCLUSIVE_RULE`] fails.
@@ -247,7 +292,7 @@ pub enum Phase {
 }
 
 /// What the operator observed and did. Written only by the operator.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserBatchStatus {
     /// The `metadata.generation` this status describes.
@@ -272,6 +317,7 @@ pub struct UserBatchStatus {
     /// request whose outcome is not recorded yet: the at-most-once intent record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_TASKS))]
+    #[x_kube(validation = Rule::new(TASK_PHONES_RULE).message(TASK_PHONES_RULE_MESSAGE))]
     pub tasks: Vec<TaskRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
@@ -309,6 +355,16 @@ pub struct StalledInputs {
 
 /// Longest annotation value the operator remembers having acted on.
 pub const MAX_ANNOTATION_VALUE_LEN: usize = 1024;
+
+/// CEL rule bounding the phones of all task records together to [`MAX_TASK_PHONES`].
+pub const TASK_PHONES_RULE: &str = "self.map(t, size(t.phones)).sum() <= 2000";
+/// What the controller's status write reads when [`TASK_PHONES_RULE`] fails.
+pub const TASK_PHONES_RULE_MESSAGE: &str = "the task records may carry at most 2000 phones in all";
+/// CEL rule tying a task's user fingerprints to its phones (8 hex characters each).
+pub const USERS_DIGEST_RULE: &str =
+    "!has(self.usersDigest) || size(self.usersDigest) <= 8 * size(self.phones)";
+/// What the controller's status write reads when [`USERS_DIGEST_RULE`] fails.
+pub const USERS_DIGEST_RULE_MESSAGE: &str = "usersDigest holds at most 8 characters per phone";
 
 /// `metav1.Condition`'s schema with the bounds its kubebuilder markers give it upstream
 /// (k8s-openapi's generated schema has none, which would leave the CRD unbounded), as a
@@ -357,7 +413,7 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
                 "message": {
                     "type": "string",
                     "description": "Human-readable details about the last transition.",
-                    "maxLength": MAX_MESSAGE_LEN
+                    "maxLength": MAX_CONDITION_MESSAGE_LEN
                 }
             }
         }
@@ -365,7 +421,8 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// One request sent to KooDrive.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(USERS_DIGEST_RULE).message(USERS_DIGEST_RULE_MESSAGE))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
     /// KooDrive's task ID; absent while the request's outcome is unknown.
@@ -381,7 +438,7 @@ pub struct TaskRecord {
     #[schemars(length(max = MAX_MESSAGE_LEN))]
     pub message: Option<String>,
     /// The `X-Traceid` sent with the request (58 characters).
-    #[schemars(length(min = 1, max = MAX_ID_LEN))]
+    #[schemars(length(min = 1, max = MAX_ID_LEN), pattern(TRACE_ID_PATTERN))]
     pub trace_id: String,
     /// When the request was sent.
     #[schemars(length(max = 64))]
@@ -397,7 +454,7 @@ pub struct TaskRecord {
     /// Short fingerprints of the users' non-secret fields as sent (8 hex characters per
     /// phone, in `phones` order), to notice later edits. Holds nothing about passwords.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 8000))]
+    #[schemars(length(max = 8000), pattern(USERS_DIGEST_PATTERN))]
     pub users_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
@@ -443,7 +500,7 @@ pub struct Summary {
 #[serde(rename_all = "camelCase")]
 pub struct UserFailure {
     /// The phone as KooDrive reported it; KooDrive's formatting is not ours to bound tightly.
-    #[schemars(length(max = MAX_ID_LEN))]
+    #[schemars(length(max = MAX_FAILURE_PHONE_LEN))]
     pub phone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ID_LEN))]

@@ -231,6 +231,191 @@ pub fn validate_manifests(yaml: &str) -> Result<Vec<Document>, ManifestError> {
         .collect())
 }
 
+/// A real cluster's size limits, as `validate` checks a manifest against them. The same
+/// numbers and measurement as the API emulator's `kube_emulator::limits` (a test keeps them
+/// equal); repeated here because production builds carry no emulator.
+pub mod size {
+    use serde_json::Value;
+
+    /// All annotations of one object together (apimachinery's `TotalAnnotationSizeLimitB`).
+    pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+    /// One request body (the API server's `MaxRequestBodyBytes`).
+    pub const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
+    /// One stored object (etcd's default `--max-request-bytes`).
+    pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024 / 2;
+    /// Where client-side `kubectl apply` keeps its copy of the manifest.
+    pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+    /// Bytes of `value` as Go's `encoding/json` (the API server, kubectl) writes it: `<`,
+    /// `>`, `&`, U+2028, U+2029 and control characters take six bytes.
+    pub fn encoded_len(value: &Value) -> usize {
+        match value {
+            Value::Null | Value::Bool(true) => 4,
+            Value::Bool(false) => 5,
+            Value::Number(n) => n.to_string().len(),
+            Value::String(s) => string_len(s),
+            Value::Array(items) => {
+                2 + items.iter().map(encoded_len).sum::<usize>() + items.len().saturating_sub(1)
+            }
+            Value::Object(map) => {
+                2 + map
+                    .iter()
+                    .map(|(k, v)| string_len(k) + 1 + encoded_len(v))
+                    .sum::<usize>()
+                    + map.len().saturating_sub(1)
+            }
+        }
+    }
+
+    fn string_len(s: &str) -> usize {
+        2 + s
+            .chars()
+            .map(|c| match c {
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => 6,
+                '"' | '\\' | '\n' | '\r' | '\t' => 2,
+                c if (c as u32) < 0x20 => 6,
+                c => c.len_utf8(),
+            })
+            .sum::<usize>()
+    }
+
+    /// `value` as Go's `encoding/json` writes it: keys sorted, HTML characters escaped.
+    pub fn encode(value: &Value) -> String {
+        let mut out = String::with_capacity(encoded_len(value));
+        write(value, &mut out);
+        out
+    }
+
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::String(s) => {
+                out.push('"');
+                for c in s.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                            out.push_str(&format!("\\u{:04x}", c as u32))
+                        }
+                        c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(&Value::String(key.clone()), out);
+                    out.push(':');
+                    write(&map[key], out);
+                }
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    /// The object as client-side `kubectl apply` sends and stores it: with a copy of the
+    /// manifest (annotations emptied of an older copy, plus a newline) in
+    /// [`LAST_APPLIED_ANNOTATION`], as kubectl's `GetModifiedConfiguration` builds it.
+    pub fn after_client_side_apply(object: &Value) -> Value {
+        let mut object = object.clone();
+        let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return object;
+        };
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if !annotations.is_object() {
+            return object;
+        }
+        if let Some(map) = annotations.as_object_mut() {
+            map.remove(LAST_APPLIED_ANNOTATION);
+        }
+        let mut copy = encode(&object);
+        copy.push('\n');
+        object["metadata"]["annotations"][LAST_APPLIED_ANNOTATION] = Value::String(copy);
+        object
+    }
+
+    /// Bytes the annotations of `object` count against [`MAX_ANNOTATIONS_BYTES`].
+    pub fn annotations_size(object: &Value) -> usize {
+        object
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .map(|a| {
+                a.iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// What a manifest would hit on a real cluster when applied with plain `kubectl apply`:
+/// the annotation limit (its own copy in the last-applied annotation), the request body
+/// limit and etcd's object limit. Each violation names the limit.
+pub fn size_violations(object: &Value) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let applied = size::after_client_side_apply(object);
+    let annotations = size::annotations_size(&applied);
+    if annotations > size::MAX_ANNOTATIONS_BYTES {
+        out.push(Violation::new(
+            "metadata.annotations",
+            Kind::TooLong,
+            format!(
+                "must have at most {} bytes: the annotations would hold {annotations} bytes once \
+                 client-side `kubectl apply` copies the manifest into {}; split the users over \
+                 several UserBatches (or apply with --server-side)",
+                size::MAX_ANNOTATIONS_BYTES,
+                size::LAST_APPLIED_ANNOTATION
+            ),
+        ));
+    }
+    // What client-side apply sends, and etcd stores: the object with its copy.
+    let sent = size::encoded_len(&applied);
+    if sent > size::MAX_REQUEST_BODY_BYTES {
+        out.push(Violation::new(
+            ROOT_PATH,
+            Kind::TooLong,
+            format!(
+                "the request body would be {sent} bytes, over the API server's limit of {} bytes (3 MiB)",
+                size::MAX_REQUEST_BODY_BYTES
+            ),
+        ));
+    }
+    if sent > size::MAX_OBJECT_BYTES {
+        out.push(Violation::new(
+            ROOT_PATH,
+            Kind::TooLong,
+            format!(
+                "the stored object would be {sent} bytes, over etcd's limit of {} bytes (1.5 MiB) per object",
+                size::MAX_OBJECT_BYTES
+            ),
+        ));
+    }
+    out
+}
+
 fn classify_and_validate(document: &Value) -> Document {
     let text = |field: &str| document.get(field).and_then(Value::as_str);
     let kind = text("kind");
@@ -249,10 +434,9 @@ fn classify_and_validate(document: &Value) -> Document {
             (None, Some(name)) => name.to_owned(),
             _ => "<unnamed>".to_owned(),
         };
-        return Document::UserBatch {
-            name,
-            violations: validate_userbatch(document),
-        };
+        let mut violations = validate_userbatch(document);
+        violations.extend(size_violations(document));
+        return Document::UserBatch { name, violations };
     }
     let what = match (api_version, kind) {
         (_, Some(kind)) => {

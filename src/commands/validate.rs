@@ -1,5 +1,8 @@
 //! `koodrive-operator validate`: checks UserBatch manifests offline, before they reach a
-//! cluster, against the same schema and CEL rules the API server enforces.
+//! cluster, against the same schema and CEL rules the API server enforces, and against a
+//! real cluster's size limits as plain (client-side) `kubectl apply` would meet them: 256
+//! KiB of annotations (kubectl copies the manifest into one), a 3 MiB request body and
+//! etcd's 1.5 MiB per object.
 //!
 //! Every violation goes to standard output as `FILE: <field path>: <problem>`, one per line,
 //! so a pipeline can grep or annotate them; notes (skipped documents, valid objects, the
@@ -15,7 +18,10 @@ use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Exit status: 0 if every UserBatch is valid, 1 otherwise.\n\
+    after_help = "Besides the CRD's schema and CEL rules, each UserBatch is checked against a real \
+cluster's size limits as client-side `kubectl apply` would send it: annotations 262144 bytes \
+(kubectl copies the manifest into one), request body 3 MiB, stored object 1.5 MiB.\n\
+Exit status: 0 if every UserBatch is valid, 1 otherwise.\n\
 Example:\n  koodrive-operator validate -f examples/ -f team-a/onboarding.yaml"
 )]
 pub struct Args {

@@ -58,7 +58,11 @@ pub fn merge(
                 type_: want.type_.to_string(),
                 status: status.to_string(),
                 reason: want.reason.to_string(),
-                message: want.message.clone(),
+                // The schema's bound: a longer message would make the whole write fail.
+                message: crate::controller::plan::bounded(
+                    &want.message,
+                    crate::crd::MAX_CONDITION_MESSAGE_LEN,
+                ),
                 observed_generation: generation,
                 last_transition_time,
             }

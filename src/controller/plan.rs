@@ -16,7 +16,8 @@
 
 use super::status::{self, Blocker};
 use crate::crd::{
-    InDoubtPolicy, MAX_ANNOTATION_VALUE_LEN, MAX_ID_LEN, MAX_MESSAGE_LEN, MAX_REASON_LEN,
+    InDoubtPolicy, MAX_ANNOTATION_VALUE_LEN, MAX_CONDITION_MESSAGE_LEN, MAX_ID_LEN,
+    MAX_MESSAGE_LEN, MAX_REASON_LEN, MAX_TASKS,
     RESUBMIT_IN_DOUBT_ANNOTATION, StalledInputs, TaskRecord, TaskResult, User, UserBatch,
     UserBatchStatus, UserFailure,
 };
@@ -143,6 +144,7 @@ pub fn apply(edit: &Edit, status: &mut UserBatchStatus) {
             message,
             users_digest,
         } => {
+            let message = bounded(message, MAX_MESSAGE_LEN);
             if let Some(task) = status.tasks.iter_mut().find(|t| &t.trace_id == trace_id) {
                 task.task_id = Some(task_id.clone());
                 task.code = Some(code.clone());
@@ -151,7 +153,7 @@ pub fn apply(edit: &Edit, status: &mut UserBatchStatus) {
             }
             status.task_id = Some(task_id.clone());
             status.code = Some(code.clone());
-            status.message = Some(message.clone());
+            status.message = Some(message);
             status.stalled_inputs = None;
         }
         Edit::NotSent {
@@ -162,14 +164,15 @@ pub fn apply(edit: &Edit, status: &mut UserBatchStatus) {
         } => {
             status.tasks.retain(|t| &t.trace_id != trace_id);
             status.code = code.clone();
-            status.message = Some(message.clone());
+            status.message = Some(bounded(message, MAX_MESSAGE_LEN));
             status.stalled_inputs = stalled.clone();
         }
         Edit::InDoubt { trace_id, message } => {
+            let message = bounded(message, MAX_MESSAGE_LEN);
             if let Some(task) = status.tasks.iter_mut().find(|t| &t.trace_id == trace_id) {
                 task.message = Some(message.clone());
             }
-            status.message = Some(message.clone());
+            status.message = Some(message);
         }
         Edit::Results {
             task_id,
@@ -197,6 +200,8 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
     /// Requests to send, in order.
     pub sends: Vec<Send>,
+    /// Why nothing is sent although users are pending.
+    pub hold: Option<Blocker>,
     /// When in-doubt requests will be resent automatically (not yet due).
     pub resubmit_at: Option<Timestamp>,
     /// Recorded tasks to poll for results.
@@ -293,8 +298,19 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
     if pending.is_empty() {
         return plan;
     }
+    // The status holds at most MAX_TASKS task records: larger requests when few slots are
+    // left, so a small --max-batch-size can never make the status outgrow its schema.
+    let slots = MAX_TASKS.saturating_sub(status.tasks.len());
+    if slots == 0 {
+        plan.hold = Some(Blocker::new(
+            Reason::InvalidSpec,
+            format!("the status already holds {MAX_TASKS} task records, the most it can; provision the remaining users in a new UserBatch"),
+        ));
+        return plan;
+    }
     let batch_size = limits
         .max_batch_size
+        .max(pending.len().div_ceil(slots))
         .clamp(1, koodrive_client::MAX_USERS_PER_REQUEST);
     // Resent users go in requests of their own, naming the request they resend.
     let mut resent = std::collections::HashSet::new();
@@ -406,7 +422,7 @@ impl From<&koodrive_client::Error> for Failure {
         Failure {
             class: err.class(),
             code: err.code().map(|c| bounded(c, MAX_ID_LEN)),
-            message: bounded(&err.message(), MAX_MESSAGE_LEN),
+            message: bounded(&err.message(), MAX_CONDITION_MESSAGE_LEN),
         }
     }
 }

@@ -159,11 +159,11 @@ impl Reconciler<'_> {
             }
         }
 
-        let mut blocker = None;
+        let mut blocker = plan.hold.clone();
         let mut retry = None;
         // Events for tasks that finished in this pass, published after the status write.
         let mut finished = Vec::new();
-        if !plan.sends.is_empty() || !plan.polls.is_empty() {
+        if (blocker.is_none() && !plan.sends.is_empty()) || !plan.polls.is_empty() {
             let mut secrets = SecretReader::new(
                 self.ctx.client.clone(),
                 &self.key.0,
@@ -182,7 +182,7 @@ impl Reconciler<'_> {
                         self.inputs_digest(&ub, &endpoint_name, &mut secrets)
                             .await?
                     };
-                    if !plan.sends.is_empty() {
+                    if blocker.is_none() && !plan.sends.is_empty() {
                         let status = ub.status.clone().unwrap_or_default();
                         blocker = plan::held_by_refusal(&status, &inputs);
                     }
@@ -200,8 +200,10 @@ impl Reconciler<'_> {
                             }
                         }
                     }
+                    // Results of recorded tasks are collected whatever blocks sending
+                    // (reads change nothing; the guard still holds refused credentials).
+                    let polled = self.poll(&mut ub, &target, &mut finished).await;
                     if blocker.is_none() {
-                        let polled = self.poll(&mut ub, &target, &mut finished).await;
                         retry = polled.retry.or(retry);
                         blocker = polled.blocker;
                     }

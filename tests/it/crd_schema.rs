@@ -208,7 +208,7 @@ fn the_schema_carries_the_api_contract() {
     );
     let users = &spec["properties"]["users"];
     assert_eq!(users["minItems"], 1);
-    assert_eq!(users["maxItems"], 5000);
+    assert_eq!(users["maxItems"], 1000);
     assert_eq!(users["x-kubernetes-list-type"], "map");
     assert_eq!(
         users["x-kubernetes-list-map-keys"],
@@ -235,6 +235,7 @@ fn the_schema_carries_the_api_contract() {
         status["tasks"]["items"]["properties"]["phones"]["maxItems"],
         1000
     );
+    assert_eq!(status["tasks"]["maxItems"], 64);
 }
 
 /// The API server refuses a CRD whose rules' estimated cost exceeds its budget (per rule 1M
@@ -268,7 +269,10 @@ fn every_cel_rule_compiles_and_is_cheap() {
                         .is_some_and(|m| !m.is_empty()),
                     "{path}: {rule} has no message"
                 );
-                let warnings = analyze_rule(rule, &compiled, ScopeContext::CrdValidation);
+                let warnings: Vec<_> = analyze_rule(rule, &compiled, ScopeContext::CrdValidation)
+                    .into_iter()
+                    .filter(|w| !is_macro_variable_warning(rule, &w.message))
+                    .collect();
                 if !warnings.is_empty() {
                     problems.push(format!("{path}: {rule}: {warnings:?}"));
                 }
@@ -282,8 +286,25 @@ fn every_cel_rule_compiles_and_is_cheap() {
             }
         },
     );
-    assert_eq!(rules, 2, "expected the endpoint and password rules");
+    assert_eq!(
+        rules, 5,
+        "expected the endpoint, password, users' text, task phones and digest rules"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// kube-cel's scope analysis does not know the variables that CEL's comprehension macros
+/// (`map`, `all`, `exists`, `filter`) bind, and flags them; the API server accepts them.
+fn is_macro_variable_warning(rule: &str, message: &str) -> bool {
+    let Some(variable) = message
+        .strip_prefix("variable '")
+        .and_then(|rest| rest.split('\'').next())
+    else {
+        return false;
+    };
+    ["map", "all", "exists", "exists_one", "filter"]
+        .iter()
+        .any(|m| rule.contains(&format!(".{m}({variable},")))
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! - [`crd_schema`], [`crd_validate`] — the generated CRD and offline validation.
 //! - [`hostile`] — the at-most-once and no-leak promises under hostile gateways, tenants,
 //!   clocks and CI logs (issue #9).
-//! - [`emulator`] — the Kubernetes API emulator serving the UserBatch CRD, with `kubectl`.
+//! - [`emulator`], [`emulator_limits`] — the Kubernetes API emulator serving the UserBatch
+//!   CRD, with `kubectl`; the API server's limits and status codes.
+//! - [`size_limits`] — the largest UserBatch a real cluster holds, applied with `kubectl`.
+//! - [`operator_rbac`] — the operator under the chart's RBAC; a missing rule surfaces.
 //! - [`koodrive_cli`] — `submit`, `task` and `simulator` as processes.
 //! - [`operator_e2e`], [`operator_ha`] — the real `koodrive-operator run` binary against the
 //!   emulator and the KooDrive simulator.
@@ -15,9 +18,12 @@ mod chart;
 mod crd_schema;
 mod crd_validate;
 mod emulator;
+mod emulator_limits;
 mod hostile;
 mod koodrive_cli;
 mod operator_e2e;
 mod operator_ha;
+mod operator_rbac;
 mod protocol;
+mod size_limits;
 mod support;

@@ -8,7 +8,7 @@ use kube_emulator::{Fault as ApiFault, FaultKind as ApiFaultKind};
 use std::time::Duration;
 
 async fn lease_holder(env: &Env) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), LEASE_NAMESPACE);
     leases
         .get_opt("koodrive-operator")
         .await
@@ -28,7 +28,7 @@ async fn only_the_leader_submits_and_a_standby_takes_over() {
         "--lease-duration",
         "3s",
         "--lease-namespace",
-        NAMESPACE,
+        LEASE_NAMESPACE,
     ];
     let mut first = env.operator("replica-a", &ha);
     let mut second = env.operator("replica-b", &ha);

@@ -10,7 +10,7 @@ use koodrive_operator::crd::{
 use koodrive_simulator::{Account, Simulator, SimulatorConfig};
 use kube::Api;
 use kube::api::PostParams;
-use kube_emulator::{Emulator, EmulatorConfig};
+use kube_emulator::{Emulator, EmulatorConfig, Identity, Rbac};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,14 @@ pub const NAMESPACE: &str = "default";
 /// Every password used by the tests starts with this, so a leak is easy to find.
 pub const PASSWORD_PREFIX: &str = "Pw-never-leak-";
 
+/// The operator runs as the Helm chart installs it: release `koodrive-operator` in this
+/// namespace, which is also where its leader-election Lease lives.
+pub const RELEASE: &str = "koodrive-operator";
+pub const RELEASE_NAMESPACE: &str = "koodrive-system";
+pub const LEASE_NAMESPACE: &str = RELEASE_NAMESPACE;
+/// The chart's ServiceAccount (the release's full name).
+pub const SERVICE_ACCOUNT: &str = "koodrive-operator";
+
 /// Long enough for a slow, loaded CI machine; waits end as soon as the condition holds.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -31,8 +39,66 @@ pub struct Env {
     pub emulator: Emulator,
     pub simulator: Simulator,
     pub dir: tempfile::TempDir,
+    /// The test's own (admin) kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The operator's kubeconfig: its ServiceAccount's token, bound by the chart's RBAC.
+    pub operator_kubeconfig: PathBuf,
     pub client: kube::Client,
+}
+
+/// `helm` from PATH or the project's `.tools/bin` (scripts/install-test-tools.sh).
+pub fn helm() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([root.join(".tools/bin")])
+        .map(|dir| dir.join("helm"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`helm` renders the operator's RBAC for the end-to-end tests but is neither on \
+                 PATH nor in .tools/bin; run scripts/install-test-tools.sh"
+            )
+        })
+}
+
+/// The RBAC objects of the chart rendered with its default values (`helm template`), once
+/// per test process: every end-to-end test runs the operator with exactly these grants.
+pub fn chart_rbac() -> &'static [serde_json::Value] {
+    static RBAC: std::sync::OnceLock<Vec<serde_json::Value>> = std::sync::OnceLock::new();
+    RBAC.get_or_init(|| {
+        let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/koodrive-operator");
+        let output = Command::new(helm())
+            .args(["template", RELEASE])
+            .arg(&chart)
+            .args(["--namespace", RELEASE_NAMESPACE])
+            .output()
+            .expect("helm runs");
+        assert!(
+            output.status.success(),
+            "helm template failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let objects =
+            Rbac::objects_from_manifests(&String::from_utf8_lossy(&output.stdout)).unwrap();
+        assert!(
+            objects.len() >= 4,
+            "the chart renders its RBAC: {objects:?}"
+        );
+        objects
+    })
+}
+
+/// The chart's RBAC, and the operator's ServiceAccount token.
+pub fn chart_rbac_config(token: &str) -> Rbac {
+    Rbac {
+        objects: chart_rbac().to_vec(),
+        identities: vec![Identity::service_account(
+            RELEASE_NAMESPACE,
+            SERVICE_ACCOUNT,
+            token,
+        )],
+    }
 }
 
 impl Env {
@@ -55,6 +121,17 @@ impl Env {
                 user_id: USER_ID.into(),
             });
         }
+        let token = format!("operator-token-{}", rand::random::<u64>());
+        let mut emulator_config = emulator_config;
+        if emulator_config.rbac.is_none() {
+            emulator_config.rbac = Some(chart_rbac_config(&token));
+        }
+        let operator_token = emulator_config
+            .rbac
+            .as_ref()
+            .and_then(|r| r.identities.first())
+            .map(|i| i.token.clone())
+            .unwrap_or(token);
         let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), emulator_config)
             .await
             .unwrap();
@@ -64,12 +141,17 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         emulator.write_kubeconfig(&kubeconfig).unwrap();
+        let operator_kubeconfig = dir.path().join("operator-kubeconfig");
+        emulator
+            .write_kubeconfig_as(&operator_kubeconfig, &operator_token)
+            .unwrap();
         let client = emulator.client().await.unwrap();
         Env {
             emulator,
             simulator,
             dir,
             kubeconfig,
+            operator_kubeconfig,
             client,
         }
     }
@@ -112,8 +194,10 @@ impl Env {
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(env!("CARGO_BIN_EXE_koodrive-operator"))
             .args(&args)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("POD_NAME", name)
+            // As the chart's Deployment sets it: the Lease lives in the release namespace.
+            .env("POD_NAMESPACE", RELEASE_NAMESPACE)
             .env_remove("KOODRIVE_WATCH_NAMESPACE")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -386,4 +470,32 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     let response = reqwest::get(url).await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?))
+}
+
+/// Users of ordinary size, as a real onboarding list has them: full names, a company e-mail
+/// and a password from a Secret (key = phone). About 90 characters of text each.
+pub fn ordinary_users(prefix: &str, n: usize, passwords: &str) -> Vec<User> {
+    const FIRST: [&str; 4] = ["Alexandra", "Maximilian", "Guinevere", "Bartholomew"];
+    const LAST: [&str; 4] = ["Montgomery", "Castellanos", "Oyelaran", "Vasquez-Ortiz"];
+    (0..n)
+        .map(|i| {
+            let (first, last) = (FIRST[i % 4], LAST[(i / 4) % 4]);
+            let phone = format!("{prefix}{i:06}");
+            User {
+                firstname: first.into(),
+                surname: Some(last.into()),
+                email: Some(format!(
+                    "{}.{}.{i:04}@example.com",
+                    first.to_lowercase(),
+                    last.to_lowercase()
+                )),
+                password: None,
+                password_secret_ref: Some(SecretKeyRef {
+                    name: passwords.into(),
+                    key: phone.clone(),
+                }),
+                phone,
+            }
+        })
+        .collect()
 }

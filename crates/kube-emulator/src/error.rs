@@ -20,6 +20,8 @@ pub struct ApiError {
     pub reason: String,
     pub message: String,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status (an expired list's way on).
+    pub list_continue: Option<String>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             reason: reason.to_string(),
             message: message.into(),
             details: None,
+            list_continue: None,
         }
     }
 
@@ -118,6 +121,49 @@ impl ApiError {
         err
     }
 
+    /// `413`: a request body over [`crate::limits::MAX_REQUEST_BODY_BYTES`].
+    pub fn body_too_large() -> Self {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "Request entity too large: limit is {}",
+                crate::limits::MAX_REQUEST_BODY_BYTES
+            ),
+        )
+    }
+
+    /// etcd's refusal of an object over [`crate::limits::MAX_OBJECT_BYTES`], which the API
+    /// server passes through as an error without a reason.
+    pub fn object_too_large() -> Self {
+        ApiError::new(500, "", "etcdserver: request is too large")
+    }
+
+    /// `422` for one field of an object, with the API server's `Type: detail` wording.
+    pub fn invalid_field(group: &str, kind: &str, name: &str, field: &str, message: &str) -> Self {
+        ApiError::invalid(
+            group,
+            kind,
+            name,
+            &[Cause {
+                field: field.to_string(),
+                message: message.to_string(),
+            }],
+        )
+    }
+
+    /// `415` for a patch type the resource does not take.
+    pub fn unsupported_patch(accepted: &[&str]) -> Self {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
+            ),
+        )
+    }
+
     /// The `meta.k8s.io/v1` `Status` body for this error.
     pub fn status_body(&self) -> Value {
         let mut body = json!({
@@ -126,11 +172,17 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        // An error the API server did not classify has no reason at all (`omitempty`).
+        if !self.reason.is_empty() {
+            body["reason"] = Value::String(self.reason.clone());
+        }
         if let Some(details) = &self.details {
             body["details"] = details.clone();
+        }
+        if let Some(token) = &self.list_continue {
+            body["metadata"]["continue"] = Value::String(token.clone());
         }
         body
     }

@@ -1,25 +1,37 @@
 //! An in-process emulator of the Kubernetes API subset an operator uses (Secret, Event,
-//! Lease, Namespace, CustomResourceDefinition and the custom resources those define), so
-//! end-to-end tests and demos can run a real controller, a real kube client and real watch
-//! streams where no API server can be installed.
+//! Lease, Namespace, CustomResourceDefinition, the RBAC kinds and the custom resources the
+//! CRDs define), so end-to-end tests and demos can run a real controller, a real kube client
+//! and real watch streams where no API server can be installed.
 //!
 //! It knows no particular operator: it is configured with the CRDs it serves from the start
-//! ([`EmulatorConfig::crds`]) and the admission checks it runs on writes of a kind
-//! ([`EmulatorConfig::admission`]), as a real cluster gets its CRDs applied and its
-//! validation from their schemas and CEL rules.
+//! ([`EmulatorConfig::crds`]), the admission checks it runs on writes of a kind
+//! ([`EmulatorConfig::admission`]) and, optionally, the RBAC objects and identities it
+//! authorizes requests with ([`EmulatorConfig::rbac`]), as a real cluster gets its CRDs
+//! applied, its validation from their schemas and CEL rules, and its permissions from RBAC.
 //!
 //! It is faithful where an operator's correctness depends on it: `resourceVersion`
-//! preconditions (409), `generation` vs status writes, watch resumption and `410 Gone`,
-//! finalizers, server-side apply merging list-maps, admission (422 with field paths).
-//! Tests can inject faults, drop watches and read the request log.
+//! preconditions (409), conditional updates of custom resources (422 without
+//! `resourceVersion`), `generation` vs status writes, watch resumption and `410 Gone`,
+//! consistent paginated lists, finalizers, DELETE options, server-side apply merging
+//! list-maps, admission (422 with field paths), unknown fields per `fieldValidation`,
+//! Event validation, a real cluster's size limits ([`limits`]: annotations 256 KiB, request
+//! bodies 3 MiB, stored objects 1.5 MiB), `generateName` retries, protobuf bodies from
+//! kubectl, and RBAC (403 with the API server's message). Tests can inject faults, drop
+//! watches and read the request log. `README.md` beside this crate lists what it does not
+//! emulate.
 //!
 //! Deliberate simplifications, none of which the operator depends on:
 //! - field ownership is tracked per leaf field and not returned as `managedFields`;
-//! - LIST always answers from the latest state, whatever `resourceVersion` it is given;
-//! - namespaces are not required to exist, and deleting a CRD keeps its objects;
-//! - strategic merge patch is served as a JSON merge patch;
-//! - OpenAPI documents only advertise server-side field validation (schemas accept anything:
-//!   admission is the configured validator's job).
+//! - a LIST without a continue token answers from the latest state, whatever
+//!   `resourceVersion` it is given (`resourceVersionMatch` is not honoured);
+//! - namespaces are not required to exist (nor removed with their objects), and deleting a
+//!   CRD keeps its objects;
+//! - strategic merge patch on built-in kinds is served as a JSON merge patch (custom
+//!   resources refuse it with 415, as real servers do);
+//! - OpenAPI documents only advertise server-side field validation (schemas accept
+//!   anything: admission and the `fieldValidation` check are the server's job);
+//! - without [`EmulatorConfig::rbac`] every request is allowed; with it, a request without
+//!   credentials is the administrator (see [`Rbac`]).
 //!
 //! ```text
 //! let emulator = Emulator::start("127.0.0.1:0".parse()?, EmulatorConfig::default()).await?;
@@ -31,7 +43,12 @@
 mod discovery;
 mod error;
 mod event_conversion;
+mod event_validation;
+mod fields;
+pub mod limits;
 mod merge;
+mod protobuf;
+mod rbac;
 mod resources;
 mod selectors;
 mod server;
@@ -95,7 +112,78 @@ pub struct EmulatorConfig {
     pub watch_history: usize,
     /// Admission checks by kind (the first matching check applies).
     pub admission: Vec<Admission>,
+    /// Where `generateName` suffixes come from; random (as on a real server) when `None`.
+    /// Tests use it to force name collisions.
+    pub name_suffixes: Option<NameSuffixes>,
+    /// RBAC mode: requests are authenticated by bearer token and authorized against the
+    /// RBAC objects, as on a real cluster. `None`: everything is allowed to everyone.
+    pub rbac: Option<Rbac>,
 }
+
+/// What an emulator in RBAC mode starts with: RBAC objects (Roles, ClusterRoles and their
+/// bindings, as JSON) and the identities its bearer tokens stand for.
+///
+/// A request with a bearer token is authenticated by it (a token nobody holds gets `401
+/// Unauthorized`) and authorized by RBAC. A request without credentials is the
+/// administrator (user `emulator-admin`, group `system:masters`), like the insecure port API
+/// servers had until 1.20: that keeps tests' own clients and `kubectl` working (kubectl
+/// never sends a token over plain HTTP, so it cannot act as a restricted identity against
+/// the emulator). [`Emulator::client`] sends the admin token explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct Rbac {
+    pub objects: Vec<Value>,
+    pub identities: Vec<Identity>,
+}
+
+/// A bearer token and the user and groups it authenticates as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub token: String,
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    /// A ServiceAccount's identity, with the groups the API server gives every
+    /// ServiceAccount token.
+    pub fn service_account(namespace: &str, name: &str, token: impl Into<String>) -> Identity {
+        Identity {
+            token: token.into(),
+            user: format!("system:serviceaccount:{namespace}:{name}"),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".into(),
+            ],
+        }
+    }
+}
+
+/// Why RBAC objects could not be read from manifests.
+#[derive(Debug, thiserror::Error)]
+#[error("the manifests are not valid YAML")]
+pub struct ManifestError(#[source] Box<serde_saphyr::Error>);
+
+impl Rbac {
+    /// The Roles, ClusterRoles, RoleBindings and ClusterRoleBindings among (multi-document)
+    /// YAML manifests, e.g. `helm template` output; other documents are skipped.
+    pub fn objects_from_manifests(yaml: &str) -> Result<Vec<Value>, ManifestError> {
+        let documents: Vec<Value> =
+            serde_saphyr::from_multiple(yaml).map_err(|e| ManifestError(Box::new(e)))?;
+        Ok(documents
+            .into_iter()
+            .filter(|d| {
+                d.get("apiVersion").and_then(Value::as_str) == Some("rbac.authorization.k8s.io/v1")
+                    && matches!(
+                        d.get("kind").and_then(Value::as_str),
+                        Some("Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding")
+                    )
+            })
+            .collect())
+    }
+}
+/// Produces the next five-character suffix for a `generateName`.
+pub type NameSuffixes = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
@@ -105,6 +193,8 @@ impl Default for EmulatorConfig {
             // emulator's main memory cost.
             watch_history: 1_000,
             admission: Vec::new(),
+            name_suffixes: None,
+            rbac: None,
         }
     }
 }
@@ -177,6 +267,8 @@ pub(crate) struct Shared {
     /// Cancelled (and replaced) by [`Emulator::drop_watches`]; every watch stream holds a clone.
     watches: Mutex<CancellationToken>,
     pub base_url: String,
+    /// The token of the emulator's own clients in RBAC mode.
+    pub admin_token: String,
 }
 
 /// Locks a mutex, recovering the data if a handler panicked while holding it: the emulator's
@@ -249,12 +341,20 @@ impl Emulator {
             watches: Mutex::new(shutdown.child_token()),
             shutdown: shutdown.clone(),
             base_url: format!("http://{addr}"),
+            admin_token: format!(
+                "emulator-admin-{}",
+                uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+            ),
         });
         // Seeding only fails on a bug in the emulator itself; report it as a start-up error.
         server::seed_default_namespace(&shared)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         for crd in shared.config.crds.clone() {
             server::install_crd(&shared, crd).map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        for object in shared.config.rbac.iter().flat_map(|r| r.objects.clone()) {
+            server::seed_object(&shared, object)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -281,16 +381,49 @@ impl Emulator {
         self.addr
     }
 
-    /// A kubeconfig with cluster, user and context all named `emulator` (plain HTTP, no auth).
+    /// A kubeconfig with cluster, user and context all named `emulator` (plain HTTP), for the
+    /// emulator's admin: no credentials, or the admin token in RBAC mode.
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_with(self.own_token())
+    }
+
+    /// A kubeconfig that authenticates with `token`: one of the [`Rbac::identities`].
+    pub fn kubeconfig_yaml_as(&self, token: &str) -> String {
+        self.kubeconfig_yaml_with(Some(token))
+    }
+
+    fn kubeconfig_yaml_with(&self, token: Option<&str>) -> String {
+        let user = match token {
+            // A JSON string is valid YAML, whatever the token holds.
+            Some(token) => format!("{{token: {}}}", Value::String(token.to_string())),
+            None => "{}".to_string(),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\nusers:\n- name: emulator\n  user: {{}}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\npreferences: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\nusers:\n- name: emulator\n  user: {user}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\npreferences: {{}}\n",
             url = self.url()
         )
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// Writes a kubeconfig that authenticates with `token` (see [`Rbac::identities`]).
+    pub fn write_kubeconfig_as(&self, path: &Path, token: &str) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml_as(token))
+    }
+
+    /// The token the emulator's own clients use in RBAC mode (`system:masters`).
+    pub fn admin_token(&self) -> &str {
+        &self.shared.admin_token
+    }
+
+    fn own_token(&self) -> Option<&str> {
+        self.shared
+            .config
+            .rbac
+            .as_ref()
+            .map(|_| self.shared.admin_token.as_str())
     }
 
     /// A kube client talking to this emulator, default namespace `default`.
@@ -302,7 +435,10 @@ impl Emulator {
                 url: url.clone(),
                 source,
             })?;
-        let config = kube::Config::new(uri);
+        let mut config = kube::Config::new(uri);
+        if let Some(token) = self.own_token() {
+            config.auth_info.token = Some(token.to_string().into());
+        }
         kube::Client::try_from(config).map_err(|source| ClientError::Client { url, source })
     }
 

@@ -42,6 +42,11 @@ pub struct ResourceDef {
     /// Set when this kind is a view of another kind's storage (core Events of
     /// `events.k8s.io` Events): objects are converted on the way in and out.
     pub stored_as: Option<StoredAs>,
+    /// A custom resource (served from a CRD): JSON only, no strategic merge patch, no
+    /// unconditional updates, unknown fields pruned by its structural schema.
+    pub custom: bool,
+    /// The CRD's `openAPIV3Schema` for this kind's storage version.
+    pub schema: Option<Value>,
 }
 
 /// The storage a view kind reads and writes, and how stored objects are stamped.
@@ -54,7 +59,13 @@ pub struct StoredAs {
 }
 
 impl ResourceDef {
-    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool) -> Self {
+    pub(crate) fn builtin(
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespaced: bool,
+    ) -> Self {
         ResourceDef {
             group: group.to_string(),
             versions: vec![version.to_string()],
@@ -68,6 +79,8 @@ impl ResourceDef {
             list_map_keys: Vec::new(),
             printer_columns: Vec::new(),
             stored_as: None,
+            custom: false,
+            schema: None,
         }
     }
 
@@ -171,6 +184,8 @@ impl ResourceDef {
             list_map_keys,
             printer_columns,
             stored_as: None,
+            custom: true,
+            schema: main.pointer("/schema/openAPIV3Schema").cloned(),
         })
     }
 }
@@ -249,12 +264,14 @@ pub fn builtins() -> Vec<ResourceDef> {
     let mut events = ResourceDef::builtin("events.k8s.io", "v1", "events", "Event", true);
     events.short_names = vec!["ev".into()];
     events.printer_columns = event_columns(".regarding", ".note");
-    vec![
+    let mut defs = vec![
         ResourceDef::builtin("", "v1", "secrets", "Secret", true),
         core_events,
         namespaces,
         events,
         ResourceDef::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
         crd,
-    ]
+    ];
+    defs.extend(super::rbac::resource_defs());
+    defs
 }

@@ -9,7 +9,8 @@ use super::error::ApiError;
 use super::resources::{self, CRD_PLURAL};
 use super::table;
 use super::verbs::{Ctx, ok_json, parse_body};
-use super::{FaultKind, Shared, lock};
+use super::{FaultKind, Shared, lock, rbac};
+use super::{fields, protobuf};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -23,7 +24,11 @@ use std::sync::Arc;
 const EMULATED_MINOR: &str = "33";
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(handle).with_state(shared)
+    // Bodies are read with the API server's own limit (and its 413 Status), not axum's.
+    Router::new()
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(shared)
 }
 
 /// Creates a built-in object at start-up, as a fresh cluster has it.
@@ -37,6 +42,42 @@ fn seed(shared: &Shared, plural: &str, object: serde_json::Value) -> Result<(), 
         version: def.versions.first().cloned().unwrap_or_default(),
         def,
         namespace: String::new(),
+    };
+    let mut store = lock(&shared.store);
+    ctx.create_locked(&mut store, object, None, "emulator", false)
+        .map(|_| ())
+}
+
+/// Creates a built-in object given at start-up (RBAC objects), found by its kind.
+pub fn seed_object(shared: &Shared, object: serde_json::Value) -> Result<(), ApiError> {
+    let kind = object
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    let api_version = object
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
+    let def = resources::builtins()
+        .into_iter()
+        .find(|d| d.kind == kind && d.versions.iter().any(|v| d.api_version(v) == api_version))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{api_version} {kind} is not a built-in kind"))
+        })?;
+    let namespace = if def.namespaced {
+        object
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let ctx = Ctx {
+        shared,
+        version: def.versions.first().cloned().unwrap_or_default(),
+        def,
+        namespace,
     };
     let mut store = lock(&shared.store);
     ctx.create_locked(&mut store, object, None, "emulator", false)
@@ -165,12 +206,25 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let path = uri.path().to_string();
     let query = Query::parse(uri.query());
     let route = parse_route(&path);
     let verb = verb_for(&method, &route, &query);
+    let body = match axum::body::to_bytes(body, crate::limits::MAX_REQUEST_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            let response = ApiError::body_too_large().into_response();
+            shared.log_request(verb, &path, response.status().as_u16());
+            return response;
+        }
+    };
+    if let Err(err) = authorize(&shared, &route, verb, &path, &query, &headers) {
+        let response = err.into_response();
+        shared.log_request(verb, &path, response.status().as_u16());
+        return response;
+    }
     let response = match shared.take_fault(verb, &path) {
         Some(FaultKind::Status(code)) => {
             ApiError::for_code(code, format!("fault injected for {verb} {path}")).into_response()
@@ -185,6 +239,65 @@ async fn handle(
     tracing::debug!(verb, path = %path, status, "emulated API request");
     shared.log_request(verb, &path, status);
     response
+}
+
+/// RBAC mode: who sent the request (bearer token), and whether they may do it.
+fn authorize(
+    shared: &Shared,
+    route: &Route,
+    verb: &str,
+    path: &str,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(config) = &shared.config.rbac else {
+        return Ok(());
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let admin = || rbac::User {
+        name: "emulator-admin".into(),
+        groups: vec![rbac::MASTERS_GROUP.into(), "system:authenticated".into()],
+    };
+    let user = match token {
+        // Like the insecure port API servers had until 1.20: plain HTTP without credentials is
+        // the administrator. kubectl never sends a token over plain HTTP, so this is what
+        // keeps tests' own kubectl and clients working.
+        None => admin(),
+        Some(token) if token == shared.admin_token => admin(),
+        Some(token) => match config.identities.iter().find(|i| i.token == token) {
+            Some(identity) => rbac::User {
+                name: identity.user.clone(),
+                groups: identity.groups.clone(),
+            },
+            None => return Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
+        },
+    };
+    let store = lock(&shared.store);
+    let Route::Resource(rp) = route else {
+        return rbac::authorize_path(&store, &user, verb, path);
+    };
+    // A list or watch of one object (`metadata.name=` field selector) names it, as the API
+    // server's request info does, so `resourceNames` rules apply.
+    let selected = query.get("fieldSelector").and_then(|selector| {
+        selector
+            .split(',')
+            .find_map(|term| term.trim().strip_prefix("metadata.name="))
+    });
+    let name = rp.name.as_deref().or(selected);
+    let attributes = rbac::Attributes {
+        verb,
+        group: &rp.group,
+        resource: &rp.plural,
+        subresource: rp.subresource.as_deref(),
+        // Creates are authorized before the object (and its name) is read.
+        name: if verb == "create" { None } else { name },
+        namespace: rp.namespace.as_deref().unwrap_or_default(),
+    };
+    rbac::authorize(&store, &user, &attributes)
 }
 
 fn serve(
@@ -268,22 +381,75 @@ fn resource_request(
     };
     let manager = field_manager(query, headers);
     let scope = rp.namespace.as_deref();
-    match (method.clone(), rp.name.as_deref()) {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let parse_body = |body: &Bytes| -> Result<serde_json::Value, ApiError> {
+        if !protobuf::is_protobuf(content_type) {
+            return parse_body(body);
+        }
+        if ctx.def.custom {
+            // The custom resource handler only has JSON and YAML serializers.
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+            ));
+        }
+        protobuf::decode(body)
+    };
+    let mode = fields::FieldValidation::from_query(query)?;
+    let mut warnings = Vec::new();
+    let version = rp.version.clone();
+    let mut checked = |mut object: serde_json::Value, whole: bool| {
+        match fields::check(&ctx.def, &mut object, mode, whole) {
+            Ok(found) => warnings.extend(found),
+            // As the API server's decoder words a refused object.
+            Err(mut err) if whole => {
+                let kind = &ctx.def.kind;
+                err.message = format!(
+                    "{kind} in version \"{version}\" cannot be handled as a {kind}: {}",
+                    err.message
+                );
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        }
+        Ok::<_, ApiError>(object)
+    };
+    let result = match (method.clone(), rp.name.as_deref()) {
         (Method::GET, Some(name)) => ctx.get(name, as_table, query),
         (Method::GET, None) if query.flag("watch") => {
             ctx.watch(shared.clone(), scope, query, as_table)
         }
         (Method::GET, None) => ctx.list(scope, query, as_table),
-        (Method::POST, None) => ctx.create(parse_body(body)?, &manager, query),
-        (Method::PUT, Some(name)) => ctx.update(name, status, parse_body(body)?, &manager, query),
+        (Method::POST, None) => ctx.create(checked(parse_body(body)?, true)?, &manager, query),
+        (Method::PUT, Some(name)) => ctx.update(
+            name,
+            status,
+            checked(parse_body(body)?, true)?,
+            &manager,
+            query,
+        ),
         (Method::PATCH, Some(name)) => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            ctx.patch(name, status, content_type, body, &manager, query)
+            let media = content_type.split(';').next().unwrap_or_default().trim();
+            // Patches shaped like the object (merge, apply) are pruned like one; JSON
+            // patches (lists of operations) are not checked.
+            let body = if media == "application/json-patch+json" {
+                body.clone()
+            } else {
+                let parsed = match media {
+                    "application/apply-patch+yaml" => parse_body(body)?,
+                    _ => serde_json::from_slice(body).map_err(|e| {
+                        ApiError::bad_request(format!("the merge patch is not valid JSON: {e}"))
+                    })?,
+                };
+                Bytes::from(checked(parsed, false)?.to_string())
+            };
+            ctx.patch(name, status, content_type, &body, &manager, query)
         }
-        (Method::DELETE, Some(name)) => ctx.delete(name, query),
+        (Method::DELETE, Some(name)) => ctx.delete(name, query, body),
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -291,7 +457,14 @@ fn resource_request(
                 "the server does not allow this method on the requested resource ({method} {path})"
             ),
         )),
+    };
+    let mut response = result?;
+    for warning in warnings {
+        if let Ok(value) = header::HeaderValue::from_str(&fields::warning_header(&warning)) {
+            response.headers_mut().append(header::WARNING, value);
+        }
     }
+    Ok(response)
 }
 
 /// The field manager of a write: `fieldManager=` or, like the real server, the client's

@@ -68,8 +68,20 @@ pub struct WatchStart {
     pub feed: broadcast::Receiver<Arc<WatchRecord>>,
 }
 
+/// Every object of one kind at one `resourceVersion`, kept for the later pages of a list.
+#[derive(Debug, Clone)]
+pub struct ListSnapshot {
+    pub resource_version: u64,
+    /// (namespace, name, object), in key order.
+    pub objects: Arc<Vec<(String, String, Value)>>,
+}
+
+/// Paginated lists in progress; the oldest snapshot goes first beyond this.
+const MAX_LIST_SNAPSHOTS: usize = 32;
+
 pub struct Store {
     objects: BTreeMap<ResourceKey, BTreeMap<(String, String), StoredObject>>,
+    snapshots: VecDeque<(ResourceKey, ListSnapshot)>,
     resource_version: u64,
     history: VecDeque<Arc<WatchRecord>>,
     history_limit: usize,
@@ -83,6 +95,7 @@ impl Store {
         let (fanout, _) = broadcast::channel(WATCH_FANOUT_CAPACITY);
         Store {
             objects: BTreeMap::new(),
+            snapshots: VecDeque::new(),
             resource_version: 0,
             history: VecDeque::new(),
             history_limit,
@@ -118,6 +131,56 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Keeps the current objects of a kind for the later pages of a list.
+    pub fn take_snapshot(&mut self, resource: &ResourceKey) -> ListSnapshot {
+        let rv = self.resource_version;
+        if let Some((_, existing)) = self
+            .snapshots
+            .iter()
+            .find(|(key, s)| key == resource && s.resource_version == rv)
+        {
+            return existing.clone();
+        }
+        let objects = self
+            .objects
+            .get(resource)
+            .map(|objects| {
+                objects
+                    .iter()
+                    .map(|((ns, name), stored)| (ns.clone(), name.clone(), stored.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let snapshot = ListSnapshot {
+            resource_version: rv,
+            objects: Arc::new(objects),
+        };
+        if self.snapshots.len() == MAX_LIST_SNAPSHOTS {
+            self.snapshots.pop_front();
+        }
+        self.snapshots
+            .push_back((resource.clone(), snapshot.clone()));
+        snapshot
+    }
+
+    /// The snapshot a continue token refers to, unless its revision was compacted away
+    /// (the same window watches resume within) or it was evicted.
+    pub fn snapshot(&self, resource: &ResourceKey, rv: u64) -> Option<ListSnapshot> {
+        if rv < self.compacted_through {
+            return None;
+        }
+        self.snapshots
+            .iter()
+            .find(|(key, s)| key == resource && s.resource_version == rv)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Forgets a snapshot once its last page was served.
+    pub fn release_snapshot(&mut self, resource: &ResourceKey, rv: u64) {
+        self.snapshots
+            .retain(|(key, s)| !(key == resource && s.resource_version == rv));
     }
 
     /// Stores `value` under a fresh `resourceVersion` and tells watchers. Returns the stored

@@ -10,7 +10,7 @@ use super::server::Query;
 use super::store::{EventType, ResourceKey, Store};
 use super::table;
 use super::watch::{Backlog, WatchFilter, WatchStream, stream_response, watch_line};
-use super::{Shared, event_conversion, lock};
+use super::{Shared, event_conversion, event_validation, limits, lock};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,19 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Longest `generateName` prefix kept: a generated name must still fit 63 characters.
+const MAX_GENERATED_PREFIX_LEN: usize = 58;
+/// How often a generated name is tried before giving up (`maxNameGenerationCreateAttempts`).
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+
+fn qualified(resource: &str, group: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
 
 pub(super) fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
@@ -37,9 +50,15 @@ pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
                     "request body is neither JSON nor UTF-8 YAML: {json_err}"
                 ))
             })?;
+            // The YAML parser's message quotes the offending lines, which may hold a
+            // Secret's data: say where, never what.
             serde_saphyr::from_str::<Value>(text).map_err(|yaml_err| {
+                let at = yaml_err
+                    .location()
+                    .map(|at| format!("line {}, column {}", at.line(), at.column()))
+                    .unwrap_or_else(|| "an unknown position".into());
                 ApiError::bad_request(format!(
-                    "cannot decode request body as JSON ({json_err}) or YAML ({yaml_err})"
+                    "cannot decode request body as JSON ({json_err}) or YAML (invalid at {at})"
                 ))
             })?
         }
@@ -239,39 +258,70 @@ impl Ctx<'_> {
             })?),
             None => None,
         };
-        // The continue token is the namespace/name of the last item returned, so a page
-        // resumes after it even if objects were added or removed meanwhile.
-        let after = query.get("continue").map(str::to_string);
-        let store = lock(&self.shared.store);
-        let rv = store.resource_version().to_string();
-        let mut items: Vec<Value> = store
-            .list(&self.key(), scope)
+        let token = query
+            .get("continue")
+            .map(ContinueToken::decode)
+            .transpose()?;
+        let mut store = lock(&self.shared.store);
+        // A continued list reads the first page's snapshot, as etcd reads one revision;
+        // once that revision is compacted the API server answers 410 with a token that
+        // continues from the latest state instead.
+        let snapshot = match &token {
+            Some(t) if t.rv >= 0 => match store.snapshot(&self.key(), t.rv as u64) {
+                Some(snapshot) => Some(snapshot),
+                None => return Err(expired_continue(&t.start)),
+            },
+            Some(_) => None,
+            None if limit.is_some_and(|l| l > 0) => Some(store.take_snapshot(&self.key())),
+            None => None,
+        };
+        let rv = match &snapshot {
+            Some(snapshot) => snapshot.resource_version,
+            None => store.resource_version(),
+        };
+        let start = token.as_ref().map(|t| t.start.clone());
+        let objects: Vec<&Value> = match &snapshot {
+            Some(snapshot) => snapshot
+                .objects
+                .iter()
+                .filter(|(ns, _, _)| scope.is_none_or(|want| want == ns))
+                .map(|(_, _, v)| v)
+                .collect(),
+            None => store.list(&self.key(), scope),
+        };
+        let position = |o: &Value| {
+            format!(
+                "{}/{}",
+                meta_str(o, "namespace").unwrap_or_default(),
+                meta_str(o, "name").unwrap_or_default()
+            )
+        };
+        let mut items: Vec<Value> = objects
             .into_iter()
+            .filter(|o| {
+                start
+                    .as_ref()
+                    .is_none_or(|s| position(o).as_str() > s.as_str())
+            })
             .map(|o| self.present(o.clone()))
             .filter(|o| labels.matches(o) && fields.matches(o))
-            .filter(|o| {
-                after.as_ref().is_none_or(|token| {
-                    let position = format!(
-                        "{}/{}",
-                        meta_str(o, "namespace").unwrap_or_default(),
-                        meta_str(o, "name").unwrap_or_default()
-                    );
-                    position.as_str() > token.as_str()
-                })
-            })
             .collect();
-        drop(store);
         let mut continue_token = None;
         if let Some(limit) = limit.filter(|l| *l > 0 && items.len() > *l) {
             items.truncate(limit);
             continue_token = items.last().map(|o| {
-                format!(
-                    "{}/{}",
-                    meta_str(o, "namespace").unwrap_or_default(),
-                    meta_str(o, "name").unwrap_or_default()
-                )
+                ContinueToken {
+                    rv: rv as i64,
+                    start: position(o),
+                }
+                .encode()
             });
         }
+        if continue_token.is_none() && snapshot.is_some() {
+            store.release_snapshot(&self.key(), rv);
+        }
+        drop(store);
+        let rv = rv.to_string();
         if as_table {
             let include = query.get("includeObject").unwrap_or("Metadata");
             let mut t = table::table(&self.def, &items, include, Some(rv), true);
@@ -351,6 +401,119 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A free name for `generateName`: the prefix (cut to leave room for the suffix) and five
+    /// random characters, retried on collision as API servers do since 1.31.
+    fn generate_name(&self, store: &Store, prefix: &str) -> Result<String, ApiError> {
+        let prefix: String = prefix.chars().take(MAX_GENERATED_PREFIX_LEN).collect();
+        let mut candidate = String::new();
+        for _ in 0..GENERATE_NAME_ATTEMPTS {
+            let suffix = match &self.shared.config.name_suffixes {
+                Some(next) => next(),
+                None => (0..5)
+                    .map(|_| {
+                        let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+                        alphabet[rand::random_range(0..alphabet.len())] as char
+                    })
+                    .collect(),
+            };
+            candidate = format!("{prefix}{suffix}");
+            if store
+                .get(&self.key(), &self.namespace, &candidate)
+                .is_none()
+            {
+                return Ok(candidate);
+            }
+        }
+        let mut err = ApiError::new(
+            409,
+            "AlreadyExists",
+            format!(
+                "{} \"{candidate}\" already exists, the server was not able to generate a unique name for the object",
+                qualified(&self.def.plural, &self.def.group)
+            ),
+        );
+        err.details = Some(json!({
+            "name": candidate, "group": self.def.group, "kind": self.def.plural,
+            "retryAfterSeconds": 1,
+        }));
+        Err(err)
+    }
+
+    /// All annotations together must fit [`limits::MAX_ANNOTATIONS_BYTES`]; a Secret's data
+    /// must fit [`limits::MAX_SECRET_BYTES`].
+    fn check_annotations(&self, object: &Value) -> Result<(), ApiError> {
+        if self.def.group.is_empty() && self.def.plural == "secrets" {
+            let data: usize = object
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|data| {
+                    data.values()
+                        .filter_map(Value::as_str)
+                        .map(|b64| {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .map_or(b64.len(), |bytes| bytes.len())
+                        })
+                        .sum()
+                })
+                .unwrap_or(0);
+            if data > limits::MAX_SECRET_BYTES {
+                return Err(ApiError::invalid_field(
+                    &self.def.group,
+                    &self.def.kind,
+                    meta_str(object, "name").unwrap_or_default(),
+                    "data",
+                    &format!(
+                        "Too long: must have at most {} bytes",
+                        limits::MAX_SECRET_BYTES
+                    ),
+                ));
+            }
+        }
+        if limits::annotations_size(object) > limits::MAX_ANNOTATIONS_BYTES {
+            return Err(ApiError::invalid_field(
+                &self.def.group,
+                &self.def.kind,
+                meta_str(object, "name").unwrap_or_default(),
+                "metadata.annotations",
+                &format!(
+                    "Too long: must have at most {} bytes",
+                    limits::MAX_ANNOTATIONS_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API server's own validation of Events (stored in `events.k8s.io` shape).
+    fn check_event(&self, object: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        if self.def.kind != "Event" || !matches!(self.def.group.as_str(), "" | "events.k8s.io") {
+            return Ok(());
+        }
+        let core = self.def.group.is_empty();
+        let causes = match old {
+            None => event_validation::validate_create(object, core),
+            Some(old) => event_validation::validate_update(object, old, core),
+        };
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid(
+            &self.def.group,
+            &self.def.kind,
+            meta_str(object, "name").unwrap_or_default(),
+            &causes,
+        ))
+    }
+
+    /// What etcd would refuse: an object over [`limits::MAX_OBJECT_BYTES`] as stored.
+    fn check_stored_size(&self, object: &Value) -> Result<(), ApiError> {
+        if limits::encoded_len(object) > limits::MAX_OBJECT_BYTES {
+            return Err(ApiError::object_too_large());
+        }
+        Ok(())
+    }
+
     pub(super) fn create(
         &self,
         body: Value,
@@ -376,30 +539,26 @@ impl Ctx<'_> {
         manager: &str,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        let name = match meta_str(&object, "name") {
-            Some(name) => name.to_string(),
-            None => match meta_str(&object, "generateName") {
-                Some(prefix) => {
-                    let suffix: String = (0..5)
-                        .map(|_| {
-                            let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-                            alphabet[rand::random_range(0..alphabet.len())] as char
-                        })
-                        .collect();
-                    format!("{prefix}{suffix}")
-                }
-                None => {
-                    return Err(ApiError::invalid(
-                        &self.def.group,
-                        &self.def.kind,
-                        "",
-                        &[Cause {
-                            field: "metadata.name".into(),
-                            message: "Required value: name or generateName is required".into(),
-                        }],
-                    ));
-                }
-            },
+        let generate = meta_str(&object, "generateName")
+            .filter(|_| meta_str(&object, "name").is_none_or(str::is_empty))
+            .map(str::to_string);
+        let name = match (
+            meta_str(&object, "name").filter(|n| !n.is_empty()),
+            &generate,
+        ) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(prefix)) => self.generate_name(store, prefix)?,
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    &self.def.group,
+                    &self.def.kind,
+                    "",
+                    &[Cause {
+                        field: "metadata.name".into(),
+                        message: "Required value: name or generateName is required".into(),
+                    }],
+                ));
+            }
         };
         if let Some(ns) = meta_str(&object, "namespace")
             && self.def.namespaced
@@ -448,10 +607,13 @@ impl Ctx<'_> {
         if self.def.group == CRD_GROUP && self.def.plural == CRD_PLURAL {
             establish_crd(&mut object);
         }
+        self.check_annotations(&object)?;
+        self.check_event(&object, None)?;
         self.validate(&object)?;
         if dry_run {
             return Ok(object);
         }
+        self.check_stored_size(&object)?;
         let ownership = ownership.unwrap_or_else(|| {
             Ownership::owned_by(
                 ManagerKey {
@@ -522,10 +684,13 @@ impl Ctx<'_> {
                 + 1;
             meta_mut(&mut candidate).insert("generation".into(), json!(next));
         }
+        self.check_annotations(&candidate)?;
+        self.check_event(&candidate, Some(&old))?;
         self.validate(&candidate)?;
         if dry_run {
             return Ok(candidate);
         }
+        self.check_stored_size(&candidate)?;
         if candidate == old {
             store.set_ownership(&self.key(), &self.namespace, name, ownership);
             return Ok(candidate);
@@ -603,6 +768,17 @@ impl Ctx<'_> {
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
         let body = self.to_storage(body);
+        // Custom resources only take conditional updates (the CRD strategy's
+        // `AllowUnconditionalUpdate` is false); built-ins update the latest version.
+        if self.def.custom && meta_str(&body, "resourceVersion").is_none_or(str::is_empty) {
+            return Err(ApiError::invalid_field(
+                &self.def.group,
+                &self.def.kind,
+                name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            ));
+        }
         self.check_precondition(name, &stored.value, &body)?;
         let (old, ownership) = (stored.value.clone(), stored.ownership.clone());
         let dry_run = query.get("dryRun").is_some();
@@ -624,6 +800,14 @@ impl Ctx<'_> {
         let dry_run = query.get("dryRun").is_some();
         if media == "application/apply-patch+yaml" {
             return self.apply(name, status, body, manager, query);
+        }
+        if self.def.custom && media == "application/strategic-merge-patch+json" {
+            // Strategic merge needs Go struct tags; custom resources have none.
+            return Err(ApiError::unsupported_patch(&[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]));
         }
         let mut store = lock(&self.shared.store);
         let stored = store
@@ -767,19 +951,26 @@ impl Ctx<'_> {
         Ok(ok_json(self.present(updated)))
     }
 
-    pub(super) fn delete(&self, name: &str, query: &Query) -> Result<Response, ApiError> {
+    pub(super) fn delete(
+        &self,
+        name: &str,
+        query: &Query,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
+        let options = DeleteOptions::parse(query, body)?;
         let mut store = lock(&self.shared.store);
         let stored = store
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
         let mut object = stored.value.clone();
         let ownership = stored.ownership.clone();
-        if query.get("dryRun").is_some() {
-            return Ok(ok_json(self.present(object)));
-        }
+        self.check_delete_preconditions(name, &object, &options)?;
         if finalizers_empty(&object) {
-            let removed = store.remove(&self.key(), &self.namespace, name, object);
-            return Ok(ok_json(self.present(removed)));
+            let details = self.deleted_status(name, &object);
+            if !options.dry_run {
+                store.remove(&self.key(), &self.namespace, name, object);
+            }
+            return Ok(ok_json(details));
         }
         if meta(&object).is_some_and(|m| m.contains_key("deletionTimestamp")) {
             return Ok(ok_json(self.present(object)));
@@ -793,6 +984,9 @@ impl Ctx<'_> {
         metadata.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
         metadata.insert("deletionGracePeriodSeconds".into(), json!(0));
         metadata.insert("generation".into(), json!(generation + 1));
+        if options.dry_run {
+            return Ok(ok_json(self.present(object)));
+        }
         let marked = store.put(
             &self.key(),
             &self.namespace,
@@ -802,6 +996,62 @@ impl Ctx<'_> {
             EventType::Modified,
         );
         Ok(ok_json(self.present(marked)))
+    }
+
+    /// `preconditions` of a DELETE: the API server's storage check, reported as a conflict.
+    fn check_delete_preconditions(
+        &self,
+        name: &str,
+        object: &Value,
+        options: &DeleteOptions,
+    ) -> Result<(), ApiError> {
+        let failed = |what: &str, wanted: &str, actual: &str| {
+            let key = if self.def.group.is_empty() || !self.def.custom {
+                format!("/registry/{}/{}/{name}", self.def.plural, self.namespace)
+            } else {
+                format!(
+                    "/registry/{}/{}/{}/{name}",
+                    self.def.group, self.def.plural, self.namespace
+                )
+            };
+            ApiError::conflict(
+                &self.def.group,
+                &self.def.plural,
+                name,
+                &format!(
+                    "StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {what} in precondition: {wanted}, {what} in object meta: {actual}"
+                ),
+            )
+        };
+        if let Some(uid) = &options.uid {
+            let actual = meta_str(object, "uid").unwrap_or_default();
+            if uid != actual {
+                return Err(failed("UID", uid, actual));
+            }
+        }
+        if let Some(rv) = &options.resource_version {
+            let actual = meta_str(object, "resourceVersion").unwrap_or_default();
+            if rv != actual {
+                return Err(failed("ResourceVersion", rv, actual));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a DELETE that removed the object answers: a success `Status` naming it.
+    fn deleted_status(&self, name: &str, object: &Value) -> Value {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {
+                "name": name,
+                "group": self.def.group,
+                "kind": self.def.plural,
+                "uid": meta_str(object, "uid").unwrap_or_default(),
+            },
+        })
     }
 
     pub(super) fn watch(
@@ -893,6 +1143,138 @@ impl Ctx<'_> {
                 .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
         });
         Ok(stream_response(body))
+    }
+}
+
+/// A list's continue token, in the API server's format: base64 of
+/// `{"v":"meta.k8s.io/v1","rv":<revision>,"start":"<namespace>/<name>"}` (here `start` is the
+/// last key returned). `rv: -1` continues from the latest state.
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+impl ContinueToken {
+    fn encode(&self) -> String {
+        let json = json!({"v": "meta.k8s.io/v1", "rv": self.rv, "start": self.start});
+        base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
+    }
+
+    fn decode(text: &str) -> Result<ContinueToken, ApiError> {
+        let invalid =
+            |why: &str| ApiError::bad_request(format!("continue key is not valid: {why}"));
+        let bytes = base64::engine::general_purpose::URL_SAFE
+            .decode(text)
+            .map_err(|_| {
+                invalid("incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+            })?;
+        let json: Value =
+            serde_json::from_slice(&bytes).map_err(|_| invalid("the token is not JSON"))?;
+        if json.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
+            return Err(invalid("server does not recognize this encoded key"));
+        }
+        let rv = json
+            .get("rv")
+            .and_then(Value::as_i64)
+            .filter(|rv| *rv != 0)
+            .ok_or_else(|| {
+                invalid("incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+            })?;
+        let start = json
+            .get("start")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("encoded key is empty"))?;
+        Ok(ContinueToken {
+            rv,
+            start: start.to_string(),
+        })
+    }
+}
+
+/// `410 Gone` for a continue token whose snapshot is gone, carrying a token that continues
+/// from the latest state (the API server's `handleCompactedErrorForPaging`).
+fn expired_continue(start: &str) -> ApiError {
+    let mut err = ApiError::gone(
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+    );
+    err.list_continue = Some(
+        ContinueToken {
+            rv: -1,
+            start: start.to_string(),
+        }
+        .encode(),
+    );
+    err
+}
+
+/// The parts of `DeleteOptions` (body or query) the emulator honours.
+struct DeleteOptions {
+    dry_run: bool,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    fn parse(query: &Query, body: &Bytes) -> Result<DeleteOptions, ApiError> {
+        let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
+            })?
+        };
+        let mut dry_run: Vec<String> = body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(value) = query.get("dryRun") {
+            dry_run.push(value.to_string());
+        }
+        let mut causes = Vec::new();
+        if dry_run.iter().any(|v| v != "All") {
+            causes.push(Cause {
+                field: "dryRun".into(),
+                message: format!("Unsupported value: {dry_run:?}: supported values: \"All\""),
+            });
+        }
+        let policy = body
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .or(query.get("propagationPolicy"));
+        if let Some(policy) = policy
+            && !matches!(policy, "Orphan" | "Background" | "Foreground")
+        {
+            causes.push(Cause {
+                field: "propagationPolicy".into(),
+                message: format!(
+                    "Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            });
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "DeleteOptions",
+                "",
+                &causes,
+            ));
+        }
+        let precondition = |field: &str| {
+            body.pointer(&format!("/preconditions/{field}"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        Ok(DeleteOptions {
+            dry_run: !dry_run.is_empty(),
+            uid: precondition("uid"),
+            resource_version: precondition("resourceVersion"),
+        })
     }
 }
 
