@@ -17,9 +17,8 @@
 use super::status::{self, Blocker};
 use crate::crd::{
     InDoubtPolicy, MAX_ANNOTATION_VALUE_LEN, MAX_CONDITION_MESSAGE_LEN, MAX_ID_LEN,
-    MAX_MESSAGE_LEN, MAX_REASON_LEN, MAX_TASKS,
-    RESUBMIT_IN_DOUBT_ANNOTATION, StalledInputs, TaskRecord, TaskResult, User, UserBatch,
-    UserBatchStatus, UserFailure,
+    MAX_MESSAGE_LEN, MAX_REASON_LEN, MAX_TASKS, RESUBMIT_IN_DOUBT_ANNOTATION, StalledInputs,
+    TaskRecord, TaskResult, User, UserBatch, UserBatchStatus, UserFailure,
 };
 use crate::vocabulary::{EventAction, EventReason, Reason};
 use jiff::Timestamp;
@@ -304,7 +303,9 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
     if slots == 0 {
         plan.hold = Some(Blocker::new(
             Reason::InvalidSpec,
-            format!("the status already holds {MAX_TASKS} task records, the most it can; provision the remaining users in a new UserBatch"),
+            format!(
+                "the status already holds {MAX_TASKS} task records, the most it can; provision the remaining users in a new UserBatch"
+            ),
         ));
         return plan;
     }
