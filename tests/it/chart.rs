@@ -2133,8 +2133,8 @@ fn network_policy_evaluator_matches_cidrs_and_selectors() {
 
 /// The metrics the operator exposes: the contract the alerts and the dashboard are written
 /// against. Full sample-family names as PromQL sees them (counters with `_total`, histograms
-/// as `_bucket`/`_sum`/`_count`). An end-to-end test will check each against a real
-/// `/metrics`; until then this list is the promise.
+/// as `_bucket`/`_sum`/`_count`). `every_contract_metric_is_exposed_after_an_end_to_end_run`
+/// checks each against a real operator's `/metrics`.
 const METRIC_CONTRACT: &[&str] = &[
     "koodrive_operator_reconciles_total",
     "koodrive_operator_reconcile_errors_total",
@@ -2734,4 +2734,52 @@ fn grafana_dashboard_config_map_is_labelled_for_the_sidecar() {
             assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "KooDrive");
         }
     }
+}
+
+/// The contract the alerts and the dashboard are written against is what a real operator
+/// exposes: run one through successes, a throttled KooDrive and refused credentials, then
+/// find every contract metric among the samples of its `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_contract_metric_is_exposed_after_an_end_to_end_run() {
+    use crate::support::*;
+    use koodrive_simulator::{Call, Fault, FaultKind};
+    let env = Env::start().await;
+    env.create_credentials("creds", SECRET_KEY).await;
+    env.create_credentials("wrong", "WRONG-secret-key").await;
+    // Throttled until the client gives up once: a reconcile error with a reason.
+    env.simulator.inject(Fault {
+        call: Some(Call::Create),
+        times: 3,
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: 0,
+        },
+    });
+    env.create_batch("metrics-ok", "creds", users("86240", 2, None))
+        .await;
+    let operator = env.operator("op", &[]);
+    env.wait_for("metrics-ok", "Ready", is_ready).await;
+    env.create_batch("metrics-refused", "wrong", users("86241", 1, None))
+        .await;
+    env.wait_for("metrics-refused", "CredentialsInvalid", |s| {
+        ready_reason(s) == Some("CredentialsInvalid")
+    })
+    .await;
+    let url = format!("http://{}/metrics", operator.metrics_addr().await);
+    let (_, text) = http_get(&url).await.expect("/metrics answers");
+    let samples: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&&str> = METRIC_CONTRACT
+        .iter()
+        .filter(|m| !samples.contains(**m))
+        .collect();
+    assert!(missing.is_empty(), "not exposed: {missing:?}\n{text}");
+    // And everything the dashboard queries is among them.
+    let unexposed: Vec<String> = dashboard_metric_names()
+        .into_iter()
+        .filter(|m| !samples.contains(m.as_str()))
+        .collect();
+    assert!(unexposed.is_empty(), "the dashboard queries {unexposed:?}");
 }

@@ -11,6 +11,7 @@
 //! - [`koodrive_cli`] — `submit`, `task` and `simulator` as processes.
 //! - [`operator_e2e`], [`operator_ha`] — the real `koodrive-operator run` binary against the
 //!   emulator and the KooDrive simulator.
+//! - [`workspace`] — the crates, and a production build without the test doubles.
 //! - [`protocol`] — the at-most-once call order, request by request, against a mock API
 //!   server.
 
@@ -27,3 +28,4 @@ mod operator_rbac;
 mod protocol;
 mod size_limits;
 mod support;
+mod workspace;
