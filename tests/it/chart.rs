@@ -456,7 +456,8 @@ fn workload_grants(scope: &str) -> BTreeSet<Grant> {
             (
                 "koodrive.io",
                 "userbatches",
-                &["get", "list", "watch"],
+                // patch: the deletionPolicy finalizer and consuming confirm-deletions.
+                &["get", "list", "watch", "patch"],
                 None,
             ),
             (
