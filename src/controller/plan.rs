@@ -894,21 +894,34 @@ pub fn finalizer_step(ub: &UserBatch) -> FinalizerStep {
     {
         return FinalizerStep::Keep;
     }
-    // Every user it knows of is deleted. Users of requests still in doubt may exist in
-    // KooDrive, but nobody can name them: say so instead of holding on forever.
+    // Every user it created is deleted. Users it did not (provably) create stay, and so may
+    // users of requests still in doubt, whom nobody can name: say so instead of holding on.
+    let stay: Vec<String> = status.users.iter().map(|r| r.phone.clone()).collect();
     let doubtful: Vec<&str> = status::in_doubt(&status.tasks)
         .iter()
         .map(|t| t.trace_id.as_str())
         .collect();
-    let event = (!doubtful.is_empty()).then(|| {
-        PlannedEvent::warning(
-            EventReason::UsersOrphaned,
-            EventAction::Delete,
-            format!(
-                "The UserBatch is deleted; request(s) {} were in doubt, and any users they created stay in KooDrive (no user ID was ever reported for them)",
-                doubtful.join(", ")
-            ),
-        )
+    let mut parts = Vec::new();
+    if !stay.is_empty() {
+        parts.push(format!(
+            "{} user(s) stay in KooDrive, as this UserBatch did not provably create them or has no user ID for them (see status.users): {}",
+            stay.len(),
+            abbreviate(&stay, 20)
+        ));
+    }
+    if !doubtful.is_empty() {
+        parts.push(format!(
+            "request(s) {} were in doubt, and any users they created stay in KooDrive (no user ID was ever reported for them)",
+            doubtful.join(", ")
+        ));
+    }
+    let event = (!parts.is_empty()).then(|| {
+        let note = format!("The UserBatch is deleted; {}", parts.join("; "));
+        if doubtful.is_empty() {
+            PlannedEvent::normal(EventReason::UsersOrphaned, EventAction::Delete, note)
+        } else {
+            PlannedEvent::warning(EventReason::UsersOrphaned, EventAction::Delete, note)
+        }
     });
     FinalizerStep::Remove(event)
 }

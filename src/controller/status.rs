@@ -136,12 +136,17 @@ pub fn failed_phones<'a>(
     records: &[UserRecord],
     failures: &[UserFailure],
 ) -> Vec<&'a str> {
+    let states: HashMap<&str, UserState> = records
+        .iter()
+        .map(|r| (r.phone.as_str(), r.state))
+        .collect();
+    let listed: HashSet<&str> = failures.iter().map(|f| f.phone.as_str()).collect();
     users
         .iter()
         .map(|u| u.phone.as_str())
-        .filter(|phone| match record(records, phone) {
-            Some(r) => r.state == UserState::Failed,
-            None => failures.iter().any(|f| f.phone == *phone),
+        .filter(|phone| match states.get(phone) {
+            Some(state) => *state == UserState::Failed,
+            None => listed.contains(phone),
         })
         .collect()
 }

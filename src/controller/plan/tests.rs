@@ -1334,6 +1334,18 @@ fn the_finalizer_goes_on_with_delete_and_off_once_everything_is_deleted() {
     let mut done = going.clone();
     done.status.as_mut().unwrap().users.clear();
     assert_eq!(finalizer_step(&done), FinalizerStep::Remove(None));
+    // Users it did not create stay, and the Event says who.
+    let mut skipped = done.clone();
+    skipped.status.as_mut().unwrap().users = vec![user_record("3", None, UserState::Skipped)];
+    let FinalizerStep::Remove(Some(event)) = finalizer_step(&skipped) else {
+        panic!("a skipped user does not hold the finalizer");
+    };
+    assert_eq!(event.severity, Severity::Normal);
+    assert!(
+        event.note.contains("1 user(s) stay in KooDrive") && event.note.contains(": 3"),
+        "{}",
+        event.note
+    );
     // Unfinished tasks are waited for: their users may need deleting.
     let mut waiting = done.clone();
     waiting.status.as_mut().unwrap().tasks[0].result = None;
