@@ -11,10 +11,7 @@ if status == nil then
   return actions
 end
 
--- Users KooDrive reported as failed (older statuses list them in failures only).
-if status.failures ~= nil and #status.failures > 0 then
-  actions["retry-failed"]["disabled"] = false
-end
+-- Users recorded as failed (the ones koodrive.io/retry-failed sends again).
 if status.users ~= nil then
   for _, user in ipairs(status.users) do
     if user.state == "Failed" then
