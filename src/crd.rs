@@ -12,8 +12,21 @@ use serde::{Deserialize, Serialize};
 
 /// API group of every resource this operator owns.
 pub const GROUP: &str = "koodrive.io";
-/// Annotation whose new value re-sends users whose submission is in doubt.
+/// Annotation whose new value re-sends users whose submission is in doubt (and DELETEs whose
+/// outcome is in doubt).
 pub const RESUBMIT_IN_DOUBT_ANNOTATION: &str = "koodrive.io/resubmit-in-doubt";
+/// Annotation whose new value re-sends the users KooDrive reported as failed, once.
+pub const RETRY_FAILED_ANNOTATION: &str = "koodrive.io/retry-failed";
+/// Annotation confirming a change that would delete more users than `--max-deletions`: its
+/// value must be the number of users that change deletes. The operator removes it once it
+/// has acted on it, so a confirmation is never reused for a later change.
+pub const CONFIRM_DELETIONS_ANNOTATION: &str = "koodrive.io/confirm-deletions";
+/// Annotation (`"true"`) releasing a deleted UserBatch's finalizer without deleting its users
+/// in KooDrive: the way out when KooDrive cannot be reached, or nobody wants them deleted.
+pub const ORPHAN_ON_DELETE_ANNOTATION: &str = "koodrive.io/orphan-on-delete";
+/// The finalizer a UserBatch with `deletionPolicy: Delete` carries, so its users are deleted
+/// in KooDrive before the UserBatch goes.
+pub const FINALIZER: &str = "koodrive.io/delete-users";
 /// Default key names inside the credentials Secret.
 pub const DEFAULT_ACCESS_KEY_KEY: &str = "accessKey";
 pub const DEFAULT_SECRET_KEY_KEY: &str = "secretKey";
@@ -64,8 +77,10 @@ pub const USER_DIGEST_HEX_LEN: usize = 8;
 /// Budget kept free in status for one record per spec user (issue #12): the phone, the
 /// KooDrive user ID (at most this long, digits or other ASCII) and a state word.
 pub const MAX_USER_ID_LEN: usize = 64;
-/// Longest per-user state word (`created`, `skipped`, …) the status budget allows for.
+/// Longest per-user state word (`Created`, `DeletePending`, …) the status budget allows for.
 pub const MAX_USER_STATE_LEN: usize = 16;
+/// Longest phone as the spec allows it (a `+` and 20 digits).
+pub const MAX_PHONE_LEN: usize = 21;
 
 /// Phone numbers: digits with an optional leading `+`, 5 to 20 digits.
 pub const PHONE_PATTERN: &str = r"^\+?[0-9]{5,20}$";
@@ -76,6 +91,9 @@ pub const OBJECT_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// The operator's own trace IDs: letters and digits.
 pub const TRACE_ID_PATTERN: &str = "^[0-9A-Za-z]+$";
+/// KooDrive user IDs the operator records (and may delete): what `DELETE users/{userId}`
+/// can carry in a path segment as it is.
+pub const USER_ID_PATTERN: &str = "^[0-9A-Za-z_-]+$";
 /// User fingerprints: lower-case hex.
 pub const USERS_DIGEST_PATTERN: &str = "^[0-9a-f]*$";
 /// A key in a Secret's `data`.
@@ -152,9 +170,42 @@ pub struct UserBatchSpec {
     /// after a delay, relying on KooDrive skipping phones that are already registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_doubt_policy: Option<InDoubtPolicy>,
+    /// `true` pauses this UserBatch: the operator makes no KooDrive call for it (nothing is
+    /// sent, polled or deleted) until it is `false` again; nothing is lost meanwhile. The
+    /// Reconciling condition's reason is then `Suspended`, and so is Ready's while anything
+    /// is left to do (Ready stays `True` for a UserBatch that was done). Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// `Orphan` (default) or `Delete`: see [`DeletionPolicy`] (the schema shows its text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
-/// See [`UserBatchSpec::in_doubt_policy`].
+/// What happens in KooDrive to the users this UserBatch created when they are removed from
+/// `users`, or when the UserBatch is deleted (Crossplane's vocabulary). `Orphan` (default):
+/// they stay in KooDrive. `Delete`: they are deleted in KooDrive (with their files:
+/// irreversible), each at most once, and the UserBatch carries the finalizer
+/// `koodrive.io/delete-users` until they are. Only users this UserBatch created are ever
+/// deleted (it holds their KooDrive user ID in `status.users`), never ones KooDrive reported as
+/// already registered. A change deleting more than the operator's `--max-deletions` users
+/// (default 10) deletes nothing until annotated `koodrive.io/confirm-deletions=<count>`;
+/// `koodrive.io/orphan-on-delete=true` lets a deleted UserBatch go without deleting anyone.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum DeletionPolicy {
+    /// Users removed from the spec, and all users when the UserBatch is deleted, stay in
+    /// KooDrive.
+    #[default]
+    Orphan,
+    /// Users this UserBatch created are deleted in KooDrive when removed from the spec, and
+    /// all of them when the UserBatch is deleted.
+    Delete,
+}
+
+/// What the operator does when KooDrive's answer to a create request is ambiguous (a
+/// timeout, a 5xx, a dropped connection — KooDrive may or may not have created the task).
+/// `Stall` (default): nothing is resent until a human annotates
+/// `koodrive.io/resubmit-in-doubt`. `Resubmit`: the operator resends those users once, after
+/// a delay, relying on KooDrive skipping phones that are already registered.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum InDoubtPolicy {
     /// Keep the in-doubt users unsent until a human checks with KooDrive.
@@ -338,6 +389,67 @@ pub struct UserBatchStatus {
     /// those inputs change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled_inputs: Option<StalledInputs>,
+    /// What KooDrive reported for each user once their task finished, by phone: the
+    /// KooDrive user ID of each user this UserBatch created, and whether KooDrive created,
+    /// skipped (already registered) or failed them. Users removed from the spec keep their
+    /// record only while they are being deleted (`deletionPolicy: Delete`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_USERS))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["phone".into()]))]
+    pub users: Vec<UserRecord>,
+    /// The `koodrive.io/retry-failed` value last acted on (values longer than 1024 characters
+    /// are remembered as `sha256:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ANNOTATION_VALUE_LEN))]
+    pub retried_failed: Option<String>,
+    /// How many users a change would delete, when that is more than the operator's
+    /// `--max-deletions`: nothing is deleted until `koodrive.io/confirm-deletions` is set to
+    /// this number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub deletions_to_confirm: Option<i64>,
+}
+
+/// One user's outcome in KooDrive, as far as this UserBatch knows it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    /// The user's phone, as in `spec.users`.
+    #[schemars(length(min = 1, max = MAX_PHONE_LEN))]
+    pub phone: String,
+    /// The KooDrive user ID from the task's results (absent when KooDrive reported none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_USER_ID_LEN), pattern(USER_ID_PATTERN))]
+    pub user_id: Option<String>,
+    pub state: UserState,
+}
+
+/// Where one user stands in KooDrive. `Created`: KooDrive created it for this UserBatch (the
+/// only state from which a user is ever deleted). `Skipped`: already registered, not created
+/// by this UserBatch, never deleted by it. `Failed`: not registered (see `failures`;
+/// `koodrive.io/retry-failed` sends it again). `Unknown`: KooDrive's results did not say;
+/// never resent, never deleted. `DeletePending`: to be deleted, DELETE not sent yet.
+/// `Deleting`: a DELETE was sent and its answer is not recorded; checked with `GET
+/// users/{userId}` before anything is resent.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum UserState {
+    /// KooDrive created the user for this UserBatch: the only state from which a user is
+    /// ever deleted (`deletionPolicy: Delete`).
+    Created,
+    /// KooDrive reported the user as already registered: not created by this UserBatch, so
+    /// never deleted by it.
+    Skipped,
+    /// KooDrive could not register the user (see `status.failures`);
+    /// `koodrive.io/retry-failed` sends it again.
+    Failed,
+    /// KooDrive's results did not say what happened to this user (it was not listed, or
+    /// could not be told apart from skipped users): never resent, never deleted.
+    Unknown,
+    /// To be deleted in KooDrive; the DELETE has not been sent.
+    DeletePending,
+    /// A DELETE was sent (or was about to be) and its answer is not recorded. Found in this
+    /// state, the user is checked with `GET users/{userId}` before anything is resent.
+    Deleting,
 }
 
 /// A permanent refusal (rejected request, refused credentials) and a fingerprint of what it
@@ -443,7 +555,9 @@ pub struct TaskRecord {
     /// When the request was sent.
     #[schemars(length(max = 64))]
     pub submitted_at: Time,
-    /// Phones of the users this request carried.
+    /// Phones of the users this request carried. A user sent again later (after
+    /// `koodrive.io/retry-failed`, or after being deleted and added back) leaves this list:
+    /// a phone listed here is never sent again.
     #[schemars(length(max = MAX_PHONES_PER_TASK), inner(length(max = 21)))]
     pub phones: Vec<String>,
     /// The `traceId` of the in-doubt request whose users this request resends
@@ -458,6 +572,10 @@ pub struct TaskRecord {
     pub users_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
+    /// The task's per-user results are recorded in `status.users`. (Tasks finished before
+    /// the operator recorded users lack it; their users are counted from `result`.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub users_recorded: bool,
 }
 
 /// Per-task counts reported by `batchRegister/get`.

@@ -70,6 +70,12 @@ words! {
         // Ready=False, work in progress.
         Submitting,
         AwaitingResults,
+        /// Users are being deleted in KooDrive (`deletionPolicy: Delete`).
+        Deleting,
+        // Ready=False (or Reconciling=False) by a human's choice; neither progressing nor
+        // stalled.
+        /// `spec.suspend` is true: no KooDrive call is made.
+        Suspended,
         // Ready=False and Stalled=True: a human must act.
         /// KooDrive refused the credentials; nothing is sent with them until the Secret
         /// changes.
@@ -86,6 +92,12 @@ words! {
         SubmissionInDoubt,
         /// A task's results never added up within the allowed time.
         ResultsOverdue,
+        /// One change would delete more users than `--max-deletions`: nothing is deleted
+        /// until `koodrive.io/confirm-deletions` names the count.
+        DeletionGuard,
+        /// A DELETE got no clear answer and KooDrive has not confirmed the user gone: it is
+        /// not resent blindly.
+        DeletionInDoubt,
         // The Submitted condition.
         AllSubmitted,
         UsersPending,
@@ -108,6 +120,8 @@ impl Reason {
                 | Reason::SubmissionInDoubt
                 | Reason::ResultsOverdue
                 | Reason::PermissionDenied
+                | Reason::DeletionGuard
+                | Reason::DeletionInDoubt
         )
     }
 }
@@ -128,6 +142,18 @@ words! {
         UsersChangedAfterSubmission,
         /// In-doubt users are being sent again (annotation or `inDoubtPolicy: Resubmit`).
         ResubmittingInDoubt,
+        /// Failed users are being sent again (`koodrive.io/retry-failed`).
+        RetryingFailed,
+        /// Users were deleted in KooDrive (`deletionPolicy: Delete`).
+        UsersDeleted,
+        /// A deleted UserBatch let go of its users without deleting them.
+        UsersOrphaned,
+        /// `koodrive.io/confirm-deletions` released deletions held by the guard.
+        DeletionsConfirmed,
+        /// `spec.suspend` became true: no KooDrive calls until it is false.
+        Suspended,
+        /// `spec.suspend` became false again.
+        Resumed,
         // The condition reasons Events repeat.
         Ready,
         CredentialsNotFound,
@@ -142,6 +168,8 @@ words! {
         UsersFailed,
         SubmissionInDoubt,
         ResultsOverdue,
+        DeletionGuard,
+        DeletionInDoubt,
     }
 }
 
@@ -159,6 +187,10 @@ words! {
         Submit,
         PollResults,
         Resubmit,
+        /// Sending failed users again.
+        Retry,
+        /// Deleting users in KooDrive (or checking a DELETE's outcome), or letting them go.
+        Delete,
     }
 }
 

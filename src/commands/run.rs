@@ -82,6 +82,13 @@ pub struct Args {
     /// repeated failures).
     #[arg(long, env = "KOODRIVE_AUTH_RETRY_INTERVAL", default_value = "15m", value_parser = parse_auth_retry)]
     pub auth_retry_interval: Duration,
+    /// Most users one change to a UserBatch may delete in KooDrive (`deletionPolicy: Delete`:
+    /// users removed from its spec, or all of them when it is deleted) without confirmation.
+    /// A change deleting more deletes nothing and is Stalled with reason DeletionGuard until
+    /// the annotation `koodrive.io/confirm-deletions` is set to its exact count. 0: every
+    /// deletion needs confirmation.
+    #[arg(long, env = "KOODRIVE_MAX_DELETIONS", default_value_t = 10)]
+    pub max_deletions: u32,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "KOODRIVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -135,6 +142,7 @@ impl Args {
         settings.resubmit_delay = self.resubmit_delay;
         settings.results_timeout = self.results_timeout;
         settings.auth_retry_interval = self.auth_retry_interval;
+        settings.max_deletions = usize::try_from(self.max_deletions).unwrap_or(usize::MAX);
         settings.instance = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
         settings
     }

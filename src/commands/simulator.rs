@@ -26,7 +26,8 @@ Control endpoints (for tests and experiments):
   GET  /_sim/submissions   JSON object: phone -> times submitted in accepted create requests
   POST /_sim/faults        queue faults, e.g. {\"call\":\"create\",\"times\":2,\"kind\":{\"status5xx\":503}}
                            kinds: {\"status5xx\":N}, {\"too_many_requests\":{\"retry_after_secs\":N}},
-                           {\"latency\":MILLIS}, \"drop_connection\", \"drop_after_processing\", \"garbled_json\"")]
+                           {\"latency\":MILLIS}, \"drop_connection\", \"drop_after_processing\",
+                           {\"hang_after_processing\":MILLIS}, \"garbled_json\"")]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
     #[arg(

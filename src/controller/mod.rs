@@ -42,6 +42,12 @@ use tokio_util::sync::CancellationToken;
 /// The controller's name, as it appears in Events and field managers.
 pub const CONTROLLER_NAME: &str = "koodrive-operator";
 
+/// Most users one change may delete without confirmation, by default. Offboarding usually
+/// removes a handful of people per change; ten is above that and far below what a mistaken
+/// edit (or deleting a whole UserBatch) removes, so routine removals flow and mass deletions
+/// — irreversible, files included — wait for a human to confirm the exact count.
+pub const DEFAULT_MAX_DELETIONS: usize = 10;
+
 /// How often a task overdue for results is still looked at.
 pub const OVERDUE_POLL_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
@@ -67,6 +73,8 @@ pub struct Settings {
     pub results_timeout: Duration,
     /// How long credentials refused by KooDrive are left alone (at least 5 minutes).
     pub auth_retry_interval: Duration,
+    /// Most users one change may delete in KooDrive without `koodrive.io/confirm-deletions`.
+    pub max_deletions: usize,
     /// How the KooDrive client connects and retries within one call.
     pub koodrive: koodrive_client::ClientConfig,
     /// Reported in Events (`reportingInstance`): the pod name.
@@ -88,6 +96,7 @@ impl Settings {
             resubmit_delay: Duration::from_secs(10 * 60),
             results_timeout: Duration::from_secs(60 * 60),
             auth_retry_interval: Duration::from_secs(15 * 60),
+            max_deletions: DEFAULT_MAX_DELETIONS,
             koodrive: koodrive_client::ClientConfig::default(),
             instance: None,
         }
@@ -98,6 +107,7 @@ impl Settings {
             max_batch_size: self.max_batch_size,
             resubmit_delay: self.resubmit_delay,
             results_timeout: self.results_timeout,
+            max_deletions: self.max_deletions,
         }
     }
 }

@@ -13,19 +13,31 @@
 //! An intent found without an answer is in doubt: its users are not resent until a human
 //! releases them (`koodrive.io/resubmit-in-doubt`) or, with `inDoubtPolicy: Resubmit`, once
 //! by the operator after a delay.
+//!
+//! The user lifecycle follows the same rules. When a task finishes, each user's outcome (and
+//! KooDrive user ID) becomes a record in `status.users`; failed users are sent again once per
+//! new `koodrive.io/retry-failed` value; users removed from the spec are forgotten, or —
+//! with `deletionPolicy: Delete`, and for every user when the UserBatch is deleted — deleted
+//! in KooDrive once the deletion guard lets the change through. A DELETE is an intent too
+//! ([`Edit::DeleteIntent`], `resourceVersion` precondition) before it is sent, and a user
+//! found `Deleting` is checked with `GET users/{userId}`, never sent a DELETE again without
+//! a human. While `spec.suspend` is true, nothing at all is sent.
 
-use super::status::{self, Blocker};
+use super::status::{self, Blocker, GuardHold, Lifecycle, abbreviate};
 use crate::crd::{
-    InDoubtPolicy, MAX_ANNOTATION_VALUE_LEN, MAX_CONDITION_MESSAGE_LEN, MAX_ID_LEN,
-    MAX_MESSAGE_LEN, MAX_REASON_LEN, MAX_TASKS, RESUBMIT_IN_DOUBT_ANNOTATION, StalledInputs,
-    TaskRecord, TaskResult, User, UserBatch, UserBatchStatus, UserFailure,
+    CONFIRM_DELETIONS_ANNOTATION, DeletionPolicy, FINALIZER, InDoubtPolicy,
+    MAX_ANNOTATION_VALUE_LEN, MAX_CONDITION_MESSAGE_LEN, MAX_ID_LEN, MAX_MESSAGE_LEN,
+    MAX_REASON_LEN, MAX_TASK_PHONES, MAX_TASKS, MAX_USER_ID_LEN, MAX_USERS,
+    ORPHAN_ON_DELETE_ANNOTATION, RESUBMIT_IN_DOUBT_ANNOTATION, RETRY_FAILED_ANNOTATION,
+    StalledInputs, TaskRecord, TaskResult, User, UserBatch, UserBatchStatus, UserFailure,
+    UserRecord, UserState,
 };
 use crate::vocabulary::{EventAction, EventReason, Reason};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use koodrive_client::{ErrorClass, TaskReport};
+use koodrive_client::{Deletion, ErrorClass, TaskReport, UserInfo};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// The knobs planning depends on (from the operator's settings).
@@ -37,6 +49,8 @@ pub struct Limits {
     pub resubmit_delay: Duration,
     /// How long a task may take to finish before it is reported overdue.
     pub results_timeout: Duration,
+    /// Most users one change may delete without `koodrive.io/confirm-deletions`.
+    pub max_deletions: usize,
 }
 
 /// Whether an Event is routine or needs attention.
@@ -112,12 +126,38 @@ pub enum Edit {
     },
     /// Nobody knows whether KooDrive acted: the intent stays, with what happened.
     InDoubt { trace_id: String, message: String },
-    /// A task's results as KooDrive reports them.
+    /// A task's results as KooDrive reports them; once it is finished, each user's outcome.
     Results {
         task_id: String,
         result: TaskResult,
         failures: Vec<UserFailure>,
+        records: Vec<UserRecord>,
     },
+    /// Failed users are to be sent again: their records and failures go, and no task claims
+    /// them any more (so they are pending). Remembers the annotation value that asked.
+    ReleaseFailed {
+        phones: Vec<String>,
+        annotation: Option<String>,
+    },
+    /// Users removed from the spec that need nothing more: their records and failures go. A
+    /// failed user's claim goes too (it was never provisioned: adding it back sends it).
+    Forget { phones: Vec<String> },
+    /// Users the deletion guard let through: `Created` → `DeletePending`.
+    ApproveDeletions { phones: Vec<String> },
+    /// Users kept after all (added back to the spec, or `deletionPolicy` back to `Orphan`)
+    /// before their DELETE was sent: `DeletePending` → `Created`.
+    CancelDeletions { phones: Vec<String> },
+    /// The intent to delete, recorded before the DELETE is sent: `DeletePending` →
+    /// `Deleting`.
+    DeleteIntent { phone: String },
+    /// KooDrive deleted the user, or does not know it: the record goes and no task claims
+    /// the phone any more (adding it back provisions it anew).
+    Deleted { phone: String },
+    /// KooDrive provably did not act on the DELETE: `Deleting` → `DeletePending`.
+    DeleteNotSent { phone: String },
+    /// A human released in-doubt DELETEs (`koodrive.io/resubmit-in-doubt`): `Deleting` →
+    /// `DeletePending`.
+    ReleaseDeletions { phones: Vec<String> },
 }
 
 /// Applies an edit to a status (the same edit can be applied again to a fresher copy).
@@ -177,6 +217,7 @@ pub fn apply(edit: &Edit, status: &mut UserBatchStatus) {
             task_id,
             result,
             failures,
+            records,
         } => {
             if let Some(task) = status
                 .tasks
@@ -184,10 +225,120 @@ pub fn apply(edit: &Edit, status: &mut UserBatchStatus) {
                 .find(|t| t.task_id.as_deref() == Some(task_id.as_str()))
             {
                 task.result = Some(result.clone());
+                task.users_recorded |= result.finished;
+            }
+            for record in records {
+                upsert(&mut status.users, record.clone());
+                if record.state != UserState::Failed {
+                    status.failures.retain(|f| f.phone != record.phone);
+                }
             }
             status::add_failures(&mut status.failures, failures.iter().cloned());
         }
+        Edit::ReleaseFailed { phones, annotation } => {
+            for phone in phones {
+                let failed = status::record(&status.users, phone)
+                    .is_some_and(|r| r.state == UserState::Failed);
+                if failed {
+                    status.users.retain(|r| &r.phone != phone);
+                    status.failures.retain(|f| &f.phone != phone);
+                    unclaim(status, phone);
+                }
+            }
+            if let Some(value) = annotation {
+                status.retried_failed = Some(value.clone());
+            }
+        }
+        Edit::Forget { phones } => {
+            for phone in phones {
+                let state = status::record(&status.users, phone).map(|r| r.state);
+                if matches!(state, Some(UserState::Deleting)) {
+                    // A DELETE may be under way: only its answer (or a human) settles it.
+                    continue;
+                }
+                status.users.retain(|r| &r.phone != phone);
+                status.failures.retain(|f| &f.phone != phone);
+                if state == Some(UserState::Failed) {
+                    unclaim(status, phone);
+                }
+            }
+        }
+        Edit::ApproveDeletions { phones } => {
+            set_state(status, phones, UserState::Created, UserState::DeletePending);
+        }
+        Edit::CancelDeletions { phones } => {
+            set_state(status, phones, UserState::DeletePending, UserState::Created);
+        }
+        Edit::DeleteIntent { phone } => {
+            set_state(
+                status,
+                std::slice::from_ref(phone),
+                UserState::DeletePending,
+                UserState::Deleting,
+            );
+        }
+        Edit::Deleted { phone } => {
+            status.users.retain(|r| &r.phone != phone);
+            status.failures.retain(|f| &f.phone != phone);
+            unclaim(status, phone);
+        }
+        Edit::DeleteNotSent { phone } => {
+            set_state(
+                status,
+                std::slice::from_ref(phone),
+                UserState::Deleting,
+                UserState::DeletePending,
+            );
+        }
+        Edit::ReleaseDeletions { phones } => {
+            set_state(
+                status,
+                phones,
+                UserState::Deleting,
+                UserState::DeletePending,
+            );
+        }
     }
+}
+
+/// Adds or replaces the record of a phone, never beyond the schema's bound.
+fn upsert(records: &mut Vec<UserRecord>, record: UserRecord) {
+    if let Some(existing) = records.iter_mut().find(|r| r.phone == record.phone) {
+        *existing = record;
+    } else if records.len() < MAX_USERS {
+        records.push(record);
+    }
+}
+
+/// Moves the records of `phones` that are in state `from` to `to`.
+fn set_state(status: &mut UserBatchStatus, phones: &[String], from: UserState, to: UserState) {
+    for record in status.users.iter_mut() {
+        if record.state == from && phones.contains(&record.phone) {
+            record.state = to;
+        }
+    }
+}
+
+/// No task claims `phone` any more (nor holds its fingerprint): it may be sent again.
+fn unclaim(status: &mut UserBatchStatus, phone: &str) {
+    for task in status.tasks.iter_mut() {
+        while let Some(index) = task.phones.iter().position(|p| p == phone) {
+            task.phones.remove(index);
+            if let Some(digest) = task.users_digest.as_mut() {
+                let start = index * USER_DIGEST_LEN;
+                if digest.len() >= start + USER_DIGEST_LEN {
+                    digest.replace_range(start..start + USER_DIGEST_LEN, "");
+                }
+            }
+        }
+    }
+}
+
+/// One user to delete in KooDrive (or to check after an ambiguous DELETE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOp {
+    pub phone: String,
+    pub user_id: String,
 }
 
 /// What one reconcile pass should do before and besides sending.
@@ -207,6 +358,47 @@ pub struct Plan {
     pub polls: Vec<String>,
     /// Unfinished tasks older than the results timeout.
     pub overdue: usize,
+    /// Users to delete in KooDrive, in order (each under its own intent).
+    pub deletes: Vec<DeleteOp>,
+    /// Users found `Deleting` (a DELETE sent, no answer recorded): asked about with
+    /// `GET users/{userId}`, never sent a DELETE again.
+    pub checks: Vec<DeleteOp>,
+    /// The deletion guard holds a change back.
+    pub guard: Option<GuardHold>,
+    /// The `koodrive.io/confirm-deletions` value acted on: removed from the UserBatch before
+    /// the approval is written, so it never confirms a later change.
+    pub confirmed: Option<String>,
+    /// Deletions, polls, sends: everything the pass may do, before the pause.
+    pub lifecycle: Lifecycle,
+}
+
+/// What the spec and metadata say about deletions and the pause (no guard yet).
+pub fn lifecycle(ub: &UserBatch) -> Lifecycle {
+    let delete_policy = ub.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Delete;
+    let finalized = ub
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+    Lifecycle {
+        delete_removed: delete_policy,
+        deleting: ub.metadata.deletion_timestamp.is_some()
+            && finalized
+            && delete_policy
+            && !orphan_on_delete(ub),
+        suspended: ub.spec.suspend == Some(true),
+        guard: None,
+    }
+}
+
+/// Whether a human asked to let the UserBatch go without deleting its users.
+pub fn orphan_on_delete(ub: &UserBatch) -> bool {
+    annotation(ub, ORPHAN_ON_DELETE_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+fn annotation<'a>(ub: &'a UserBatch, name: &str) -> Option<&'a String> {
+    ub.metadata.annotations.as_ref()?.get(name)
 }
 
 /// Decides what this pass does. Whether an earlier permanent refusal still holds is decided
@@ -215,9 +407,14 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
     let mut status = ub.status.clone().unwrap_or_default();
     let mut plan = Plan::default();
     let policy = ub.spec.in_doubt_policy.unwrap_or_default();
+    let mut lifecycle = lifecycle(ub);
 
-    // A human asked to release what is in doubt.
-    if let Some(value) = new_annotation_value(ub, status.resubmitted_in_doubt.as_deref()) {
+    // A human asked to release what is in doubt: requests, and DELETEs.
+    if let Some(value) = new_annotation_value(
+        ub,
+        RESUBMIT_IN_DOUBT_ANNOTATION,
+        status.resubmitted_in_doubt.as_deref(),
+    ) {
         let traces: Vec<String> = status::in_doubt(&status.tasks)
             .iter()
             .map(|t| t.trace_id.clone())
@@ -238,6 +435,27 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
         };
         apply(&edit, &mut status);
         plan.prepare.push(edit);
+        let deleting: Vec<&UserRecord> = status
+            .users
+            .iter()
+            .filter(|r| r.state == UserState::Deleting)
+            .collect();
+        if !deleting.is_empty() {
+            plan.events.push(PlannedEvent::normal(
+                EventReason::ResubmittingInDoubt,
+                EventAction::Delete,
+                format!(
+                    "{RESUBMIT_IN_DOUBT_ANNOTATION} changed: the DELETE of {} user(s) whose deletion was in doubt will be sent again: {}",
+                    deleting.len(),
+                    status::named(&deleting, 20)
+                ),
+            ));
+            let edit = Edit::ReleaseDeletions {
+                phones: deleting.iter().map(|r| r.phone.clone()).collect(),
+            };
+            apply(&edit, &mut status);
+            plan.prepare.push(edit);
+        }
     }
 
     // The operator's own resubmission of what is in doubt (once per request, after a delay).
@@ -276,6 +494,136 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
         }
     }
 
+    // A human asked to send the failed users again (once per new value).
+    if let Some(value) = new_annotation_value(
+        ub,
+        RETRY_FAILED_ANNOTATION,
+        status.retried_failed.as_deref(),
+    ) {
+        let wanted: HashSet<&str> = ub.spec.users.iter().map(|u| u.phone.as_str()).collect();
+        let phones: Vec<String> = status
+            .users
+            .iter()
+            .filter(|r| r.state == UserState::Failed && wanted.contains(r.phone.as_str()))
+            .map(|r| r.phone.clone())
+            .collect();
+        plan.events.push(PlannedEvent::normal(
+            EventReason::RetryingFailed,
+            EventAction::Retry,
+            if phones.is_empty() {
+                format!("{RETRY_FAILED_ANNOTATION} changed, but no user in spec.users is recorded as failed: nothing to send again")
+            } else {
+                format!(
+                    "{RETRY_FAILED_ANNOTATION} changed: {} failed user(s) will be sent again once: {}",
+                    phones.len(),
+                    abbreviate(&phones, 20)
+                )
+            },
+        ));
+        let edit = Edit::ReleaseFailed {
+            phones,
+            annotation: Some(value),
+        };
+        apply(&edit, &mut status);
+        plan.prepare.push(edit);
+    }
+
+    // Users who left the spec (or, while the UserBatch is deleted, everyone).
+    if !lifecycle.deleting {
+        let removal = removals(ub, &status, lifecycle);
+        if !removal.forget.is_empty() {
+            let edit = Edit::Forget {
+                phones: removal.forget.clone(),
+            };
+            apply(&edit, &mut status);
+            plan.prepare.push(edit);
+        }
+        if !removal.cancel.is_empty() {
+            let edit = Edit::CancelDeletions {
+                phones: removal.cancel.clone(),
+            };
+            apply(&edit, &mut status);
+            plan.prepare.push(edit);
+        }
+        plan.events.extend(removal.events);
+    }
+
+    // The deletion guard: one change deletes at most `max_deletions` users unconfirmed.
+    let candidates: Vec<UserRecord> =
+        status::deletion_candidates(&ub.spec.users, &status.users, lifecycle)
+            .into_iter()
+            .cloned()
+            .collect();
+    if !candidates.is_empty() {
+        let count = candidates.len();
+        let given = annotation(ub, CONFIRM_DELETIONS_ANNOTATION);
+        let confirmed =
+            count > limits.max_deletions && given.is_some_and(|v| v.trim() == count.to_string());
+        if count <= limits.max_deletions || confirmed {
+            let names: Vec<&UserRecord> = candidates.iter().collect();
+            let who = status::named(&names, 20);
+            if confirmed {
+                plan.confirmed = given.cloned();
+                plan.events.push(PlannedEvent::normal(
+                    EventReason::DeletionsConfirmed,
+                    EventAction::Delete,
+                    format!(
+                        "{CONFIRM_DELETIONS_ANNOTATION}={count} confirmed deleting {count} user(s) in KooDrive (more than --max-deletions {}); the annotation is removed so it confirms nothing else",
+                        limits.max_deletions
+                    ),
+                ));
+            }
+            let note = if lifecycle.deleting {
+                format!(
+                    "The UserBatch is being deleted (deletionPolicy Delete): {count} user(s) it created will be deleted in KooDrive: {who}"
+                )
+            } else {
+                format!(
+                    "{count} user(s) removed from spec.users will be deleted in KooDrive (deletionPolicy Delete): {who}"
+                )
+            };
+            plan.events.push(PlannedEvent::normal(
+                if lifecycle.deleting {
+                    EventReason::UsersDeleted
+                } else {
+                    EventReason::UsersRemoved
+                },
+                EventAction::Delete,
+                note,
+            ));
+            let edit = Edit::ApproveDeletions {
+                phones: candidates.iter().map(|r| r.phone.clone()).collect(),
+            };
+            apply(&edit, &mut status);
+            plan.prepare.push(edit);
+        } else {
+            lifecycle.guard = Some(GuardHold {
+                count,
+                max: limits.max_deletions,
+            });
+        }
+    }
+    plan.guard = lifecycle.guard;
+    plan.lifecycle = lifecycle;
+
+    // A pause stops every KooDrive call; the bookkeeping above is not one.
+    if lifecycle.suspended {
+        return plan;
+    }
+
+    plan.checks = status
+        .users
+        .iter()
+        .filter(|r| r.state == UserState::Deleting)
+        .filter_map(delete_op)
+        .collect();
+    plan.deletes = status
+        .users
+        .iter()
+        .filter(|r| r.state == UserState::DeletePending)
+        .filter_map(delete_op)
+        .collect();
+
     plan.polls = status::unfinished(&status.tasks)
         .filter_map(|t| t.task_id.clone())
         .collect();
@@ -289,8 +637,9 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
         })
         .count();
 
-    // Nothing is sent while a request's fate is unknown (the condition explains why).
-    if !status::in_doubt(&status.tasks).is_empty() {
+    // Nothing is sent while a request's fate is unknown (the condition explains why), nor
+    // to a UserBatch on its way out.
+    if !status::in_doubt(&status.tasks).is_empty() || ub.metadata.deletion_timestamp.is_some() {
         return plan;
     }
     let pending = status::pending_users(&ub.spec.users, &status.tasks);
@@ -300,13 +649,36 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
     // The status holds at most MAX_TASKS task records: larger requests when few slots are
     // left, so a small --max-batch-size can never make the status outgrow its schema.
     let slots = MAX_TASKS.saturating_sub(status.tasks.len());
-    if slots == 0 {
+    let carried: usize = status.tasks.iter().map(|t| t.phones.len()).sum();
+    if slots == 0 || carried + pending.len() > MAX_TASK_PHONES {
         plan.hold = Some(Blocker::new(
             Reason::InvalidSpec,
             format!(
-                "the status already holds {MAX_TASKS} task records, the most it can; provision the remaining users in a new UserBatch"
+                "the status already holds {} task records carrying {carried} phones, and can hold at most {MAX_TASKS} carrying {MAX_TASK_PHONES}; provision the remaining users in a new UserBatch",
+                status.tasks.len()
             ),
         ));
+        return plan;
+    }
+    // Every user sent gets a record once its task finishes: while removed users wait to be
+    // deleted, new ones wait for room (status.users holds at most MAX_USERS).
+    let recorded: HashSet<&str> = status.users.iter().map(|r| r.phone.as_str()).collect();
+    let awaiting_records: HashSet<&str> = status::in_doubt(&status.tasks)
+        .into_iter()
+        .chain(status::unfinished(&status.tasks))
+        .flat_map(|t| t.phones.iter().map(String::as_str))
+        .filter(|p| !recorded.contains(p))
+        .collect();
+    if status.users.len() + awaiting_records.len() + pending.len() > MAX_USERS {
+        if lifecycle.guard.is_none() {
+            plan.hold = Some(Blocker::new(
+                Reason::Deleting,
+                format!(
+                    "{} new user(s) wait until removed users are deleted in KooDrive: the status records at most {MAX_USERS} users",
+                    pending.len()
+                ),
+            ));
+        }
         return plan;
     }
     let batch_size = limits
@@ -314,7 +686,7 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
         .max(pending.len().div_ceil(slots))
         .clamp(1, koodrive_client::MAX_USERS_PER_REQUEST);
     // Resent users go in requests of their own, naming the request they resend.
-    let mut resent = std::collections::HashSet::new();
+    let mut resent = HashSet::new();
     for record in &resends {
         let phones: Vec<String> = pending
             .iter()
@@ -343,6 +715,240 @@ pub fn plan(ub: &UserBatch, now: Timestamp, limits: Limits) -> Plan {
     plan
 }
 
+fn delete_op(record: &UserRecord) -> Option<DeleteOp> {
+    Some(DeleteOp {
+        phone: record.phone.clone(),
+        user_id: record.user_id.clone()?,
+    })
+}
+
+/// What becomes of the records of users no longer in the spec.
+#[derive(Debug, Default)]
+struct Removal {
+    forget: Vec<String>,
+    cancel: Vec<String>,
+    events: Vec<PlannedEvent>,
+}
+
+/// Sorts the users who left the spec by what happens to them: records to forget (with an
+/// Event saying why each stays or goes), deletions to cancel for users added back.
+/// Candidates for deletion are left to the guard.
+fn removals(ub: &UserBatch, status: &UserBatchStatus, lifecycle: Lifecycle) -> Removal {
+    let wanted: HashSet<&str> = ub.spec.users.iter().map(|u| u.phone.as_str()).collect();
+    let mut removal = Removal::default();
+    // Each group of users that leaves the status, with what happens to them.
+    let mut orphaned = Vec::new();
+    let mut kept_after_all = Vec::new();
+    let mut no_user_id = Vec::new();
+    let mut skipped = Vec::new();
+    let mut failed = Vec::new();
+    let mut unknown = Vec::new();
+    for record in &status.users {
+        let phone = record.phone.clone();
+        if wanted.contains(record.phone.as_str()) {
+            if record.state == UserState::DeletePending {
+                removal.cancel.push(phone);
+            }
+            continue;
+        }
+        match record.state {
+            UserState::Created if status::deletable(record) && lifecycle.delete_removed => {}
+            UserState::Created if record.user_id.is_none() => no_user_id.push(phone),
+            UserState::Created => orphaned.push(phone),
+            UserState::DeletePending if lifecycle.delete_removed => {}
+            UserState::DeletePending => kept_after_all.push(phone),
+            UserState::Deleting => {}
+            UserState::Skipped => skipped.push(phone),
+            UserState::Failed => failed.push(phone),
+            UserState::Unknown => unknown.push(phone),
+        }
+    }
+    // Failures recorded before per-user records.
+    for failure in &status.failures {
+        if !wanted.contains(failure.phone.as_str())
+            && status::record(&status.users, &failure.phone).is_none()
+            && !failed.contains(&failure.phone)
+        {
+            failed.push(failure.phone.clone());
+        }
+    }
+    let groups: [(&Vec<String>, &str); 6] = [
+        (&orphaned, "stay in KooDrive (deletionPolicy Orphan)"),
+        (
+            &kept_after_all,
+            "are no longer deleted and stay in KooDrive (deletionPolicy Orphan)",
+        ),
+        (
+            &no_user_id,
+            "stay in KooDrive: KooDrive reported no user ID for them, so the operator cannot delete them",
+        ),
+        (
+            &skipped,
+            "stay in KooDrive: they were already registered, not created by this UserBatch",
+        ),
+        (
+            &failed,
+            "had failed and were never provisioned: they no longer count as failed",
+        ),
+        (
+            &unknown,
+            "stay as they are: KooDrive's results did not say what happened to them",
+        ),
+    ];
+    let parts: Vec<String> = groups
+        .iter()
+        .filter(|(phones, _)| !phones.is_empty())
+        .map(|(phones, what)| format!("{} {what}", abbreviate(phones, 20)))
+        .collect();
+    for (phones, _) in groups {
+        removal.forget.extend(phones.iter().cloned());
+    }
+    if !parts.is_empty() {
+        removal.events.push(PlannedEvent::normal(
+            EventReason::UsersRemoved,
+            EventAction::Reconcile,
+            format!(
+                "{} user(s) removed from spec.users: {}",
+                removal.forget.len(),
+                parts.join("; ")
+            ),
+        ));
+    }
+    if !removal.cancel.is_empty() {
+        removal.events.push(PlannedEvent::normal(
+            EventReason::UsersRemoved,
+            EventAction::Delete,
+            format!(
+                "{} user(s) were added back to spec.users before their DELETE was sent, and stay: {}",
+                removal.cancel.len(),
+                abbreviate(&removal.cancel, 20)
+            ),
+        ));
+    }
+    removal
+}
+
+/// What to do with the UserBatch's finalizer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinalizerStep {
+    Keep,
+    /// `deletionPolicy: Delete`: the finalizer must be on before any user is created.
+    Add,
+    /// Not needed (any more): the event says what became of the users.
+    Remove(Option<PlannedEvent>),
+}
+
+/// Whether the finalizer goes on, stays or comes off. While the UserBatch is being deleted
+/// it comes off once nothing is left to delete — or at once when the users are let go
+/// (`koodrive.io/orphan-on-delete`, or `deletionPolicy` back to `Orphan`).
+pub fn finalizer_step(ub: &UserBatch) -> FinalizerStep {
+    let has = ub
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER));
+    let delete_policy = ub.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Delete;
+    if ub.metadata.deletion_timestamp.is_none() {
+        return match (delete_policy, has) {
+            (true, false) => FinalizerStep::Add,
+            (false, true) => FinalizerStep::Remove(None),
+            _ => FinalizerStep::Keep,
+        };
+    }
+    if !has {
+        return FinalizerStep::Keep;
+    }
+    let status = ub.status.clone().unwrap_or_default();
+    let left: Vec<&UserRecord> = status
+        .users
+        .iter()
+        .filter(|r| {
+            status::deletable(r)
+                || matches!(r.state, UserState::DeletePending | UserState::Deleting)
+        })
+        .collect();
+    if !delete_policy || orphan_on_delete(ub) {
+        let why = if delete_policy {
+            format!("{ORPHAN_ON_DELETE_ANNOTATION} is true")
+        } else {
+            "deletionPolicy is Orphan".to_string()
+        };
+        let note = if left.is_empty() {
+            format!("The UserBatch is deleted without deleting users in KooDrive ({why})")
+        } else {
+            format!(
+                "The UserBatch is deleted without deleting its users ({why}): {} user(s) it created stay in KooDrive: {}",
+                left.len(),
+                status::named(&left, 20)
+            )
+        };
+        return FinalizerStep::Remove(Some(PlannedEvent::warning(
+            EventReason::UsersOrphaned,
+            EventAction::Delete,
+            note,
+        )));
+    }
+    if ub.spec.suspend == Some(true)
+        || !left.is_empty()
+        || status::unfinished(&status.tasks).next().is_some()
+    {
+        return FinalizerStep::Keep;
+    }
+    // Every user it created is deleted. Users it did not (provably) create stay, and so may
+    // users of requests still in doubt, whom nobody can name: say so instead of holding on.
+    let stay: Vec<String> = status.users.iter().map(|r| r.phone.clone()).collect();
+    let doubtful: Vec<&str> = status::in_doubt(&status.tasks)
+        .iter()
+        .map(|t| t.trace_id.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    if !stay.is_empty() {
+        parts.push(format!(
+            "{} user(s) stay in KooDrive, as this UserBatch did not provably create them or has no user ID for them (see status.users): {}",
+            stay.len(),
+            abbreviate(&stay, 20)
+        ));
+    }
+    if !doubtful.is_empty() {
+        parts.push(format!(
+            "request(s) {} were in doubt, and any users they created stay in KooDrive (no user ID was ever reported for them)",
+            doubtful.join(", ")
+        ));
+    }
+    let event = (!parts.is_empty()).then(|| {
+        let note = format!("The UserBatch is deleted; {}", parts.join("; "));
+        if doubtful.is_empty() {
+            PlannedEvent::normal(EventReason::UsersOrphaned, EventAction::Delete, note)
+        } else {
+            PlannedEvent::warning(EventReason::UsersOrphaned, EventAction::Delete, note)
+        }
+    });
+    FinalizerStep::Remove(event)
+}
+
+/// Whether a pass that met this problem makes no further KooDrive calls: a DELETE would meet
+/// it too (and refused credentials must not be tried again).
+pub fn halts_calls(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::KooDriveUnavailable | Reason::ClockSkew | Reason::CredentialsInvalid
+    )
+}
+
+/// Whether the status a pass ends with already allows more work right away: removed users'
+/// records to settle or approve, deletions left, or users that may now be sent. (A
+/// deletion held by the guard, or work held by a refusal, waits for a change instead.)
+pub fn follow_up(ub: &UserBatch, now: Timestamp, limits: Limits) -> bool {
+    let next = plan(ub, now, limits);
+    let settles = next.prepare.iter().any(|e| {
+        matches!(
+            e,
+            Edit::Forget { .. } | Edit::CancelDeletions { .. } | Edit::ApproveDeletions { .. }
+        )
+    });
+    settles || (next.hold.is_none() && !next.sends.is_empty())
+}
+
 /// A permanent refusal stays put until something it depended on changes: the refusal, if
 /// the inputs (`inputs_digest`, see [`inputs_digest`]) are those it was seen with.
 pub fn held_by_refusal(status: &UserBatchStatus, inputs_digest: &str) -> Option<Blocker> {
@@ -369,14 +975,10 @@ pub fn resubmit_time(record: &TaskRecord, delay: Duration) -> Timestamp {
         .unwrap_or(record.submitted_at.0)
 }
 
-/// The annotation value asking to release in-doubt requests, if it is new. Values longer
-/// than the status can hold are compared (and remembered) by digest.
-fn new_annotation_value(ub: &UserBatch, acted_on: Option<&str>) -> Option<String> {
-    let value = ub
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(RESUBMIT_IN_DOUBT_ANNOTATION)?;
+/// The value of annotation `name` asking for something once per value, if it is new. Values
+/// longer than the status can hold are compared (and remembered) by digest.
+fn new_annotation_value(ub: &UserBatch, name: &str, acted_on: Option<&str>) -> Option<String> {
+    let value = annotation(ub, name)?;
     if value.is_empty() {
         return None;
     }
@@ -406,6 +1008,7 @@ pub fn intent(send: &Send, trace_id: &str, now: Timestamp) -> TaskRecord {
         result: None,
         resubmit_of: send.resubmit_of.clone(),
         users_digest: None,
+        users_recorded: false,
     }
 }
 
@@ -596,6 +1199,11 @@ pub fn after_poll(task: &TaskRecord, outcome: &PollOutcome) -> Transition {
     } else {
         Vec::new()
     };
+    let records = if finished {
+        user_records(task, report)
+    } else {
+        Vec::new()
+    };
     let event = finished.then(|| {
         let note = format!(
             "KooDrive task {task_id} finished: {} succeeded, {} failed, {} skipped",
@@ -612,6 +1220,7 @@ pub fn after_poll(task: &TaskRecord, outcome: &PollOutcome) -> Transition {
             task_id,
             result,
             failures,
+            records,
         }),
         event,
         blocker: None,
@@ -620,9 +1229,256 @@ pub fn after_poll(task: &TaskRecord, outcome: &PollOutcome) -> Transition {
     }
 }
 
-/// Events about the spec itself, for a new generation: inline passwords, and users removed
-/// or edited after they were sent (KooDrive cannot undo or update them; the operator says so
-/// instead of acting).
+/// Each carried user's outcome in a finished task. Deleting is irreversible, so a user is
+/// recorded `Created` (the only state ever deleted) only when KooDrive's answer proves it:
+/// listed without an error code, in a task whose clean entries do not outnumber its
+/// `successCount` — otherwise some of them are skipped users that cannot be told apart, and
+/// all of them are `Unknown`. A listed user with a code failed when the task counts
+/// failures, and was skipped otherwise (as [`after_poll`] has always read failures).
+fn user_records(task: &TaskRecord, report: &TaskReport) -> Vec<UserRecord> {
+    let carried: HashSet<&str> = task.phones.iter().map(String::as_str).collect();
+    let mut by_phone: HashMap<&str, &koodrive_client::UserResult> = HashMap::new();
+    for user in &report.users {
+        if carried.contains(user.phone.as_str()) {
+            by_phone.entry(user.phone.as_str()).or_insert(user);
+        }
+    }
+    let has_code = |u: &koodrive_client::UserResult| {
+        u.code.as_deref().is_some_and(|c| !c.is_empty() && c != "0")
+    };
+    let clean = by_phone.values().filter(|u| !has_code(u)).count() as i64;
+    let provably_created = clean <= report.succeeded.max(0);
+    task.phones
+        .iter()
+        .map(|phone| {
+            let (state, user_id) = match by_phone.get(phone.as_str()) {
+                None => (UserState::Unknown, None),
+                Some(u) if has_code(u) && report.failed > 0 => (UserState::Failed, None),
+                Some(u) if has_code(u) => (UserState::Skipped, valid_user_id(u)),
+                Some(u) if provably_created => (UserState::Created, valid_user_id(u)),
+                Some(_) => (UserState::Unknown, None),
+            };
+            UserRecord {
+                phone: phone.clone(),
+                user_id,
+                state,
+            }
+        })
+        .collect()
+}
+
+/// A user ID the operator can record and send in a path (`DELETE users/{userId}`) as is.
+fn valid_user_id(user: &koodrive_client::UserResult) -> Option<String> {
+    user.user_id.clone().filter(|id| {
+        !id.is_empty()
+            && id.len() <= MAX_USER_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// The answer to a DELETE, for planning.
+pub type DeleteOutcome = Result<Deletion, Failure>;
+
+/// What follows a DELETE's answer: the usual transition, and whether to ask KooDrive about
+/// the user right away (`GET users/{userId}`) because the answer settled nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteStep {
+    pub transition: Transition,
+    pub check: bool,
+}
+
+/// How the answer to `DELETE users/{userId}` changes things. Deleted or not found: done.
+/// A failure proving KooDrive did not act: the intent is withdrawn (the user waits for the
+/// next pass, as a create's users do). Anything ambiguous: the intent stays — the user is
+/// `Deleting` — and KooDrive is asked whether the user still exists; a DELETE is never
+/// repeated without a human.
+pub fn after_delete(op: &DeleteOp, trace_id: &str, outcome: &DeleteOutcome) -> DeleteStep {
+    let who = format!("user {} ({})", op.phone, op.user_id);
+    let failure = match outcome {
+        Ok(_) => {
+            return DeleteStep {
+                transition: Transition {
+                    edit: Some(Edit::Deleted {
+                        phone: op.phone.clone(),
+                    }),
+                    event: None,
+                    blocker: None,
+                    stop: false,
+                    retry: None,
+                },
+                check: false,
+            };
+        }
+        Err(failure) => failure,
+    };
+    let not_sent = || {
+        Some(Edit::DeleteNotSent {
+            phone: op.phone.clone(),
+        })
+    };
+    let (edit, reason, retry, check) = match failure.class {
+        ErrorClass::Transient { retry_after } => (
+            not_sent(),
+            Reason::KooDriveUnavailable,
+            Some(retry_after),
+            false,
+        ),
+        ErrorClass::ClockSkew => (not_sent(), Reason::ClockSkew, Some(None), false),
+        ErrorClass::Authentication => (not_sent(), Reason::CredentialsInvalid, None, false),
+        // Refused outright: nothing happened, and repeating it soon would be refused too.
+        ErrorClass::Rejected => (not_sent(), Reason::KooDriveRejected, None, false),
+        ErrorClass::Invalid => (not_sent(), Reason::InvalidSpec, None, false),
+        ErrorClass::InDoubt => (None, Reason::DeletionInDoubt, None, true),
+    };
+    let message = if check {
+        format!(
+            "the DELETE of {who} got no clear answer (X-Traceid {trace_id}): {}; asking KooDrive whether the user still exists before anything is resent",
+            failure.message
+        )
+    } else {
+        format!(
+            "KooDrive did not delete {who} (X-Traceid {trace_id}): {}",
+            failure.message
+        )
+    };
+    DeleteStep {
+        transition: Transition {
+            edit,
+            event: EventReason::from_condition(reason)
+                .map(|r| PlannedEvent::warning(r, EventAction::Delete, message.clone())),
+            // An in-doubt DELETE is explained by the records (`Deleting`), after the check.
+            blocker: (!check).then(|| Blocker::new(reason, message.clone())),
+            stop: true,
+            retry,
+        },
+        check,
+    }
+}
+
+/// The answer to `GET users/{userId}`, for planning (`None`: KooDrive does not know it).
+pub type CheckOutcome = Result<Option<UserInfo>, Failure>;
+
+/// How KooDrive's answer about a user whose DELETE is in doubt changes things: unknown to
+/// KooDrive means deleted; still there means still in doubt (the records say so, and a
+/// human decides); a failed read is retried later like any read.
+pub fn after_check(op: &DeleteOp, outcome: &CheckOutcome) -> Transition {
+    match outcome {
+        Ok(None) => Transition {
+            edit: Some(Edit::Deleted {
+                phone: op.phone.clone(),
+            }),
+            event: None,
+            blocker: None,
+            stop: false,
+            retry: None,
+        },
+        Ok(Some(_)) => Transition {
+            edit: None,
+            event: None,
+            blocker: None,
+            stop: false,
+            retry: None,
+        },
+        Err(failure) => {
+            let (reason, retry) = match failure.class {
+                ErrorClass::Authentication => (Reason::CredentialsInvalid, None),
+                ErrorClass::ClockSkew => (Reason::ClockSkew, Some(None)),
+                ErrorClass::Transient { retry_after } => {
+                    (Reason::KooDriveUnavailable, Some(retry_after))
+                }
+                _ => (Reason::KooDriveUnavailable, Some(None)),
+            };
+            Transition {
+                edit: None,
+                event: None,
+                blocker: Some(Blocker::new(
+                    reason,
+                    format!(
+                        "cannot ask KooDrive whether user {} ({}) was deleted: {}",
+                        op.phone, op.user_id, failure.message
+                    ),
+                )),
+                stop: true,
+                retry,
+            }
+        }
+    }
+}
+
+/// Longest Event note the API server accepts.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// Users deleted in one pass, in as few Events as the API server's 1 KiB note allows, each
+/// user named (`already gone`: KooDrive no longer knew it, or a check found it gone after an
+/// ambiguous answer).
+pub fn deleted_events(deleted: &[(DeleteOp, bool)]) -> Vec<PlannedEvent> {
+    let names: Vec<String> = deleted
+        .iter()
+        .map(|(op, gone)| {
+            if *gone {
+                format!("{} ({}, already gone)", op.phone, op.user_id)
+            } else {
+                format!("{} ({})", op.phone, op.user_id)
+            }
+        })
+        .collect();
+    // "Deleted NNNN user(s) in KooDrive: " and the names, ", "-separated.
+    const PREFIX: usize = 40;
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut size = 0;
+    for name in names {
+        match groups.last_mut() {
+            Some(group) if size + 2 + name.len() <= MAX_NOTE_BYTES => {
+                size += 2 + name.len();
+                group.push(name);
+            }
+            _ => {
+                size = PREFIX + name.len();
+                groups.push(vec![name]);
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|group| {
+            PlannedEvent::normal(
+                EventReason::UsersDeleted,
+                EventAction::Delete,
+                format!(
+                    "Deleted {} user(s) in KooDrive: {}",
+                    group.len(),
+                    group.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The Event announcing a pause or its end, from the Reconciling reason before and the
+/// pause now.
+pub fn suspend_transition(previous: Option<&str>, suspended: bool) -> Option<PlannedEvent> {
+    let was = previous == Some(Reason::Suspended.as_str());
+    match (was, suspended) {
+        (false, true) => Some(PlannedEvent::normal(
+            EventReason::Suspended,
+            EventAction::Reconcile,
+            status::SUSPENDED_MESSAGE.to_string(),
+        )),
+        (true, false) => Some(PlannedEvent::normal(
+            EventReason::Resumed,
+            EventAction::Reconcile,
+            "spec.suspend is false: the operator works on this UserBatch again".to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// Events about the spec itself, for a new generation: inline passwords, users removed
+/// whose outcome is not recorded yet (what happens to recorded ones is announced when it
+/// happens, see [`plan`]), and users edited after they were sent (KooDrive cannot update
+/// them; the operator says so instead of acting).
 pub fn spec_edit_events(ub: &UserBatch) -> Vec<PlannedEvent> {
     let mut events = Vec::new();
     if ub.spec.users.iter().any(|u| u.password.is_some()) {
@@ -635,15 +1491,54 @@ pub fn spec_edit_events(ub: &UserBatch) -> Vec<PlannedEvent> {
     let Some(status) = ub.status.as_ref() else {
         return events;
     };
-    let removed = status::removed_phones(&ub.spec.users, &status.tasks);
-    if !removed.is_empty() {
+    let recorded: HashSet<&str> = status.users.iter().map(|r| r.phone.as_str()).collect();
+    let removed: Vec<String> = status::removed_phones(&ub.spec.users, &status.tasks)
+        .into_iter()
+        .filter(|p| !recorded.contains(p.as_str()))
+        .collect();
+    let carried_by = |tasks: Vec<&TaskRecord>| -> Vec<String> {
+        removed
+            .iter()
+            .filter(|p| tasks.iter().any(|t| t.phones.contains(p)))
+            .cloned()
+            .collect()
+    };
+    let in_flight = carried_by(
+        status::in_doubt(&status.tasks)
+            .into_iter()
+            .chain(status::unfinished(&status.tasks))
+            .collect(),
+    );
+    let before_records = carried_by(
+        status
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.task_id.is_some()
+                    && !t.users_recorded
+                    && t.result.as_ref().is_some_and(|r| r.finished)
+            })
+            .collect(),
+    );
+    if !in_flight.is_empty() {
         events.push(PlannedEvent::normal(
             EventReason::UsersRemoved,
             EventAction::Reconcile,
             format!(
-                "{} user(s) were removed from spec.users after submission ({}); KooDrive has no deprovisioning call, so they stay provisioned",
-                removed.len(),
-                abbreviate(&removed, 10)
+                "{} user(s) were removed from spec.users while their request is unanswered or its task unfinished ({}); what happens to them is decided once KooDrive reports their outcome",
+                in_flight.len(),
+                abbreviate(&in_flight, 10)
+            ),
+        ));
+    }
+    if !before_records.is_empty() {
+        events.push(PlannedEvent::normal(
+            EventReason::UsersRemoved,
+            EventAction::Reconcile,
+            format!(
+                "{} user(s) were removed from spec.users ({}); they were provisioned before the operator recorded each user's KooDrive ID, so they stay in KooDrive",
+                before_records.len(),
+                abbreviate(&before_records, 10)
             ),
         ));
     }
@@ -688,6 +1583,8 @@ pub fn ready_transition(
         Reason::PermissionDenied,
         Reason::UsersFailed,
         Reason::ResultsOverdue,
+        Reason::DeletionGuard,
+        Reason::DeletionInDoubt,
     ];
     if !announced_here.contains(&reason) {
         return None;
@@ -766,18 +1663,6 @@ fn changed_after_submission(ub: &UserBatch, status: &UserBatchStatus) -> Vec<Str
         }
     }
     changed
-}
-
-fn abbreviate(items: &[String], max: usize) -> String {
-    if items.len() <= max {
-        items.join(", ")
-    } else {
-        format!(
-            "{}, … and {} more",
-            items[..max].join(", "),
-            items.len() - max
-        )
-    }
 }
 
 /// A copy of `text` that fits a schema bound of `max` bytes, cut on a character boundary.

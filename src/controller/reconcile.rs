@@ -11,19 +11,25 @@ use super::plan::{self, Edit, Failure, PlannedEvent, Transition};
 use super::secrets::{SecretProblem, SecretRead, SecretReader};
 use super::status::{self, Blocker, Verdict};
 use super::{Context, Key, Meta, OVERDUE_POLL_INTERVAL, conditions};
-use crate::crd::{CredentialsRef, MAX_MESSAGE_LEN, User, UserBatch, UserBatchStatus};
+use crate::crd::{
+    CONFIRM_DELETIONS_ANNOTATION, CredentialsRef, FINALIZER, MAX_MESSAGE_LEN, User, UserBatch,
+    UserBatchStatus, UserState,
+};
 use crate::metrics::ObjectState;
 use crate::vocabulary::{ConditionType, Reason};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use koodrive_client::{Credentials, ErrorClass};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+
+/// How soon a pass that made more work possible is followed by the next.
+const FOLLOW_UP_DELAY: Duration = Duration::from_secs(1);
 
 /// Why a reconcile did not finish; the error policy turns it into a per-object backoff.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +142,12 @@ impl Reconciler<'_> {
             self.ctx.forget(&self.key);
             return Ok((Action::await_change(), Outcome::Done));
         };
-        if ub.meta().deletion_timestamp.is_some() {
+        let being_deleted = ub.meta().deletion_timestamp.is_some();
+        if being_deleted
+            && plan::finalizer_step(&ub) == plan::FinalizerStep::Keep
+            && !plan::lifecycle(&ub).deleting
+        {
+            // Not ours to hold (no finalizer of ours): Kubernetes removes it.
             return Ok((Action::await_change(), Outcome::Done));
         }
         self.ctx
@@ -149,9 +160,48 @@ impl Reconciler<'_> {
             }
         }
 
+        // The finalizer goes on before any user is created (deletionPolicy: Delete), and off
+        // when it is not needed, or once a deleted UserBatch has let go of its users.
+        let mut blocker = None;
+        match plan::finalizer_step(&ub) {
+            plan::FinalizerStep::Keep => {}
+            plan::FinalizerStep::Add => match self.set_finalizer(&ub, true).await {
+                Ok(updated) => ub = updated,
+                Err(Error::Kube {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if status.code == 403 => {
+                    blocker = Some(Blocker::new(
+                        Reason::PermissionDenied,
+                        format!(
+                            "cannot add the finalizer {FINALIZER} that deletionPolicy Delete needs (the operator's RBAC must allow patching userbatches): {}",
+                            status.message
+                        ),
+                    ));
+                }
+                Err(err) => return Err(err),
+            },
+            plan::FinalizerStep::Remove(event) => {
+                let updated = self.set_finalizer(&ub, false).await?;
+                if let Some(event) = &event {
+                    self.publish(&ub, event).await;
+                }
+                if being_deleted {
+                    return Ok((Action::await_change(), Outcome::Done));
+                }
+                ub = updated;
+            }
+        }
+
         let now = Timestamp::now();
         let endpoint = self.ctx.endpoints.resolve(ub.spec.endpoint.as_deref());
         let plan = plan::plan(&ub, now, self.ctx.settings.limits());
+        if let Some(value) = &plan.confirmed {
+            // Consumed before the approval is written: if the operator stops in between,
+            // the change waits for a new confirmation (never the reverse).
+            tracing::info!(value = %value, "acting on the deletion confirmation");
+            ub = self.consume_confirmation(&ub).await?;
+        }
         if !plan.prepare.is_empty() {
             ub = self.write_edits(&ub, &plan.prepare).await?;
             for event in &plan.events {
@@ -159,11 +209,13 @@ impl Reconciler<'_> {
             }
         }
 
-        let mut blocker = plan.hold.clone();
+        let mut blocker = blocker.or(plan.hold.clone());
         let mut retry = None;
         // Events for tasks that finished in this pass, published after the status write.
         let mut finished = Vec::new();
-        if (blocker.is_none() && !plan.sends.is_empty()) || !plan.polls.is_empty() {
+        let sends = blocker.is_none() && !plan.sends.is_empty();
+        let lifecycle_calls = !plan.deletes.is_empty() || !plan.checks.is_empty();
+        if sends || !plan.polls.is_empty() || lifecycle_calls {
             let mut secrets = SecretReader::new(
                 self.ctx.client.clone(),
                 &self.key.0,
@@ -207,11 +259,25 @@ impl Reconciler<'_> {
                         retry = polled.retry.or(retry);
                         blocker = polled.blocker;
                     }
+                    // Deletions, unless a call in this pass already met a KooDrive that
+                    // would refuse them too.
+                    let halted = blocker
+                        .as_ref()
+                        .is_some_and(|b| plan::halts_calls(b.reason));
+                    if lifecycle_calls && !halted {
+                        let deleted = self.delete_users(&mut ub, &target, &plan).await?;
+                        if blocker.is_none() {
+                            retry = deleted.retry.or(retry);
+                            blocker = deleted.blocker;
+                        }
+                    }
                 }
             }
         }
 
-        let verdict = self.write_status(&ub, blocker.as_ref(), now).await?;
+        let verdict = self
+            .write_status(&ub, blocker.as_ref(), now, plan.lifecycle)
+            .await?;
         // When the last task's results make the UserBatch Ready, the Ready Event says it
         // all; a task that finished with failures (a Warning) is always announced.
         for event in &finished {
@@ -219,7 +285,212 @@ impl Reconciler<'_> {
                 self.publish(&ub, event).await;
             }
         }
+        // A deleted UserBatch whose users are all deleted now lets go.
+        if being_deleted && let plan::FinalizerStep::Remove(event) = plan::finalizer_step(&ub) {
+            self.set_finalizer(&ub, false).await?;
+            if let Some(event) = &event {
+                self.publish(&ub, event).await;
+            }
+            return Ok((Action::await_change(), Outcome::Done));
+        }
         self.finish(&ub, blocker, retry, verdict, now)
+    }
+
+    /// Adds or removes the finalizer, on the version this pass read (a concurrent change
+    /// to the finalizers fails with a conflict instead of being overwritten).
+    async fn set_finalizer(&self, ub: &UserBatch, on: bool) -> Result<UserBatch, Error> {
+        let mut finalizers = ub.metadata.finalizers.clone().unwrap_or_default();
+        finalizers.retain(|f| f != FINALIZER);
+        if on {
+            finalizers.push(FINALIZER.to_string());
+        }
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": ub.metadata.resource_version,
+                "finalizers": finalizers,
+            }
+        });
+        self.api
+            .patch(&self.key.1, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err(if on {
+                "adding the finalizer"
+            } else {
+                "removing the finalizer"
+            }))
+    }
+
+    /// Removes `koodrive.io/confirm-deletions` once it is acted on, if it still holds the
+    /// value acted on, so it never confirms a later change.
+    async fn consume_confirmation(&self, ub: &UserBatch) -> Result<UserBatch, Error> {
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": ub.metadata.resource_version,
+                "annotations": { CONFIRM_DELETIONS_ANNOTATION: null },
+            }
+        });
+        self.api
+            .patch(&self.key.1, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err("removing the deletion confirmation it acted on"))
+    }
+
+    /// Checks users whose DELETE is in doubt, then deletes the approved ones, each under
+    /// the at-most-once protocol: guard → rate-limit reservation → intent → DELETE →
+    /// answer recorded on a fresh read. An ambiguous answer is followed by a check, never
+    /// by a second DELETE.
+    async fn delete_users(
+        &self,
+        ub: &mut UserBatch,
+        target: &Target,
+        plan: &plan::Plan,
+    ) -> Result<Transition, Error> {
+        let mut gone: Vec<(plan::DeleteOp, bool)> = Vec::new();
+        let mut outcome = Transition {
+            edit: None,
+            event: None,
+            blocker: None,
+            stop: false,
+            retry: None,
+        };
+        for op in &plan.checks {
+            let checked = self.check_user(ub, target, op).await?;
+            if checked.edit.is_some() {
+                gone.push((op.clone(), true));
+            }
+            if checked.stop {
+                outcome = checked;
+                break;
+            }
+        }
+        if !outcome.stop {
+            for op in &plan.deletes {
+                let ticket = match self.ctx.guard.admit(&target.key).await {
+                    Ok(ticket) => ticket,
+                    Err(held) => {
+                        outcome = blocked(guard_blocker(&held));
+                        break;
+                    }
+                };
+                let reservation = tokio::select! {
+                    reservation = target.client.reserve() => reservation,
+                    _ = self.ctx.shutdown.cancelled() => return Err(Error::Stopping),
+                };
+                let trace_id = koodrive_client::new_trace_id();
+                *ub = self
+                    .write_intent(
+                        ub,
+                        &Edit::DeleteIntent {
+                            phone: op.phone.clone(),
+                        },
+                    )
+                    .await?;
+                tracing::info!(trace_id = %trace_id, user_id = %op.user_id, "deleting a KooDrive user");
+                let started = Instant::now();
+                let answer = target
+                    .client
+                    .delete_user_reserved(reservation, &op.user_id, &trace_id)
+                    .await;
+                let seconds = started.elapsed().as_secs_f64();
+                let (verdict, label) = match &answer {
+                    Ok(_) => (AuthVerdict::Passed, "success"),
+                    Err(err) => {
+                        tracing::warn!(trace_id = %trace_id, user_id = %op.user_id, error = %crate::report::chain(err), "KooDrive did not confirm a deletion");
+                        (auth_verdict(err), outcome_label(err.class()))
+                    }
+                };
+                self.ctx
+                    .metrics
+                    .koodrive_call("delete_user", label, seconds);
+                self.report_auth(ticket, target, verdict, &answer);
+                let found_gone = matches!(answer, Ok(koodrive_client::Deletion::NotFound));
+                let answer = answer.map_err(|err| Failure::from(&err));
+                let step = plan::after_delete(op, &trace_id, &answer);
+                if let Some(edit) = &step.transition.edit {
+                    *ub = self.record(edit, &trace_id).await?;
+                    if matches!(edit, Edit::Deleted { .. }) {
+                        self.ctx.metrics.users("deleted", 1);
+                        gone.push((op.clone(), found_gone));
+                    }
+                }
+                if let Some(event) = &step.transition.event {
+                    self.publish(ub, event).await;
+                }
+                if step.check {
+                    let checked = self.check_user(ub, target, op).await?;
+                    if checked.edit.is_some() {
+                        gone.push((op.clone(), true));
+                    }
+                    if checked.stop {
+                        outcome = checked;
+                        break;
+                    }
+                }
+                if step.transition.stop {
+                    outcome = step.transition;
+                    break;
+                }
+            }
+        }
+        for event in plan::deleted_events(&gone) {
+            self.publish(ub, &event).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Asks KooDrive whether a user whose DELETE is in doubt still exists, and records it
+    /// as deleted when it does not.
+    async fn check_user(
+        &self,
+        ub: &mut UserBatch,
+        target: &Target,
+        op: &plan::DeleteOp,
+    ) -> Result<Transition, Error> {
+        let ticket = match self.ctx.guard.admit(&target.key).await {
+            Ok(ticket) => ticket,
+            Err(held) => return Ok(blocked(guard_blocker(&held))),
+        };
+        let started = Instant::now();
+        let answer = target.client.get_user(&op.user_id).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let (verdict, label) = match &answer {
+            Ok(_) => (AuthVerdict::Passed, "success"),
+            Err(err) => {
+                tracing::warn!(user_id = %op.user_id, error = %crate::report::chain(err), "cannot ask KooDrive about a user");
+                (auth_verdict(err), outcome_label(err.class()))
+            }
+        };
+        self.ctx.metrics.koodrive_call("get_user", label, seconds);
+        self.report_auth(ticket, target, verdict, &answer);
+        let answer = answer.map_err(|err| Failure::from(&err));
+        let transition = plan::after_check(op, &answer);
+        if let Some(edit) = &transition.edit {
+            *ub = self.record(edit, "check").await?;
+            self.ctx.metrics.users("deleted", 1);
+        }
+        Ok(transition)
+    }
+
+    /// Hands the guard its ticket back with what the answer said about the credentials.
+    fn report_auth<T>(
+        &self,
+        ticket: super::guard::Ticket,
+        target: &Target,
+        verdict: AuthVerdict,
+        answer: &Result<T, koodrive_client::Error>,
+    ) {
+        self.ctx.guard.report(
+            ticket,
+            verdict,
+            &answer
+                .as_ref()
+                .err()
+                .map(|e| e.message())
+                .unwrap_or_default(),
+        );
+        self.ctx
+            .metrics
+            .credential_verdict(&target.key.access_key, verdict);
     }
 
     /// The fingerprint of what a permanent refusal depends on: the generation, the endpoint
@@ -550,6 +821,7 @@ impl Reconciler<'_> {
         ub: &UserBatch,
         blocker: Option<&Blocker>,
         now: Timestamp,
+        lifecycle: status::Lifecycle,
     ) -> Result<Verdict, Error> {
         let previous = ub.status.clone().unwrap_or_default();
         let mut next = previous.clone();
@@ -581,8 +853,11 @@ impl Reconciler<'_> {
                 blocker,
                 resubmit_at: resubmit_at.as_deref(),
                 overdue_tasks: overdue,
+                records: &next.users,
+                lifecycle,
             },
         );
+        next.deletions_to_confirm = lifecycle.guard.map(|g| g.count as i64);
         // Operator-side problems are the latest message too.
         if let Some(blocker) = blocker
             && matches!(
@@ -612,6 +887,9 @@ impl Reconciler<'_> {
         if next != previous {
             let before = conditions::find(&previous.conditions, ConditionType::Ready)
                 .map(|c| (c.status.clone(), c.reason.clone()));
+            let reconciling_before =
+                conditions::find(&previous.conditions, ConditionType::Reconciling)
+                    .map(|c| c.reason.clone());
             let ready = assessment
                 .conditions
                 .iter()
@@ -631,6 +909,11 @@ impl Reconciler<'_> {
             {
                 self.publish(&updated, &event).await;
             }
+            if let Some(event) =
+                plan::suspend_transition(reconciling_before.as_deref(), lifecycle.suspended)
+            {
+                self.publish(&updated, &event).await;
+            }
         }
         self.ctx.observe(&self.key, state);
         Ok(assessment.verdict)
@@ -647,7 +930,7 @@ impl Reconciler<'_> {
     ) -> Result<(Action, Outcome), Error> {
         let outcome = match &verdict {
             Verdict::Stalled {
-                reason: Reason::SubmissionInDoubt,
+                reason: Reason::SubmissionInDoubt | Reason::DeletionInDoubt,
                 ..
             } => Outcome::InDoubt,
             Verdict::Stalled { .. } => Outcome::Stalled,
@@ -674,14 +957,32 @@ impl Reconciler<'_> {
                 outcome,
             ));
         }
+        if ub.spec.suspend == Some(true) {
+            // Paused: only a change to the UserBatch (or its Secrets) wakes it.
+            return Ok((Action::await_change(), outcome));
+        }
+        let limits = self.ctx.settings.limits();
+        // (The only blocker that more work can lift is waiting for room in the status.)
+        let clear = blocker
+            .as_ref()
+            .is_none_or(|b| b.reason == Reason::Deleting);
+        if clear && plan::follow_up(ub, now, limits) {
+            // This pass made more work possible (results in for removed users, room for
+            // new ones): go on without waiting for a change.
+            return Ok((Action::requeue(FOLLOW_UP_DELAY), outcome));
+        }
         let status = ub.status.clone().unwrap_or_default();
+        if status.users.iter().any(|r| r.state == UserState::Deleting) {
+            // A DELETE in doubt is checked again (a read) until KooDrive confirms the user
+            // gone or a human steps in.
+            return Ok((Action::requeue(self.ctx.settings.poll_interval), outcome));
+        }
         if let Verdict::Working {
             reason: Reason::SubmissionInDoubt,
             ..
         } = verdict
         {
             // inDoubtPolicy: Resubmit — come back when the resend is due.
-            let limits = self.ctx.settings.limits();
             let due = status::in_doubt(&status.tasks)
                 .iter()
                 .filter(|t| t.resubmit_of.is_none())

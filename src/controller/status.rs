@@ -4,10 +4,11 @@
 
 use super::conditions::Desired;
 use crate::crd::{
-    MAX_FAILURES, Phase, RESUBMIT_IN_DOUBT_ANNOTATION, Summary, TaskRecord, User, UserFailure,
+    MAX_FAILURES, Phase, RESUBMIT_IN_DOUBT_ANNOTATION, RETRY_FAILED_ANNOTATION, Summary,
+    TaskRecord, User, UserFailure, UserRecord, UserState,
 };
 use crate::vocabulary::{ConditionType, Reason};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Why the operator cannot (yet) reach Ready, besides plain work in progress: a reason from
 /// the vocabulary and a message a human can act on.
@@ -55,6 +56,14 @@ pub fn unfinished(tasks: &[TaskRecord]) -> impl Iterator<Item = &TaskRecord> {
         .filter(|t| t.task_id.is_some() && !t.result.as_ref().is_some_and(|r| r.finished))
 }
 
+/// Tasks that finished before the operator recorded per-user results: their users are
+/// counted from the task's own counts.
+fn legacy(tasks: &[TaskRecord]) -> impl Iterator<Item = &TaskRecord> {
+    tasks.iter().filter(|t| {
+        t.task_id.is_some() && !t.users_recorded && t.result.as_ref().is_some_and(|r| r.finished)
+    })
+}
+
 /// Phones that were submitted but are no longer in the spec.
 pub fn removed_phones(users: &[User], tasks: &[TaskRecord]) -> Vec<String> {
     let wanted: HashSet<&str> = users.iter().map(|u| u.phone.as_str()).collect();
@@ -67,11 +76,28 @@ pub fn removed_phones(users: &[User], tasks: &[TaskRecord]) -> Vec<String> {
     removed
 }
 
+/// The per-user record of `phone`, if any.
+pub fn record<'a>(records: &'a [UserRecord], phone: &str) -> Option<&'a UserRecord> {
+    records.iter().find(|r| r.phone == phone)
+}
+
+/// Whether a record is a user this UserBatch may delete: one it created, with a user ID.
+pub fn deletable(record: &UserRecord) -> bool {
+    record.state == UserState::Created && record.user_id.is_some()
+}
+
 pub fn summary(users: &[User], tasks: &[TaskRecord]) -> Summary {
+    summary_of(users, tasks, &[])
+}
+
+/// The counts over the users in the spec: submitted by a recorded task, and each user's
+/// outcome as recorded (plus the counts of tasks that predate per-user records).
+pub fn summary_of(users: &[User], tasks: &[TaskRecord], records: &[UserRecord]) -> Summary {
     let submitted: HashSet<&str> = tasks
         .iter()
         .filter(|t| t.task_id.is_some())
         .flat_map(|t| t.phones.iter().map(String::as_str))
+        .chain(records.iter().map(|r| r.phone.as_str()))
         .collect();
     let mut summary = Summary {
         requested: users.len() as i64,
@@ -81,12 +107,69 @@ pub fn summary(users: &[User], tasks: &[TaskRecord]) -> Summary {
             .count() as i64,
         ..Summary::default()
     };
-    for result in tasks.iter().filter_map(|t| t.result.as_ref()) {
+    let by_phone: HashMap<&str, UserState> = records
+        .iter()
+        .map(|r| (r.phone.as_str(), r.state))
+        .collect();
+    for user in users {
+        match by_phone.get(user.phone.as_str()) {
+            Some(UserState::Created | UserState::DeletePending | UserState::Deleting) => {
+                summary.succeeded += 1
+            }
+            Some(UserState::Skipped) => summary.skipped += 1,
+            Some(UserState::Failed) => summary.failed += 1,
+            Some(UserState::Unknown) | None => {}
+        }
+    }
+    for result in legacy(tasks).filter_map(|t| t.result.as_ref()) {
         summary.succeeded += result.succeeded;
         summary.failed += result.failed;
         summary.skipped += result.skipped;
     }
     summary
+}
+
+/// Users in the spec that failed in KooDrive and were not sent again: recorded as failed,
+/// or (for tasks that predate per-user records) listed in `status.failures`.
+pub fn failed_phones<'a>(
+    users: &'a [User],
+    records: &[UserRecord],
+    failures: &[UserFailure],
+) -> Vec<&'a str> {
+    let states: HashMap<&str, UserState> = records
+        .iter()
+        .map(|r| (r.phone.as_str(), r.state))
+        .collect();
+    let listed: HashSet<&str> = failures.iter().map(|f| f.phone.as_str()).collect();
+    users
+        .iter()
+        .map(|u| u.phone.as_str())
+        .filter(|phone| match states.get(phone) {
+            Some(state) => *state == UserState::Failed,
+            None => listed.contains(phone),
+        })
+        .collect()
+}
+
+/// The deletion guard holding a change back: how many users it would delete, and the most
+/// one change may delete without confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardHold {
+    pub count: usize,
+    pub max: usize,
+}
+
+/// What the lifecycle settings say about deletions and pauses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// `deletionPolicy: Delete`: users removed from the spec are deleted in KooDrive.
+    pub delete_removed: bool,
+    /// The UserBatch is being deleted and its users with it (finalizer held).
+    pub deleting: bool,
+    /// `spec.suspend`: no KooDrive call is made.
+    pub suspended: bool,
+    /// The deletion guard holds a change back.
+    pub guard: Option<GuardHold>,
 }
 
 /// What was observed, beyond the spec and the recorded tasks.
@@ -99,6 +182,9 @@ pub struct Observed<'a> {
     pub resubmit_at: Option<&'a str>,
     /// Recorded tasks whose results did not add up within the allowed time.
     pub overdue_tasks: usize,
+    /// Per-user records (`status.users`).
+    pub records: &'a [UserRecord],
+    pub lifecycle: Lifecycle,
 }
 
 /// The Ready verdict: done, working on it, or waiting for a human.
@@ -128,6 +214,50 @@ pub struct Assessment {
     pub summary: Summary,
 }
 
+/// Users to delete in KooDrive that are not yet approved by the deletion guard: users this
+/// UserBatch created that left the spec (`deletionPolicy: Delete`), or all of them while the
+/// UserBatch is being deleted.
+pub fn deletion_candidates<'a>(
+    users: &[User],
+    records: &'a [UserRecord],
+    lifecycle: Lifecycle,
+) -> Vec<&'a UserRecord> {
+    if !lifecycle.delete_removed && !lifecycle.deleting {
+        return Vec::new();
+    }
+    let wanted: HashSet<&str> = users.iter().map(|u| u.phone.as_str()).collect();
+    records
+        .iter()
+        .filter(|r| deletable(r))
+        .filter(|r| lifecycle.deleting || !wanted.contains(r.phone.as_str()))
+        .collect()
+}
+
+/// `phone (userId)` for each record, for messages and Events.
+pub fn named(records: &[&UserRecord], max: usize) -> String {
+    let names: Vec<String> = records
+        .iter()
+        .map(|r| match &r.user_id {
+            Some(id) => format!("{} ({id})", r.phone),
+            None => r.phone.clone(),
+        })
+        .collect();
+    abbreviate(&names, max)
+}
+
+/// At most `max` items, then how many more.
+pub fn abbreviate(items: &[String], max: usize) -> String {
+    if items.len() <= max {
+        items.join(", ")
+    } else {
+        format!(
+            "{}, … and {} more",
+            items[..max].join(", "),
+            items.len() - max
+        )
+    }
+}
+
 /// The phase, conditions and summary for what was observed.
 pub fn assess(
     users: &[User],
@@ -136,12 +266,26 @@ pub fn assess(
     observed: Observed<'_>,
 ) -> Assessment {
     let total = users.len();
-    let summary = summary(users, tasks);
+    let records = observed.records;
+    let lifecycle = observed.lifecycle;
+    let summary = summary_of(users, tasks, records);
     let submitted = summary.submitted as usize;
     let recorded_tasks = tasks.iter().filter(|t| t.task_id.is_some()).count();
     let doubtful = in_doubt(tasks);
     let unfinished = unfinished(tasks).count();
     let all_submitted = submitted == total;
+    let failed = failed_phones(users, records, failures);
+    // Tasks that predate per-user records only have counts.
+    let failed_count = (failed.len() as i64).max(summary.failed);
+    let deletions_in_doubt: Vec<&UserRecord> = records
+        .iter()
+        .filter(|r| r.state == UserState::Deleting)
+        .collect();
+    let to_delete = records
+        .iter()
+        .filter(|r| r.state == UserState::DeletePending)
+        .count()
+        + deletion_candidates(users, records, lifecycle).len();
 
     let submitted_condition = if all_submitted {
         Desired::new(
@@ -162,7 +306,51 @@ pub fn assess(
     let verdict = if !doubtful.is_empty() {
         in_doubt_verdict(&doubtful, observed.resubmit_at)
     } else if let Some(blocker) = observed.blocker {
-        Verdict::of(blocker.reason, blocker.message.clone())
+        let message = if lifecycle.deleting {
+            // A UserBatch held by its finalizer must never hang unexplained.
+            format!(
+                "{}; the UserBatch is being deleted and keeps its finalizer until its users are deleted in KooDrive: annotate {}=true to let it go without deleting them",
+                blocker.message,
+                crate::crd::ORPHAN_ON_DELETE_ANNOTATION
+            )
+        } else {
+            blocker.message.clone()
+        };
+        Verdict::of(blocker.reason, message)
+    } else if let Some(guard) = lifecycle.guard {
+        Verdict::Stalled {
+            reason: Reason::DeletionGuard,
+            message: guard_message(guard, lifecycle.deleting),
+        }
+    } else if !deletions_in_doubt.is_empty() {
+        Verdict::Stalled {
+            reason: Reason::DeletionInDoubt,
+            message: format!(
+                "{} user(s) may or may not have been deleted: a DELETE was sent but no answer was recorded, and KooDrive has not confirmed them gone: {}. The operator does not send a DELETE twice on its own; it checks again with GET users/{{userId}} every poll interval. Check in KooDrive, then annotate {RESUBMIT_IN_DOUBT_ANNOTATION}=<new value> to send the DELETE again",
+                deletions_in_doubt.len(),
+                named(&deletions_in_doubt, 10)
+            ),
+        }
+    } else if lifecycle.deleting {
+        let waiting = if unfinished > 0 {
+            format!("; waiting for KooDrive to finish {unfinished} task(s) first")
+        } else {
+            String::new()
+        };
+        Verdict::Working {
+            reason: Reason::Deleting,
+            message: format!(
+                "The UserBatch is being deleted (deletionPolicy Delete): {to_delete} user(s) left to delete in KooDrive{waiting}; annotate {}=true to let it go without deleting them",
+                crate::crd::ORPHAN_ON_DELETE_ANNOTATION
+            ),
+        }
+    } else if to_delete > 0 {
+        Verdict::Working {
+            reason: Reason::Deleting,
+            message: format!(
+                "Deleting {to_delete} user(s) removed from spec.users in KooDrive (deletionPolicy Delete)"
+            ),
+        }
     } else if !all_submitted {
         Verdict::Working {
             reason: Reason::Submitting,
@@ -186,19 +374,24 @@ pub fn assess(
                 "{total} users submitted in {recorded_tasks} task(s); waiting for KooDrive to finish {unfinished} task(s)"
             ),
         }
-    } else if summary.failed > 0 || !failures.is_empty() {
+    } else if failed_count > 0 {
+        let phones: Vec<String> = failed.iter().map(|p| p.to_string()).collect();
+        let which = if phones.is_empty() {
+            String::new()
+        } else {
+            format!("{}; ", abbreviate(&phones, 10))
+        };
         Verdict::Stalled {
             reason: Reason::UsersFailed,
             message: format!(
-                "{} of {total} users failed in KooDrive (see status.failures); the operator does not resend them: fix the cause and provision them in a new UserBatch",
-                summary.failed.max(failures.len() as i64)
+                "{failed_count} of {total} users failed in KooDrive ({which}see status.failures). Fix the cause, then annotate {RETRY_FAILED_ANNOTATION}=<new value> to send them again once, or remove them from spec.users"
             ),
         }
     } else {
         Verdict::Ready
     };
 
-    let (phase, ready, reconciling, stalled) = match &verdict {
+    let (phase, mut ready, mut reconciling, mut stalled) = match &verdict {
         Verdict::Ready => (
             Phase::Completed,
             Desired::new(
@@ -245,12 +438,68 @@ pub fn assess(
             )
         }
     };
+    // A pause is a human's choice, not a failure and not progress (Flux's `suspend`,
+    // Crossplane's `ReconcilePaused`): Reconciling and Stalled are False, and Ready keeps
+    // True only for a UserBatch with nothing left to do.
+    let verdict = if lifecycle.suspended {
+        reconciling = Desired::new(
+            ConditionType::Reconciling,
+            false,
+            Reason::Suspended,
+            SUSPENDED_MESSAGE,
+        );
+        stalled = Desired::new(ConditionType::Stalled, false, Reason::NotStalled, "");
+        match verdict {
+            Verdict::Ready => Verdict::Ready,
+            Verdict::Working { message, .. } | Verdict::Stalled { message, .. } => {
+                let message = format!("{SUSPENDED_MESSAGE}. Meanwhile: {message}");
+                ready = Desired::new(
+                    ConditionType::Ready,
+                    false,
+                    Reason::Suspended,
+                    message.clone(),
+                );
+                Verdict::Working {
+                    reason: Reason::Suspended,
+                    message,
+                }
+            }
+        }
+    } else {
+        verdict
+    };
     Assessment {
         phase,
         verdict,
         conditions: vec![ready, submitted_condition, reconciling, stalled],
         summary,
     }
+}
+
+/// The Reconciling message of a suspended UserBatch.
+pub const SUSPENDED_MESSAGE: &str = "spec.suspend is true: the operator makes no KooDrive call for this UserBatch (nothing is sent, polled or deleted) until it is false";
+
+fn guard_message(guard: GuardHold, deleting: bool) -> String {
+    let what = if deleting {
+        "Deleting the UserBatch would delete"
+    } else {
+        "This change would delete"
+    };
+    format!(
+        "{what} {} user(s) in KooDrive, more than the operator deletes without confirmation (--max-deletions {}): nothing is deleted. If that is intended, annotate {}={}; otherwise restore spec.users{}",
+        guard.count,
+        guard.max,
+        crate::crd::CONFIRM_DELETIONS_ANNOTATION,
+        guard.count,
+        if deleting {
+            format!(
+                " or annotate {}=true to let the UserBatch go without deleting anyone",
+                crate::crd::ORPHAN_ON_DELETE_ANNOTATION
+            )
+        } else {
+            " or set deletionPolicy: Orphan".to_string()
+        }
+    )
 }
 
 fn in_doubt_verdict(doubtful: &[&TaskRecord], resubmit_at: Option<&str>) -> Verdict {
@@ -317,6 +566,7 @@ mod tests {
             result,
             resubmit_of: None,
             users_digest: None,
+            users_recorded: false,
         }
     }
 
@@ -548,5 +798,197 @@ mod tests {
         add_failures(&mut kept, (0..200).map(|i| failure(&i.to_string())));
         assert_eq!(kept.len(), MAX_FAILURES);
         assert_eq!(kept.iter().filter(|f| f.phone == "1").count(), 1);
+    }
+
+    // --- The user lifecycle (issue #12) -----------------------------------------------------
+
+    fn rec(phone: &str, state: UserState) -> UserRecord {
+        UserRecord {
+            phone: phone.into(),
+            user_id: Some(format!("id{phone}")),
+            state,
+        }
+    }
+
+    fn recorded_task(phones: &[&str]) -> TaskRecord {
+        let mut t = task(Some("t"), phones, finished(phones.len() as i64, 0));
+        t.users_recorded = true;
+        t
+    }
+
+    fn with(records: &[UserRecord], lifecycle: Lifecycle) -> Observed<'_> {
+        Observed {
+            records,
+            lifecycle,
+            ..Observed::default()
+        }
+    }
+
+    fn condition(conditions: &[Desired], type_: ConditionType) -> &Desired {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn counts_come_from_the_records_of_users_in_the_spec() {
+        let users = [user("1"), user("2"), user("3")];
+        let tasks = [recorded_task(&["1", "2", "3", "4"])];
+        let records = [
+            rec("1", UserState::Created),
+            rec("2", UserState::Skipped),
+            rec("3", UserState::DeletePending),
+            // Removed from the spec: counts for nobody.
+            rec("4", UserState::Failed),
+        ];
+        let s = summary_of(&users, &tasks, &records);
+        assert_eq!(
+            (s.requested, s.submitted, s.succeeded, s.skipped, s.failed),
+            (3, 3, 2, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_failed_user_removed_from_the_spec_no_longer_keeps_it_from_ready() {
+        let tasks = [recorded_task(&["1", "2"])];
+        let records = [rec("1", UserState::Created), rec("2", UserState::Failed)];
+        let failures = [UserFailure {
+            phone: "2".into(),
+            code: None,
+            reason: None,
+        }];
+        let failed = assess(
+            &[user("1"), user("2")],
+            &tasks,
+            &failures,
+            with(&records, Lifecycle::default()),
+        );
+        assert_eq!(ready_of(&failed.conditions).reason, Reason::UsersFailed);
+        assert!(
+            ready_of(&failed.conditions)
+                .message
+                .contains("koodrive.io/retry-failed"),
+            "the message says how to retry"
+        );
+        let removed = assess(
+            &[user("1")],
+            &tasks,
+            &failures,
+            with(&records, Lifecycle::default()),
+        );
+        assert_eq!(removed.verdict, Verdict::Ready);
+        assert_eq!(removed.summary.failed, 0);
+    }
+
+    #[test]
+    fn the_guard_stalls_naming_the_count_and_the_annotation() {
+        let tasks = [recorded_task(&["1"])];
+        let lifecycle = Lifecycle {
+            delete_removed: true,
+            guard: Some(GuardHold { count: 12, max: 10 }),
+            ..Lifecycle::default()
+        };
+        let a = assess(&[user("1")], &tasks, &[], with(&[], lifecycle));
+        let ready = ready_of(&a.conditions);
+        assert_eq!(ready.reason, Reason::DeletionGuard);
+        assert!(
+            ready.message.contains("koodrive.io/confirm-deletions=12")
+                && ready.message.contains("--max-deletions 10"),
+            "{}",
+            ready.message
+        );
+        assert!(condition(&a.conditions, ConditionType::Stalled).status);
+    }
+
+    #[test]
+    fn deletions_in_progress_reconcile_and_in_doubt_ones_stall() {
+        let tasks = [recorded_task(&["1", "2"])];
+        let delete = Lifecycle {
+            delete_removed: true,
+            ..Lifecycle::default()
+        };
+        let pending = [
+            rec("1", UserState::Created),
+            rec("2", UserState::DeletePending),
+        ];
+        let a = assess(&[user("1")], &tasks, &[], with(&pending, delete));
+        assert_eq!(ready_of(&a.conditions).reason, Reason::Deleting);
+        assert!(condition(&a.conditions, ConditionType::Reconciling).status);
+        // Not approved yet (results just came in): deleting too.
+        let candidate = [rec("1", UserState::Created), rec("2", UserState::Created)];
+        let a = assess(&[user("1")], &tasks, &[], with(&candidate, delete));
+        assert_eq!(ready_of(&a.conditions).reason, Reason::Deleting);
+        let doubtful = [rec("1", UserState::Created), rec("2", UserState::Deleting)];
+        let a = assess(&[user("1")], &tasks, &[], with(&doubtful, delete));
+        let ready = ready_of(&a.conditions);
+        assert_eq!(ready.reason, Reason::DeletionInDoubt);
+        assert!(ready.message.contains("2 (id2)") && ready.message.contains("resubmit-in-doubt"));
+        assert!(condition(&a.conditions, ConditionType::Stalled).status);
+    }
+
+    #[test]
+    fn a_deleted_userbatch_says_how_to_let_it_go() {
+        let tasks = [recorded_task(&["1"])];
+        let deleting = Lifecycle {
+            delete_removed: true,
+            deleting: true,
+            ..Lifecycle::default()
+        };
+        let records = [rec("1", UserState::DeletePending)];
+        let a = assess(&[user("1")], &tasks, &[], with(&records, deleting));
+        let ready = ready_of(&a.conditions);
+        assert_eq!(ready.reason, Reason::Deleting);
+        assert!(ready.message.contains("koodrive.io/orphan-on-delete=true"));
+        // And when KooDrive cannot be reached, the reason is that, with the way out.
+        let down = Blocker::new(Reason::KooDriveUnavailable, "503");
+        let a = assess(
+            &[user("1")],
+            &tasks,
+            &[],
+            Observed {
+                blocker: Some(&down),
+                ..with(&records, deleting)
+            },
+        );
+        let ready = ready_of(&a.conditions);
+        assert_eq!(ready.reason, Reason::KooDriveUnavailable);
+        assert!(ready.message.starts_with("503; ") && ready.message.contains("orphan-on-delete"));
+    }
+
+    #[test]
+    fn a_suspended_userbatch_is_neither_reconciling_nor_stalled() {
+        let paused = Lifecycle {
+            suspended: true,
+            ..Lifecycle::default()
+        };
+        // Done before the pause: still Ready, and Reconciling says why nothing happens.
+        let done = assess(
+            &[user("1")],
+            &[recorded_task(&["1"])],
+            &[],
+            with(&[rec("1", UserState::Created)], paused),
+        );
+        assert_eq!(done.verdict, Verdict::Ready);
+        let reconciling = condition(&done.conditions, ConditionType::Reconciling);
+        assert!(!reconciling.status);
+        assert_eq!(reconciling.reason, Reason::Suspended);
+        // Work left (here a user pending, and one that failed): Ready=False, Suspended, and
+        // the message keeps what is left.
+        let left = assess(&[user("1"), user("2")], &[], &[], with(&[], paused));
+        let ready = ready_of(&left.conditions);
+        assert_eq!((ready.status, ready.reason), (false, Reason::Suspended));
+        assert!(
+            ready.message.contains("0 of 2 users submitted"),
+            "{}",
+            ready.message
+        );
+        assert!(!condition(&left.conditions, ConditionType::Reconciling).status);
+        assert!(!condition(&left.conditions, ConditionType::Stalled).status);
+        let failed = assess(
+            &[user("1")],
+            &[recorded_task(&["1"])],
+            &[],
+            with(&[rec("1", UserState::Failed)], paused),
+        );
+        assert_eq!(ready_of(&failed.conditions).reason, Reason::Suspended);
+        assert!(!condition(&failed.conditions, ConditionType::Stalled).status);
     }
 }

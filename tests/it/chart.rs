@@ -20,7 +20,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use koodrive_operator::cli::{Cli, Command as CliCommand};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -456,7 +456,8 @@ fn workload_grants(scope: &str) -> BTreeSet<Grant> {
             (
                 "koodrive.io",
                 "userbatches",
-                &["get", "list", "watch"],
+                // patch: the deletionPolicy finalizer and consuming confirm-deletions.
+                &["get", "list", "watch", "patch"],
                 None,
             ),
             (
@@ -1205,7 +1206,12 @@ fn argocd_health_check_maps_every_status_fixture() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
         statuses,
-        BTreeSet::from(["Degraded".into(), "Healthy".into(), "Progressing".into()]),
+        BTreeSet::from([
+            "Degraded".into(),
+            "Healthy".into(),
+            "Progressing".into(),
+            "Suspended".into()
+        ]),
         "the fixtures cover every health status"
     );
 }
@@ -1233,6 +1239,209 @@ fn readme_shows_the_tested_health_check_verbatim() {
         readme.contains(&indented),
         "the README's argocd-cm example differs from argocd/health.lua; paste the file into \
          it indented by 4 spaces"
+    );
+}
+
+/// A Lua 5.1 function that writes a table (or scalar) as JSON with sorted keys; a table
+/// with a sequence part is an array. Enough for Kubernetes objects (no empty lists).
+const LUA_JSON: &str = r#"
+local function encode(v)
+  local t = type(v)
+  if t == "nil" then return "null" end
+  if t == "boolean" then return tostring(v) end
+  if t == "number" then return string.format("%.17g", v) end
+  if t == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c)
+      if c == '"' then return '\\"' end
+      if c == "\\" then return "\\\\" end
+      return string.format("\\u%04x", c:byte())
+    end) .. '"'
+  end
+  if #v > 0 then
+    local items = {}
+    for _, item in ipairs(v) do items[#items + 1] = encode(item) end
+    return "[" .. table.concat(items, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local fields = {}
+  for _, k in ipairs(keys) do fields[#fields + 1] = encode(k) .. ":" .. encode(v[k]) end
+  return "{" .. table.concat(fields, ",") .. "}"
+end
+"#;
+
+/// Runs an Argo CD Lua script (discovery or action) as Argo CD does — `obj` a global, the
+/// script's return value the answer — and returns that value as JSON.
+fn argo_script(script: &Path, object: &Value) -> Value {
+    let harness = format!(
+        "{LUA_JSON}\nobj = {}\nlocal run = assert(loadfile({}))\nio.write(encode(run()))\n",
+        lua_literal(object),
+        lua_string(script.to_str().expect("UTF-8 path")),
+    );
+    let mut child = Command::new(tool("lua5.1"))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lua5.1");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(harness.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "lua5.1 failed on {}:\n{}",
+        script.display(),
+        output_text(&output)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{} returned no JSON ({e}): {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The actions the chart ships: every directory of `argocd/actions/` holds an `action.lua`.
+fn argo_actions() -> Vec<(String, PathBuf)> {
+    let dir = chart_dir().join("argocd/actions");
+    let mut actions: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, p.join("action.lua"))
+        })
+        .collect();
+    actions.sort();
+    actions
+}
+
+/// What an action should make of `object`: the annotation it sets, nothing else changed.
+fn expected_after_action(action: &str, object: &Value) -> Value {
+    let mut expected = object.clone();
+    let value = match action {
+        "retry-failed" | "resubmit-in-doubt" => json!("<timestamp>"),
+        "confirm-deletions" => match object["status"]["deletionsToConfirm"].as_i64() {
+            Some(count) => json!(count.to_string()),
+            // Nothing to confirm: the object is left as it is.
+            None => return expected,
+        },
+        other => panic!("no expectation for action {other}"),
+    };
+    expected["metadata"]["annotations"][format!("koodrive.io/{action}")] = value;
+    expected
+}
+
+#[test]
+fn argocd_actions_are_offered_when_they_help_and_set_exactly_their_annotation() {
+    let actions = argo_actions();
+    let names: Vec<&str> = actions.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["confirm-deletions", "resubmit-in-doubt", "retry-failed"]
+    );
+    let discovery = chart_dir().join("argocd/actions/discovery.lua");
+    let fixtures = repo_root().join("tests/fixtures/argocd/actions");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 6, "{} fixtures", paths.len());
+    let timestamp = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$").unwrap();
+    let mut offered = BTreeSet::new();
+    for path in &paths {
+        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy();
+        let object = &fixture["object"];
+        let found = argo_script(&discovery, object);
+        let disabled: BTreeMap<String, bool> = found
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: discovery returned {found}"))
+            .iter()
+            .map(|(k, v)| (k.clone(), v["disabled"].as_bool().unwrap_or(false)))
+            .collect();
+        let expected: BTreeMap<String, bool> =
+            serde_json::from_value(fixture["expected"]["disabled"].clone()).unwrap();
+        assert_eq!(disabled, expected, "{name}: which actions are offered");
+        for (action, script) in &actions {
+            if !disabled[action] {
+                offered.insert(action.clone());
+            }
+            let mut after = argo_script(script, object);
+            let timed = ["retry-failed", "resubmit-in-doubt"].contains(&action.as_str());
+            if let Some(value) = after
+                .pointer_mut(&format!("/metadata/annotations/koodrive.io~1{action}"))
+                .filter(|_| timed)
+            {
+                let text = value.as_str().unwrap_or_default();
+                assert!(timestamp.is_match(text), "{name}/{action}: {text}");
+                *value = json!("<timestamp>");
+            }
+            assert_eq!(
+                after,
+                expected_after_action(action, object),
+                "{name}: {action} changed more (or less) than its annotation"
+            );
+        }
+    }
+    assert_eq!(
+        offered.len(),
+        actions.len(),
+        "each action is offered by a fixture"
+    );
+}
+
+/// Indents every non-empty line of `text` by `n` spaces (a YAML block scalar's content).
+fn indented(text: &str, n: usize) -> String {
+    text.lines()
+        .map(|line| {
+            if line.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("{}{line}\n", " ".repeat(n))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn readme_shows_the_tested_actions_verbatim() {
+    let readme = readme();
+    let discovery =
+        std::fs::read_to_string(chart_dir().join("argocd/actions/discovery.lua")).unwrap();
+    assert!(
+        readme.contains(&format!("```lua\n{discovery}```")),
+        "the README's discovery.lua block differs from argocd/actions/discovery.lua"
+    );
+    let mut cm = format!(
+        "  resource.customizations.actions.koodrive.io_UserBatch: |\n    discovery.lua: |\n{}    definitions:\n",
+        indented(&discovery, 6)
+    );
+    for (name, script) in argo_actions() {
+        let lua = std::fs::read_to_string(&script).unwrap();
+        assert!(
+            readme.contains(&format!("`{name}/action.lua`:\n\n```lua\n{lua}```")),
+            "the README's {name}/action.lua block differs from the chart's file"
+        );
+        cm.push_str(&format!(
+            "      - name: {name}\n        action.lua: |\n{}",
+            indented(&lua, 10)
+        ));
+    }
+    assert!(
+        readme.contains(&cm),
+        "the README's argocd-cm actions example differs from argocd/actions/; expected:\n{cm}"
     );
 }
 

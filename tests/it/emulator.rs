@@ -95,6 +95,8 @@ fn batch(name: &str, phones: &[&str]) -> UserBatch {
             endpoint: None,
             users: phones.iter().map(|p| user(p, "Ada")).collect(),
             in_doubt_policy: None,
+            suspend: None,
+            deletion_policy: None,
         },
     )
 }

@@ -9,6 +9,8 @@
 //! - [`size_limits`] — the largest UserBatch a real cluster holds, applied with `kubectl`.
 //! - [`operator_rbac`] — the operator under the chart's RBAC; a missing rule surfaces.
 //! - [`koodrive_cli`] — `submit`, `task` and `simulator` as processes.
+//! - [`lifecycle`] — the user lifecycle (issue #12): retries, removals, `deletionPolicy`,
+//!   the deletion guard and `suspend`, end to end.
 //! - [`operator_e2e`], [`operator_ha`] — the real `koodrive-operator run` binary against the
 //!   emulator and the KooDrive simulator.
 //! - [`workspace`] — the crates, and a production build without the test doubles.
@@ -22,6 +24,7 @@ mod emulator;
 mod emulator_limits;
 mod hostile;
 mod koodrive_cli;
+mod lifecycle;
 mod operator_e2e;
 mod operator_ha;
 mod operator_rbac;

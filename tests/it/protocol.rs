@@ -254,3 +254,115 @@ async fn an_in_doubt_record_sends_nothing_and_reads_no_secret() {
     assert_eq!(action, Action::await_change());
     assert_eq!(sim.request_count(), 0, "an in-doubt record sends nothing");
 }
+
+#[tokio::test]
+async fn a_delete_is_approved_and_its_intent_written_before_the_delete_is_sent() {
+    let sim = simulator().await;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, NAMESPACE);
+    let ctx = context(client, &sim);
+    // Two users were created; the second has just been removed from the spec.
+    let phones = ["86170000000", "86170000001"];
+    let status: UserBatchStatus = serde_json::from_value(json!({
+        "observedGeneration": 1,
+        "tasks": [{"traceId": "t1", "taskId": "42", "code": "0", "submittedAt": "2026-11-30T10:00:00Z",
+                   "phones": phones, "usersRecorded": true,
+                   "result": {"total": 2, "succeeded": 2, "failed": 0, "skipped": 0, "finished": true}}],
+        "users": [{"phone": phones[0], "userId": "u0", "state": "Created"},
+                  {"phone": phones[1], "userId": "u1", "state": "Created"}]
+    }))
+    .unwrap();
+    let mut ub = userbatch(Some(status));
+    ub.spec.users.truncate(1);
+    ub.spec.deletion_policy = Some(koodrive_operator::crd::DeletionPolicy::Delete);
+    ub.metadata.finalizers = Some(vec![koodrive_operator::crd::FINALIZER.into()]);
+    let reconcile = tokio::spawn(controller::reconcile::reconcile(meta(&ub), ctx));
+
+    let (_, send) = expect(&mut handle, Method::GET, BASE).await;
+    respond(send, 200, &serde_json::to_value(&ub).unwrap());
+
+    // The guard lets one deletion through: the approval is on record first.
+    let (approved, send) = expect(&mut handle, Method::PUT, &format!("{BASE}/status")).await;
+    assert_eq!(approved["metadata"]["resourceVersion"], "10");
+    assert_eq!(approved["status"]["users"][1]["state"], "DeletePending");
+    let _ = accept_write(approved, send, 11);
+    let (event, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+    )
+    .await;
+    assert_eq!(event["reason"], "UsersRemoved");
+    assert!(event["note"].as_str().unwrap().contains("86170000001 (u1)"));
+    respond(send, 201, &event);
+    let (_, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/default/secrets/creds",
+    )
+    .await;
+    let mut secret: Secret = credentials_secret("creds", SECRET_KEY);
+    secret.metadata.namespace = Some(NAMESPACE.into());
+    secret.metadata.resource_version = Some("5".into());
+    respond(send, 200, &serde_json::to_value(&secret).unwrap());
+
+    // 1. The intent to delete, conditional on the version just written, before the DELETE.
+    let (intent, send) = expect(&mut handle, Method::PUT, &format!("{BASE}/status")).await;
+    assert_eq!(
+        intent["metadata"]["resourceVersion"], "11",
+        "a conditional write"
+    );
+    assert_eq!(intent["status"]["users"][1]["state"], "Deleting");
+    assert_eq!(sim.request_count(), 0, "nothing sent before the intent");
+    let after_intent = accept_write(intent, send, 12);
+
+    // 2. The DELETE happens now; 3. its answer is recorded on a fresh read.
+    let (_, send) = expect(&mut handle, Method::GET, &format!("{BASE}/status")).await;
+    assert_eq!(sim.deletions().get("u1"), Some(&1), "exactly one DELETE");
+    assert_eq!(sim.request_count(), 1);
+    respond(send, 200, &after_intent);
+    let (record, send) = expect(&mut handle, Method::PUT, &format!("{BASE}/status")).await;
+    assert_eq!(record["metadata"]["resourceVersion"], "12");
+    let users = record["status"]["users"].as_array().unwrap().clone();
+    assert_eq!(users.len(), 1, "the deleted user's record goes: {users:?}");
+    assert_eq!(
+        record["status"]["tasks"][0]["phones"],
+        json!([phones[0]]),
+        "and no task claims it any more"
+    );
+    let _ = accept_write(record, send, 13);
+    let (event, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+    )
+    .await;
+    assert_eq!(event["reason"], "UsersDeleted");
+    assert!(event["note"].as_str().unwrap().contains("86170000001 (u1"));
+    respond(send, 201, &event);
+
+    // One status write says what happened.
+    let (done, send) = expect(&mut handle, Method::PUT, &format!("{BASE}/status")).await;
+    assert_eq!(done["metadata"]["resourceVersion"], "13");
+    let ready = done["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True", "{ready}");
+    accept_write(done, send, 14);
+    let (event, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+    )
+    .await;
+    assert_eq!(event["reason"], "Ready");
+    respond(send, 201, &event);
+
+    let action = reconcile.await.unwrap().unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(sim.request_count(), 1, "one DELETE, nothing else");
+}

@@ -1,8 +1,9 @@
 //! The UserBatch size budget, checked against a real cluster's limits (the values and their
 //! measurement are the emulator's, `kube_emulator::limits`):
-//! - the largest UserBatch the CRD accepts, with the largest status it allows (plus room for
-//!   a per-user record, issue #12), managed fields and ordinary metadata, fits etcd's
-//!   1.5 MiB, so no status write can ever fail for size;
+//! - the largest UserBatch the CRD accepts, with the largest status it allows (including a
+//!   per-user record with the longest KooDrive user ID for every user, issue #12), managed
+//!   fields and ordinary metadata, fits etcd's 1.5 MiB, so no status write can ever fail for
+//!   size;
 //! - a full UserBatch of ordinary users fits client-side `kubectl apply`: its
 //!   last-applied-configuration copy stays under the 256 KiB annotation limit.
 
@@ -68,6 +69,7 @@ fn largest_status() -> Value {
                 "usersDigest": "f".repeat(USER_DIGEST_HEX_LEN * phones.len()),
                 "phones": phones,
                 "result": {"total": max, "succeeded": max, "failed": max, "skipped": max, "finished": false},
+                "usersRecorded": true,
             })
         })
         .collect();
@@ -100,18 +102,24 @@ fn largest_status() -> Value {
         "conditions": conditions,
         "resubmittedInDoubt": wide(MAX_ANNOTATION_VALUE_LEN),
         "stalledInputs": {"reason": wide(MAX_ID_LEN), "digest": wide(MAX_ID_LEN)},
+        "users": per_user_records(),
+        "retriedFailed": wide(MAX_ANNOTATION_VALUE_LEN),
+        "deletionsToConfirm": max,
     })
 }
 
-/// The per-user record issue #12 adds to status (phone, KooDrive user ID, state), at its
-/// longest, for every spec user: not in the schema yet, so measured on its own.
-fn per_user_records() -> Value {
-    let records: Vec<Value> = (0..MAX_USERS)
+/// The longest state word a per-user record can hold.
+const LONGEST_STATE: &str = "DeletePending";
+
+/// `status.users` at its longest: a record for every user (the schema's bound), each with
+/// the longest phone, the longest KooDrive user ID and the longest state.
+fn per_user_records() -> Vec<Value> {
+    assert!(LONGEST_STATE.len() <= MAX_USER_STATE_LEN);
+    (0..MAX_USERS)
         .map(|i| {
-            json!({"phone": longest_phone(i), "userId": "9".repeat(MAX_USER_ID_LEN), "state": "s".repeat(MAX_USER_STATE_LEN)})
+            json!({"phone": longest_phone(i), "userId": "9".repeat(MAX_USER_ID_LEN), "state": LONGEST_STATE})
         })
-        .collect();
-    json!({ "users": records })
+        .collect()
 }
 
 /// managedFields as the API server records them: the spec's writer owns every user (a
@@ -138,12 +146,14 @@ fn managed_fields(users: &[Value]) -> Value {
         {"apiVersion": "koodrive.io/v1alpha1", "fieldsType": "FieldsV1", "manager": "kubectl-client-side-apply",
          "operation": "Update", "time": TIMESTAMP, "fieldsV1": {"f:metadata": {"f:annotations": {".": {}}},
          "f:spec": {".": {}, "f:credentialsRef": {".": {}, "f:name": {}, "f:accessKeyKey": {}, "f:secretKeyKey": {}, "f:userIdKey": {}},
-                    "f:endpoint": {}, "f:inDoubtPolicy": {}, "f:users": user_fields}}},
+                    "f:endpoint": {}, "f:inDoubtPolicy": {}, "f:suspend": {}, "f:deletionPolicy": {}, "f:users": user_fields}}},
         {"apiVersion": "koodrive.io/v1alpha1", "fieldsType": "FieldsV1", "manager": "koodrive-operator",
          "operation": "Update", "subresource": "status", "time": TIMESTAMP, "fieldsV1": {"f:status": {
             ".": {}, "f:code": {}, "f:failures": {}, "f:message": {}, "f:observedGeneration": {}, "f:phase": {},
             "f:resubmittedInDoubt": {}, "f:stalledInputs": {".": {}, "f:digest": {}, "f:reason": {}}, "f:summary": {}, "f:taskId": {}, "f:tasks": {},
-            "f:users": {}, "f:conditions": conditions}}},
+            "f:users": {}, "f:retriedFailed": {}, "f:deletionsToConfirm": {}, "f:conditions": conditions}}},
+        {"apiVersion": "koodrive.io/v1alpha1", "fieldsType": "FieldsV1", "manager": "koodrive-operator",
+         "operation": "Update", "time": TIMESTAMP, "fieldsV1": {"f:metadata": {"f:finalizers": {".": {}, "v:\"koodrive.io/delete-users\"": {}}}}},
     ])
 }
 
@@ -167,6 +177,8 @@ fn server_metadata(object: &mut Value) {
     let mut annotations = annotations.unwrap_or_default();
     annotations.insert("example.com/ordinary".into(), json!("a".repeat(4096)));
     metadata["annotations"] = Value::Object(annotations);
+    // deletionPolicy: Delete's finalizer, next to another controller's.
+    metadata["finalizers"] = json!([FINALIZER, format!("example.com/{}", "a".repeat(200))]);
     metadata["managedFields"] = managed_fields(&users);
 }
 
@@ -180,6 +192,8 @@ fn userbatch(users: Vec<Value>) -> Value {
                                "secretKeyKey": "a".repeat(253), "userIdKey": "a".repeat(253)},
             "endpoint": format!("https://{}", wide(2048 - 8)),
             "inDoubtPolicy": "Resubmit",
+            "suspend": false,
+            "deletionPolicy": "Orphan",
             "users": users,
         },
     })
@@ -198,11 +212,10 @@ fn the_largest_userbatch_with_the_largest_status_fits_etcd() {
     let status = encoded_len(&object["status"]);
     server_metadata(&mut object);
     let metadata = encoded_len(&object["metadata"]);
-    // `,"users":[…]` inside status.
-    let records = encoded_len(&per_user_records()) - 2;
-    let total = encoded_len(&object) + records + ETCD_OVERHEAD;
+    let records = encoded_len(&object["status"]["users"]);
+    let total = encoded_len(&object) + ETCD_OVERHEAD;
     println!(
-        "spec {spec} B, status {status} B (+{records} B for per-user records), metadata {metadata} B: \
+        "spec {spec} B, status {status} B (of which {records} B per-user records), metadata {metadata} B: \
          {total} B of {MAX_OBJECT_BYTES} B"
     );
     assert!(
@@ -245,7 +258,7 @@ fn a_full_userbatch_of_ordinary_users_fits_client_side_apply() {
     let mut stored = applied;
     stored["status"] = largest_status();
     server_metadata(&mut stored);
-    let total = encoded_len(&stored) + encoded_len(&per_user_records()) + ETCD_OVERHEAD;
+    let total = encoded_len(&stored) + ETCD_OVERHEAD;
     assert!(total <= MAX_OBJECT_BYTES, "{total} bytes");
 
     // One user more is over the schema's bound.

@@ -345,6 +345,8 @@ pub fn userbatch(name: &str, credentials: &str, users: Vec<User>) -> UserBatch {
             endpoint: None,
             users,
             in_doubt_policy: None,
+            suspend: None,
+            deletion_policy: None,
         },
     );
     ub.metadata.namespace = Some(NAMESPACE.into());

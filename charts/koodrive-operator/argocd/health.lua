@@ -33,6 +33,18 @@ end
 
 local ready = condition(status.conditions, "Ready")
 local stalled = condition(status.conditions, "Stalled")
+local reconciling = condition(status.conditions, "Reconciling")
+
+-- Paused on purpose (spec.suspend): Argo CD's own word for it.
+if reconciling ~= nil and reconciling.reason == "Suspended" then
+  hs.status = "Suspended"
+  if ready ~= nil and ready.status ~= "True" then
+    hs.message = messageOf(ready) or messageOf(reconciling) or "Suspended"
+  else
+    hs.message = messageOf(reconciling) or "Suspended"
+  end
+  return hs
+end
 
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
@@ -40,7 +52,8 @@ if ready ~= nil and ready.status == "True" then
   return hs
 end
 
--- Stalled: the operator cannot progress without a human (rejected, users failed, in doubt).
+-- Stalled: the operator cannot progress without a human (rejected, users failed, in doubt,
+-- deletions held by the guard).
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = messageOf(ready) or messageOf(stalled) or "Stalled"

@@ -82,6 +82,11 @@ ClusterRole, or in the watched namespace by a Role.
 - apiGroups: ["koodrive.io"]
   resources: ["userbatches"]
   verbs: ["get", "list", "watch"]
+# The finalizer of `deletionPolicy: Delete`, and removing `koodrive.io/confirm-deletions`
+# once acted on: merge patches carrying the resourceVersion read. Never the spec.
+- apiGroups: ["koodrive.io"]
+  resources: ["userbatches"]
+  verbs: ["patch"]
 - apiGroups: ["koodrive.io"]
   resources: ["userbatches/status"]
   verbs: ["get", "patch", "update"]

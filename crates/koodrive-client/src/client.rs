@@ -538,10 +538,23 @@ impl Client {
     /// Deletes a KooDrive user ("and the corresponding resources": irreversible). Sent
     /// once: an ambiguous outcome is [`ErrorClass::InDoubt`], never retried here.
     pub async fn delete_user(&self, user_id: &str, trace_id: &str) -> Result<Deletion, Error> {
+        let reservation = self.reserve().await;
+        self.delete_user_reserved(reservation, user_id, trace_id)
+            .await
+    }
+
+    /// [`Client::delete_user`] with room under the limit already taken (see
+    /// [`Reservation`]): the caller records its intent to delete only once the request is
+    /// really about to leave.
+    pub async fn delete_user_reserved(
+        &self,
+        reservation: Reservation,
+        user_id: &str,
+        trace_id: &str,
+    ) -> Result<Deletion, Error> {
         check_user_id(user_id)?;
         check_trace_id(trace_id)?;
         let path = format!("{USERS_PATH}/{user_id}");
-        let reservation = self.reserve().await;
         let prepared = self.prepare(
             "DELETE",
             &path,

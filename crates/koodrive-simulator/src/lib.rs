@@ -103,7 +103,8 @@ fn one() -> u32 {
 
 /// What goes wrong. JSON (for `POST /_sim/faults`): `{"status5xx":503}`,
 /// `{"too_many_requests":{"retry_after_secs":2}}`, `{"latency":250}` (milliseconds),
-/// `"drop_connection"`, `"drop_after_processing"`, `"garbled_json"`,
+/// `"drop_connection"`, `"drop_after_processing"`, `{"hang_after_processing":60000}`,
+/// `"garbled_json"`,
 /// `{"reject":{"code":13000102,"msg":"parameter validation failed"}}`,
 /// `{"respond":{"status":504,"body":{"error_code":"APIG.0203","error_msg":"Backend timeout."},"process":true}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +120,10 @@ pub enum FaultKind {
     DropConnection,
     /// Process the request (a create makes its task), then close without answering.
     DropAfterProcessing,
+    /// Process the request at once, then answer only after this long (milliseconds in
+    /// JSON): a client that is killed, or times out, meanwhile never learns that KooDrive
+    /// acted. For killing an operator mid-request without racing the request itself.
+    HangAfterProcessing(#[serde(with = "millis")] Duration),
     /// Process the request, then answer with a truncated, unparsable JSON body.
     GarbledJson,
     /// Refuse the request with HTTP 400 and this KooDrive code and message, without
@@ -533,6 +538,11 @@ async fn handle(
             Ok(api::respond(status, &body))
         }
         Some(FaultKind::DropConnection) => Err(SimulatedDrop),
+        Some(FaultKind::HangAfterProcessing(delay)) => {
+            let response = forward(request).await;
+            tokio::time::sleep(delay).await;
+            Ok(response)
+        }
         Some(FaultKind::DropAfterProcessing) => {
             let _processed = forward(request).await;
             Err(SimulatedDrop)
