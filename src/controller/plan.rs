@@ -688,6 +688,9 @@ pub fn ready_transition(
         Reason::PermissionDenied,
         Reason::UsersFailed,
         Reason::ResultsOverdue,
+        // AccountNotReady is not: the account announces its own problem, once.
+        Reason::AccountNotFound,
+        Reason::AccountNotAllowed,
     ];
     if !announced_here.contains(&reason) {
         return None;
