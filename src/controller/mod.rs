@@ -1,5 +1,6 @@
-//! The UserBatch controller: watches UserBatches and the Secrets they reference, and turns
-//! pending users into KooDrive tasks — each user at most once.
+//! The UserBatch controller: watches UserBatches and the Secrets and accounts they reference,
+//! and turns pending users into KooDrive tasks — each user at most once. Beside it, the
+//! account controllers check the credentials of KooDriveAccounts and ClusterKooDriveAccounts.
 //!
 //! A reconcile is observe → plan → execute:
 //! - [`reconcile`] — the executor: reads what it needs, performs the plan's I/O in the
@@ -118,7 +119,7 @@ impl Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "the UserBatch CRD (userbatches.koodrive.io) is not installed in this cluster; install it with `kubectl apply -f crds/userbatch.yaml` (or `koodrive-operator crd | kubectl apply -f -`)"
+        "the UserBatch CRD (userbatches.koodrive.io) is not installed in this cluster; install the operator's CRDs with `kubectl apply -f crds/` (or `koodrive-operator crd | kubectl apply -f -`)"
     )]
     CrdNotInstalled,
     #[error(
