@@ -3049,3 +3049,49 @@ fn account_settings_reach_the_operator() {
     assert_eq!(args.cluster_account_secret_namespace, "koodrive-secrets");
     assert_eq!(args.account_check_interval, Duration::from_secs(30 * 60));
 }
+
+#[test]
+fn argocd_health_check_reads_account_statuses_too() {
+    let health_lua = chart_dir().join("argocd/health.lua");
+    let account = |generation: i64, status: Value| {
+        serde_json::json!({
+            "apiVersion": "koodrive.io/v1alpha1",
+            "kind": "ClusterKooDriveAccount",
+            "metadata": {"name": "company", "generation": generation},
+            "spec": {"credentialsRef": {"name": "platform-credentials"},
+                     "allowedNamespaces": {"names": ["team-a"]}},
+            "status": status,
+        })
+    };
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
+                           "observedGeneration": 2, "lastTransitionTime": "2026-11-29T10:00:00Z"})
+    };
+    let ready = account(
+        2,
+        serde_json::json!({"observedGeneration": 2, "conditions": [
+            condition("Ready", "True", "CredentialsVerified", "KooDrive accepted the credentials"),
+            condition("Reconciling", "False", "Idle", "No work in progress"),
+            condition("Stalled", "False", "NotStalled", ""),
+        ]}),
+    );
+    assert_eq!(
+        argo_health(&health_lua, &ready),
+        (
+            "Healthy".to_string(),
+            "KooDrive accepted the credentials".to_string()
+        )
+    );
+    let refused = account(
+        2,
+        serde_json::json!({"observedGeneration": 2, "conditions": [
+            condition("Ready", "False", "CredentialsInvalid", "KooDrive refused the credentials"),
+            condition("Reconciling", "False", "Idle", "Waiting for a human"),
+            condition("Stalled", "True", "CredentialsInvalid", "KooDrive refused the credentials"),
+        ]}),
+    );
+    assert_eq!(argo_health(&health_lua, &refused).0, "Degraded");
+    // Checked for an older generation: the verdict says nothing about the current spec.
+    let stale = account(3, ready["status"].clone());
+    assert_eq!(argo_health(&health_lua, &stale).0, "Progressing");
+}
