@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     match client.check_credentials().await {
         Ok(answer) => {
             println!(
-                "credentials accepted: access key {access_key}, user ID {user_id}, endpoint {} (KooDrive answered the check with code {}: {})",
+                "credentials accepted: access key {access_key}, user ID {user_id}, endpoint {} (KooDrive answered the check for task {CREDENTIAL_CHECK_TASK_ID} with code {}: {})",
                 client.endpoint(),
                 if answer.code.is_empty() {
                     "-"

@@ -180,7 +180,7 @@ pub const CREDENTIAL_CHECK_TASK_ID: &str = "0";
 pub struct CredentialCheck {
     /// KooDrive's code (`"0"`, or the code it refused the made-up task ID with).
     pub code: String,
-    /// What KooDrive said, bounded and secret-free.
+    /// What KooDrive said (its `msg`), bounded and secret-free.
     pub message: String,
 }
 
@@ -570,7 +570,10 @@ impl Client {
             }),
             Err(err) if err.proves_authenticated() => Ok(CredentialCheck {
                 code: err.code().unwrap_or_default().to_string(),
-                message: err.message(),
+                message: match &err {
+                    Error::Rejected { msg: Some(msg), .. } => msg.clone(),
+                    _ => err.message(),
+                },
             }),
             Err(err) => Err(err),
         }
