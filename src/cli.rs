@@ -25,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller: watch UserBatches and provision their users into KooDrive.
     Run(commands::run::Args),
-    /// Print the UserBatch CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions (UserBatch and the two account kinds) as YAML.
     Crd(commands::crd::Args),
     /// Check UserBatch manifests offline against the CRD schema and CEL rules.
     Validate(commands::validate::Args),
@@ -33,6 +33,9 @@ pub enum Command {
     Submit(commands::submit::Args),
     /// Query a KooDrive batch provisioning task and print its results.
     Task(commands::task::Args),
+    /// Check that KooDrive accepts credentials (from the environment) with a request that
+    /// creates nothing: the check behind an account's Ready condition.
+    CheckCredentials(commands::check_credentials::Args),
     /// Run a local KooDrive simulator that verifies every request's signature.
     #[cfg(feature = "dev-tools")]
     Simulator(commands::simulator::Args),
@@ -51,6 +54,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Validate(args) => commands::validate::run(args),
         Command::Submit(args) => commands::submit::run(args).await,
         Command::Task(args) => commands::task::run(args).await,
+        Command::CheckCredentials(args) => commands::check_credentials::run(args).await,
         #[cfg(feature = "dev-tools")]
         Command::Simulator(args) => commands::simulator::run(args).await,
         #[cfg(feature = "dev-tools")]

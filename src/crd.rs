@@ -1,8 +1,12 @@
-//! The `UserBatch` custom resource (`koodrive.io/v1alpha1`): plain data, no behaviour.
+//! The custom resources (`koodrive.io/v1alpha1`): plain data, no behaviour. `UserBatch` is
+//! here; the accounts a UserBatch may use instead of its own credentials Secret,
+//! `KooDriveAccount` and `ClusterKooDriveAccount`, are in [`account`].
 //!
-//! These types are the single source of the CRD: `koodrive-operator crd` renders them, and the
-//! committed `crds/userbatch.yaml` is checked against that output by a test. Schema
-//! annotations here are what the API server enforces at `kubectl apply` time.
+//! These types are the single source of the CRDs: `koodrive-operator crd` renders them, and
+//! the committed `crds/*.yaml` are checked against that output by a test. Schema annotations
+//! here are what the API server enforces at `kubectl apply` time.
+
+pub mod account;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -144,14 +148,26 @@ pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
         priority = 1
     )
 )]
+#[x_kube(validation = Rule::new(CREDENTIALS_REQUIRED_RULE).message(CREDENTIALS_REQUIRED_RULE_MESSAGE).field_path(".credentialsRef").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new(CREDENTIALS_EXCLUSIVE_RULE).message(CREDENTIALS_EXCLUSIVE_RULE_MESSAGE).field_path(".accountRef").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new(ENDPOINT_WITH_ACCOUNT_RULE).message(ENDPOINT_WITH_ACCOUNT_RULE_MESSAGE).field_path(".endpoint").reason(Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct UserBatchSpec {
     /// The Secret, in this UserBatch's namespace, holding the KooDrive AK/SK and user ID.
-    pub credentials_ref: CredentialsRef,
+    /// Exactly one of `credentialsRef` and `accountRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<CredentialsRef>,
+    /// The account whose endpoint and credentials to use: a `KooDriveAccount` in this
+    /// UserBatch's namespace, or a `ClusterKooDriveAccount` that allows this namespace. The
+    /// platform team manages accounts; whoever writes UserBatches never sees the AK/SK.
+    /// Exactly one of `credentialsRef` and `accountRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_ref: Option<AccountRef>,
     /// KooDrive endpoint, e.g. `https://intl.myhuaweicloud-koodrive.com`. Defaults to the
     /// operator's `--default-endpoint`. Must be `https://`; `http://` is accepted only for
     /// loopback hosts (`localhost`, `127.0.0.1`, `[::1]`), and the operator additionally
-    /// refuses it unless started with `--allow-insecure-endpoints`.
+    /// refuses it unless started with `--allow-insecure-endpoints`. Only with
+    /// `credentialsRef`: with `accountRef` the account's endpoint is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_RULE_MESSAGE))]
@@ -243,6 +259,23 @@ pub const USERS_TEXT_RULE: &str = concat!(
 );
 /// What a user reads when [`USERS_TEXT_RULE`] fails.
 pub const USERS_TEXT_RULE_MESSAGE: &str = "the users' names, e-mails and password fields may hold at most 100000 characters in all (100 per user on average at 1000 users): split the users over several UserBatches";
+// A UserBatch names its credentials exactly one way, its own Secret or an account: two rules,
+// so each failure is reported on the field to fix, as the API server reports a required or a
+// forbidden field.
+/// CEL rule: credentials are named (`spec.credentialsRef` is required unless
+/// `spec.accountRef` is set).
+pub const CREDENTIALS_REQUIRED_RULE: &str = "has(self.credentialsRef) || has(self.accountRef)";
+/// What a user reads when [`CREDENTIALS_REQUIRED_RULE`] fails.
+pub const CREDENTIALS_REQUIRED_RULE_MESSAGE: &str = "set credentialsRef (a Secret in this namespace) or accountRef (a KooDriveAccount or ClusterKooDriveAccount)";
+/// CEL rule: credentials are named once.
+pub const CREDENTIALS_EXCLUSIVE_RULE: &str = "!has(self.credentialsRef) || !has(self.accountRef)";
+/// What a user reads when [`CREDENTIALS_EXCLUSIVE_RULE`] fails.
+pub const CREDENTIALS_EXCLUSIVE_RULE_MESSAGE: &str =
+    "credentialsRef and accountRef are mutually exclusive: set exactly one";
+/// CEL rule: with an account, the account decides the endpoint.
+pub const ENDPOINT_WITH_ACCOUNT_RULE: &str = "!has(self.endpoint) || !has(self.accountRef)";
+/// What a user reads when [`ENDPOINT_WITH_ACCOUNT_RULE`] fails.
+pub const ENDPOINT_WITH_ACCOUNT_RULE_MESSAGE: &str = "endpoint cannot be set together with accountRef: the account's spec.endpoint decides where requests go";
 /// CEL rule making a user's two password sources mutually exclusive.
 pub const PASSWORD_EXCLUSIVE_RULE: &str = "!(has(self.password) && has(self.passwordSecretRef))";
 /// What a user reads when [`PASSWORD_EXCLUSIVE_RULE`] fails.
@@ -268,6 +301,40 @@ pub struct CredentialsRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), pattern(SECRET_KEY_PATTERN))]
     pub user_id_key: Option<String>,
+}
+
+/// The account a UserBatch uses (`spec.accountRef`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct AccountRef {
+    /// `KooDriveAccount` (in the UserBatch's namespace) or `ClusterKooDriveAccount`.
+    pub kind: AccountKind,
+    /// Name of the account.
+    #[schemars(length(min = 1, max = 253), pattern(OBJECT_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// The two kinds of account.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AccountKind {
+    /// Namespaced: usable by UserBatches in its own namespace.
+    KooDriveAccount,
+    /// Cluster-scoped: usable by UserBatches in the namespaces it allows.
+    ClusterKooDriveAccount,
+}
+
+impl AccountKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::KooDriveAccount => "KooDriveAccount",
+            AccountKind::ClusterKooDriveAccount => "ClusterKooDriveAccount",
+        }
+    }
+}
+
+impl std::fmt::Display for AccountKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One person to provision. `phone` is the user's identity within the batch.
@@ -482,9 +549,16 @@ pub const USERS_DIGEST_RULE_MESSAGE: &str = "usersDigest holds at most 8 charact
 /// (k8s-openapi's generated schema has none, which would leave the CRD unbounded), as a
 /// list-map keyed by `type`.
 fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    conditions_schema_described(
+        "Ready, Submitted, Reconciling and Stalled, following Kubernetes API conventions.",
+    )
+}
+
+/// [`conditions_schema`] with its own description (the accounts carry other conditions).
+pub(crate) fn conditions_schema_described(description: &str) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
-        "description": "Ready, Submitted, Reconciling and Stalled, following Kubernetes API conventions.",
+        "description": description,
         "maxItems": MAX_CONDITIONS,
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
@@ -633,16 +707,84 @@ pub fn crd() -> CustomResourceDefinition {
     UserBatch::crd()
 }
 
-/// The shell command that regenerates the committed copies of the CRD.
-pub const REGENERATE_CRD_COMMAND: &str = "cargo run -- crd > crds/userbatch.yaml && cp crds/userbatch.yaml charts/koodrive-operator/files/crds/userbatch.yaml";
+/// The shell command that regenerates the committed copies of the CRDs.
+pub const REGENERATE_CRD_COMMAND: &str = "for kind in userbatch koodriveaccount clusterkoodriveaccount; do cargo run -- crd --kind $kind > crds/$kind.yaml && cp crds/$kind.yaml charts/koodrive-operator/files/crds/$kind.yaml; done";
 
-/// The CRD as the YAML document committed in `crds/userbatch.yaml` and the Helm chart.
+/// One of the operator's CRDs, by the name of its committed file (`crds/<name>.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrdKind {
+    Userbatch,
+    Koodriveaccount,
+    Clusterkoodriveaccount,
+}
+
+impl CrdKind {
+    pub const ALL: [CrdKind; 3] = [
+        CrdKind::Userbatch,
+        CrdKind::Koodriveaccount,
+        CrdKind::Clusterkoodriveaccount,
+    ];
+
+    /// The kind whose committed file is `crds/<stem>.yaml`.
+    pub fn parse(stem: &str) -> Option<CrdKind> {
+        CrdKind::ALL
+            .into_iter()
+            .find(|kind| kind.file_stem() == stem)
+    }
+
+    /// The committed file's name without `.yaml`.
+    pub const fn file_stem(self) -> &'static str {
+        match self {
+            CrdKind::Userbatch => "userbatch",
+            CrdKind::Koodriveaccount => "koodriveaccount",
+            CrdKind::Clusterkoodriveaccount => "clusterkoodriveaccount",
+        }
+    }
+
+    /// The custom resource's kind.
+    pub const fn kind(self) -> &'static str {
+        match self {
+            CrdKind::Userbatch => "UserBatch",
+            CrdKind::Koodriveaccount => "KooDriveAccount",
+            CrdKind::Clusterkoodriveaccount => "ClusterKooDriveAccount",
+        }
+    }
+
+    pub fn crd(self) -> CustomResourceDefinition {
+        match self {
+            CrdKind::Userbatch => UserBatch::crd(),
+            CrdKind::Koodriveaccount => account::KooDriveAccount::crd(),
+            CrdKind::Clusterkoodriveaccount => account::ClusterKooDriveAccount::crd(),
+        }
+    }
+
+    /// The CRD as the YAML document committed in `crds/<name>.yaml` and the Helm chart.
+    pub fn yaml(self) -> String {
+        // Serialising a value built from our own types cannot fail at runtime short of a bug
+        // in the serializer; a panic here is caught by the drift test long before a release.
+        let body = serde_saphyr::to_string(&self.crd()).expect("the CRD serializes to YAML");
+        let source = match self {
+            CrdKind::Userbatch => "src/crd.rs",
+            _ => "src/crd/account.rs",
+        };
+        format!(
+            "# Generated from {source} by `koodrive-operator crd`: do not edit.\n\
+             # Regenerate with: {REGENERATE_CRD_COMMAND}\n{body}"
+        )
+    }
+}
+
+/// The UserBatch CRD as the YAML document committed in `crds/userbatch.yaml` and the Helm
+/// chart.
 pub fn crd_yaml() -> String {
-    // Serialising a value built from our own types cannot fail at runtime short of a bug in
-    // the serializer; a panic here is caught by the drift test long before a release.
-    let body = serde_saphyr::to_string(&crd()).expect("the CRD serializes to YAML");
-    format!(
-        "# Generated from src/crd.rs by `koodrive-operator crd`: do not edit.\n\
-         # Regenerate with: {REGENERATE_CRD_COMMAND}\n{body}"
-    )
+    CrdKind::Userbatch.yaml()
+}
+
+/// Every CRD, as one multi-document YAML stream (what `koodrive-operator crd` prints).
+pub fn all_crds_yaml() -> String {
+    CrdKind::ALL
+        .iter()
+        .map(|kind| kind.yaml())
+        .collect::<Vec<_>>()
+        .join("---\n")
 }

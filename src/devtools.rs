@@ -1,8 +1,9 @@
 //! The test doubles wired to this operator (the `dev-tools` feature): a Kubernetes API
-//! emulator that serves the UserBatch CRD and admits UserBatches exactly as the CRD's schema
-//! and CEL rules would on a real cluster.
+//! emulator that serves the operator's CRDs (UserBatch, KooDriveAccount,
+//! ClusterKooDriveAccount) and admits their objects exactly as the CRDs' schemas and CEL rules
+//! would on a real cluster.
 
-use crate::crd::{self, GROUP};
+use crate::crd::{CrdKind, GROUP};
 use crate::validation;
 use kube_emulator::{Admission, EmulatorConfig, Violation};
 
@@ -10,23 +11,23 @@ use kube_emulator::{Admission, EmulatorConfig, Violation};
 /// admission a real API server derives from them.
 pub fn emulator_config() -> EmulatorConfig {
     EmulatorConfig {
-        crds: vec![crd_json()],
-        admission: vec![userbatch_admission()],
+        crds: CrdKind::ALL.into_iter().map(crd_json_of).collect(),
+        admission: CrdKind::ALL.into_iter().map(admission_of).collect(),
         ..EmulatorConfig::default()
     }
 }
 
-/// The UserBatch CRD as the JSON object the emulator stores.
-pub fn crd_json() -> serde_json::Value {
+/// One of the operator's CRDs as the JSON object the emulator stores.
+pub fn crd_json_of(kind: CrdKind) -> serde_json::Value {
     // Serialising our own generated CRD cannot fail short of a serializer bug, which the
     // CRD drift test would catch first.
-    serde_json::to_value(crd::crd()).expect("the CRD serializes to JSON")
+    serde_json::to_value(kind.crd()).expect("the CRD serializes to JSON")
 }
 
-/// Admission of UserBatches against the CRD's schema and CEL rules.
-pub fn userbatch_admission() -> Admission {
-    Admission::new(GROUP, "UserBatch", |object| {
-        validation::validate_userbatch(object)
+/// Admission of one kind's objects against its CRD's schema and CEL rules.
+pub fn admission_of(kind: CrdKind) -> Admission {
+    Admission::new(GROUP, kind.kind(), move |object| {
+        validation::validate_object(kind, object)
             .into_iter()
             .map(|v| Violation {
                 path: v.path,
@@ -34,4 +35,14 @@ pub fn userbatch_admission() -> Admission {
             })
             .collect()
     })
+}
+
+/// The UserBatch CRD as the JSON object the emulator stores.
+pub fn crd_json() -> serde_json::Value {
+    crd_json_of(CrdKind::Userbatch)
+}
+
+/// Admission of UserBatches against the CRD's schema and CEL rules.
+pub fn userbatch_admission() -> Admission {
+    admission_of(CrdKind::Userbatch)
 }

@@ -1,9 +1,11 @@
 //! koodrive-operator: provisions users into Huawei Cloud KooDrive from `UserBatch` resources.
 //!
 //! Module map (find a behaviour by its name):
-//! - [`crd`] — the `UserBatch` API types (plain data).
-//! - [`validation`] — offline checks of UserBatch manifests against the CRD schema and CEL rules.
-//! - [`controller`] — the reconciler that turns UserBatches into KooDrive tasks.
+//! - [`crd`] — the `UserBatch`, `KooDriveAccount` and `ClusterKooDriveAccount` API types
+//!   (plain data).
+//! - [`validation`] — offline checks of their manifests against the CRD schemas and CEL rules.
+//! - [`controller`] — the reconciler that turns UserBatches into KooDrive tasks, and the
+//!   account controller that checks accounts' credentials.
 //! - [`leader`] — leader election on a Lease, so only one replica reconciles.
 //! - [`health`] and [`metrics`] — `/healthz`, `/readyz` and Prometheus `/metrics`.
 //! - [`vocabulary`] — condition types and reasons, Event reasons and actions.

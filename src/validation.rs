@@ -1,15 +1,17 @@
-//! Offline validation of UserBatch objects against the CRD's OpenAPI schema and CEL rules,
-//! shared by `koodrive-operator validate` and the API emulator's admission.
+//! Offline validation of the operator's objects (UserBatch, KooDriveAccount,
+//! ClusterKooDriveAccount) against their CRD's OpenAPI schema and CEL rules, shared by
+//! `koodrive-operator validate` and the API emulator's admission.
 //!
-//! The schema is not restated here: [`validate_userbatch`] walks the `openAPIV3Schema` of the
+//! The schema is not restated here: [`validate_object`] walks the `openAPIV3Schema` of the
 //! CRD generated from [`crate::crd`] (so this check and the API server can never disagree about
 //! what is allowed) and evaluates its `x-kubernetes-validations` with kube's local CEL engine.
 //! The walker covers the structural-schema subset the CRD uses: `type`, `nullable`,
 //! `properties`/`required`, `additionalProperties`, `items`, string length, `pattern`, `enum`,
-//! `format: date-time`, item counts, numeric bounds, and `x-kubernetes-list-type` map/set
+//! `format: date-time`, item and property counts, numeric bounds, and `x-kubernetes-list-type` map/set
 //! uniqueness. Messages follow the API server's wording (`Required value`, `Too long: …`,
 //! `Duplicate value: …`) so they read the same offline and at `kubectl apply`.
 
+use crate::crd::CrdKind;
 use kube::core::cel::{CompiledSchema, ErrorKind as CelErrorKind, Validator, compile_schema};
 use regex::Regex;
 use serde_json::Value;
@@ -61,6 +63,7 @@ impl Violation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Required,
+    Forbidden,
     Invalid,
     Unsupported,
     Duplicate,
@@ -70,8 +73,9 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Required,
+        Kind::Forbidden,
         Kind::Invalid,
         Kind::Unsupported,
         Kind::Duplicate,
@@ -83,6 +87,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::Required => "Required value",
+            Kind::Forbidden => "Forbidden",
             Kind::Invalid => "Invalid value",
             Kind::Unsupported => "Unsupported value",
             Kind::Duplicate => "Duplicate value",
@@ -95,6 +100,7 @@ impl Kind {
     fn reason(self) -> &'static str {
         match self {
             Kind::Required => "FieldValueRequired",
+            Kind::Forbidden => "FieldValueForbidden",
             Kind::Invalid => "FieldValueInvalid",
             Kind::Unsupported => "FieldValueNotSupported",
             Kind::Duplicate => "FieldValueDuplicate",
@@ -107,24 +113,42 @@ impl Kind {
     }
 }
 
-/// The generated CRD's `openAPIV3Schema`, as JSON.
-static SCHEMA: LazyLock<Value> = LazyLock::new(|| {
-    let crd = crate::crd::crd();
-    let schema = crd
-        .spec
-        .versions
-        .first()
-        .and_then(|version| version.schema.as_ref())
-        .and_then(|schema| schema.open_api_v3_schema.as_ref());
-    // The CRD comes from our own derive, which always emits a schema; an empty one would make
-    // every field unknown, which the tests would notice at once.
-    schema
-        .and_then(|schema| serde_json::to_value(schema).ok())
-        .unwrap_or(Value::Null)
-});
+/// One CRD's `openAPIV3Schema` as JSON, and its CEL rules compiled.
+struct KindSchema {
+    schema: Value,
+    rules: CompiledSchema,
+}
 
-/// The schema's CEL rules, compiled once.
-static COMPILED_RULES: LazyLock<CompiledSchema> = LazyLock::new(|| compile_schema(&SCHEMA));
+impl KindSchema {
+    fn of(kind: CrdKind) -> KindSchema {
+        let crd = kind.crd();
+        let schema = crd
+            .spec
+            .versions
+            .first()
+            .and_then(|version| version.schema.as_ref())
+            .and_then(|schema| schema.open_api_v3_schema.as_ref());
+        // The CRD comes from our own derive, which always emits a schema; an empty one would
+        // make every field unknown, which the tests would notice at once.
+        let schema = schema
+            .and_then(|schema| serde_json::to_value(schema).ok())
+            .unwrap_or(Value::Null);
+        let rules = compile_schema(&schema);
+        KindSchema { schema, rules }
+    }
+}
+
+/// Every CRD's schema, in [`CrdKind::ALL`] order, built once.
+static SCHEMAS: LazyLock<Vec<KindSchema>> =
+    LazyLock::new(|| CrdKind::ALL.into_iter().map(KindSchema::of).collect());
+
+fn kind_schema(kind: CrdKind) -> &'static KindSchema {
+    let index = CrdKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or_default();
+    &SCHEMAS[index]
+}
 
 /// The CEL environment with Kubernetes' extension functions, built once.
 static CEL: LazyLock<Validator> = LazyLock::new(Validator::new);
@@ -133,7 +157,9 @@ static CEL: LazyLock<Validator> = LazyLock::new(Validator::new);
 /// `None` and is reported as a violation rather than silently passing.
 static PATTERNS: LazyLock<BTreeMap<String, Option<Regex>>> = LazyLock::new(|| {
     let mut patterns = BTreeMap::new();
-    collect_patterns(&SCHEMA, &mut patterns);
+    for schema in SCHEMAS.iter() {
+        collect_patterns(&schema.schema, &mut patterns);
+    }
     patterns
 });
 
@@ -153,7 +179,12 @@ fn collect_patterns(schema: &Value, out: &mut BTreeMap<String, Option<Regex>>) {
 
 /// The UserBatch CRD's `openAPIV3Schema` as JSON: the document [`validate_userbatch`] walks.
 pub fn userbatch_schema() -> &'static Value {
-    &SCHEMA
+    schema_of(CrdKind::Userbatch)
+}
+
+/// A CRD's `openAPIV3Schema` as JSON: the document [`validate_object`] walks for that kind.
+pub fn schema_of(kind: CrdKind) -> &'static Value {
+    &kind_schema(kind).schema
 }
 
 /// Validates one UserBatch object (as JSON) the way the API server would at admission.
@@ -163,6 +194,13 @@ pub fn userbatch_schema() -> &'static Value {
 /// `UserBatch`, `metadata.name` (or `generateName`) must be a DNS subdomain, `spec` must
 /// satisfy the schema and its CEL rules, and `status`, if present, must too.
 pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
+    validate_object(CrdKind::Userbatch, object)
+}
+
+/// Validates one object of `kind` (as JSON) the way the API server would at admission: as
+/// [`validate_userbatch`] does for UserBatches.
+pub fn validate_object(kind: CrdKind, object: &Value) -> Vec<Violation> {
+    let compiled = kind_schema(kind);
     let mut out = Vec::new();
     let Some(fields) = object.as_object() else {
         out.push(Violation::new(
@@ -179,7 +217,7 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
         &format!("{}/v1alpha1", crate::crd::GROUP),
         &mut out,
     );
-    check_constant(fields.get("kind"), "kind", "UserBatch", &mut out);
+    check_constant(fields.get("kind"), "kind", kind.kind(), &mut out);
     match fields.get("metadata") {
         None | Some(Value::Null) => out.push(Violation::new("metadata", Kind::Required, "")),
         Some(metadata) => check_metadata(metadata, &mut out),
@@ -187,7 +225,7 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
 
     // The CRD's root schema describes spec and status; the API server owns the other three.
     check_object_fields(
-        &SCHEMA,
+        &compiled.schema,
         fields,
         "",
         &["apiVersion", "kind", "metadata"],
@@ -195,7 +233,7 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
     );
 
     let schema_clean = out.is_empty();
-    check_cel(object, schema_clean, &mut out);
+    check_cel(&compiled.rules, object, schema_clean, &mut out);
     out
 }
 
@@ -204,6 +242,14 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
 pub enum Document {
     /// A UserBatch (by `apiVersion` group or `kind`), checked; empty `violations` means valid.
     UserBatch {
+        /// `namespace/name`, or just the name, or `<unnamed>`.
+        name: String,
+        violations: Vec<Violation>,
+    },
+    /// A KooDriveAccount or ClusterKooDriveAccount, checked; empty `violations` means valid.
+    Account {
+        /// `KooDriveAccount` or `ClusterKooDriveAccount`.
+        kind: &'static str,
         /// `namespace/name`, or just the name, or `<unnamed>`.
         name: String,
         violations: Vec<Violation>,
@@ -423,17 +469,28 @@ fn classify_and_validate(document: &Value) -> Document {
     let group = api_version
         .and_then(|v| v.split_once('/'))
         .map(|(group, _)| group);
-    if kind == Some("UserBatch") || group == Some(crate::crd::GROUP) {
-        let metadata = document.get("metadata");
-        let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str);
-        let namespace = metadata
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str);
-        let name = match (namespace, name) {
-            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
-            (None, Some(name)) => name.to_owned(),
-            _ => "<unnamed>".to_owned(),
+    let metadata = document.get("metadata");
+    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str);
+    let namespace = metadata
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str);
+    let shown_name = || match (namespace, name) {
+        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        (None, Some(name)) => name.to_owned(),
+        _ => "<unnamed>".to_owned(),
+    };
+    let account = [CrdKind::Koodriveaccount, CrdKind::Clusterkoodriveaccount]
+        .into_iter()
+        .find(|account| kind == Some(account.kind()));
+    if let Some(account) = account {
+        return Document::Account {
+            kind: account.kind(),
+            name: shown_name(),
+            violations: validate_object(account, document),
         };
+    }
+    if kind == Some("UserBatch") || group == Some(crate::crd::GROUP) {
+        let name = shown_name();
         let mut violations = validate_userbatch(document);
         violations.extend(size_violations(document));
         return Document::UserBatch { name, violations };
@@ -628,6 +685,15 @@ fn check_object_fields(
     checked_elsewhere: &[&str],
     out: &mut Vec<Violation>,
 ) {
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+        && fields.len() as u64 > max
+    {
+        out.push(Violation::new(
+            path,
+            Kind::TooMany,
+            format!("{}: must have at most {max} items", fields.len()),
+        ));
+    }
     let properties = schema.get("properties").and_then(Value::as_object);
     // A `null` for a field that is not nullable is pruned by the API server, i.e. absent.
     let present = |name: &str| match (fields.get(name), properties.and_then(|p| p.get(name))) {
@@ -839,8 +905,12 @@ fn check_enum(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation
 /// Evaluates the schema's `x-kubernetes-validations`. When the object already broke the
 /// schema, rules may fail to evaluate on ill-typed data; only genuine rule failures are kept
 /// then, so the user sees the cause rather than its echo.
-fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
-    let compiled = &*COMPILED_RULES;
+fn check_cel(
+    compiled: &CompiledSchema,
+    object: &Value,
+    schema_clean: bool,
+    out: &mut Vec<Violation>,
+) {
     // The API server runs no rule on a null value (and prunes nulls of non-nullable fields),
     // so neither does this; kube-cel would otherwise fail the rule on the null.
     let pruned;
@@ -853,6 +923,11 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
     let Err(errors) = CEL.validate_compiled(compiled, object, None) else {
         return;
     };
+    let type_violated: Vec<String> = out
+        .iter()
+        .filter(|v| v.problem.contains("must be of type"))
+        .map(|v| v.path.clone())
+        .collect();
     for error in errors {
         let failed_rule = error.kind == CelErrorKind::ValidationFailure;
         if !schema_clean && !failed_rule {
@@ -863,6 +938,21 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
         } else {
             error.field_path.clone()
         };
+        // The API server reports no rule on a value that already has the wrong type.
+        if !schema_clean && type_violated.iter().any(|at| covers(at, &path)) {
+            continue;
+        }
+        // A rule with a `reason` is reported as the API server reports that field error:
+        // `Required value: <message>`, `Forbidden: <message>`, no value quoted.
+        let kind = match error.reason.as_deref() {
+            Some("FieldValueRequired") if failed_rule => Some(Kind::Required),
+            Some("FieldValueForbidden") if failed_rule => Some(Kind::Forbidden),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            out.push(Violation::new(path, kind, &error.message));
+            continue;
+        }
         let detail = if failed_rule {
             format!(
                 "{}: {}",
@@ -879,6 +969,14 @@ fn check_cel(object: &Value, schema_clean: bool, out: &mut Vec<Violation>) {
         };
         out.push(Violation::new(path, Kind::Invalid, detail));
     }
+}
+
+/// Whether `path` is `at` or lies below it (`spec` covers `spec.users[0]`).
+fn covers(at: &str, path: &str) -> bool {
+    path == at
+        || path
+            .strip_prefix(at)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
 fn contains_null(value: &Value) -> bool {
@@ -1037,7 +1135,9 @@ mod tests {
                 walk(items, &format!("{path}[]"));
             }
         }
-        walk(&COMPILED_RULES, "");
+        for schema in SCHEMAS.iter() {
+            walk(&schema.rules, "");
+        }
     }
 
     #[test]

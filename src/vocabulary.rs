@@ -39,7 +39,8 @@ macro_rules! words {
 }
 
 words! {
-    /// The conditions a UserBatch carries, following Kubernetes API conventions and kstatus:
+    /// The conditions a UserBatch carries (accounts carry Ready, Reconciling and Stalled),
+    /// following Kubernetes API conventions and kstatus:
     /// `Ready` is the summary, `Reconciling=True` means work is in progress, `Stalled=True`
     /// means nothing will change without a human.
     ConditionType {
@@ -56,9 +57,16 @@ words! {
     Reason {
         // Ready=True.
         Ready,
+        /// An account's credentials were accepted by KooDrive (an account's Ready=True).
+        CredentialsVerified,
         // Ready=False, waiting for something outside the operator; it retries by itself.
         /// The credentials Secret or one of its keys is missing.
         CredentialsNotFound,
+        /// `spec.accountRef` names an account that does not exist (yet).
+        AccountNotFound,
+        /// The account named in `spec.accountRef` has not (yet) had its credentials accepted
+        /// by KooDrive; the UserBatch waits for it (the account's status says why).
+        AccountNotReady,
         /// A `passwordSecretRef` points at a missing Secret or key.
         PasswordNotFound,
         /// The operator's RBAC does not let it read what it needs.
@@ -84,6 +92,9 @@ words! {
         InvalidSpec,
         /// `spec.endpoint` is not among the endpoints the operator was told to trust.
         EndpointNotAllowed,
+        /// The ClusterKooDriveAccount named in `spec.accountRef` does not allow the
+        /// UserBatch's namespace.
+        AccountNotAllowed,
         /// KooDrive refused a request and provably did not act on it.
         KooDriveRejected,
         /// Some users failed in KooDrive.
@@ -115,6 +126,7 @@ impl Reason {
             Reason::CredentialsInvalid
                 | Reason::InvalidSpec
                 | Reason::EndpointNotAllowed
+                | Reason::AccountNotAllowed
                 | Reason::KooDriveRejected
                 | Reason::UsersFailed
                 | Reason::SubmissionInDoubt
@@ -156,7 +168,10 @@ words! {
         Resumed,
         // The condition reasons Events repeat.
         Ready,
+        CredentialsVerified,
         CredentialsNotFound,
+        AccountNotFound,
+        AccountNotAllowed,
         PasswordNotFound,
         PermissionDenied,
         KooDriveUnavailable,
@@ -191,6 +206,8 @@ words! {
         Retry,
         /// Deleting users in KooDrive (or checking a DELETE's outcome), or letting them go.
         Delete,
+        /// An account's credential check.
+        CheckCredentials,
     }
 }
 

@@ -1,13 +1,16 @@
 //! `koodrive-operator demo`: the whole product on one machine, with no cluster and no
 //! KooDrive account. It starts the Kubernetes API emulator and the KooDrive simulator in this
-//! process, runs the real controller against them, applies the manifests in `examples/`, and
-//! prints every status transition until each UserBatch is Ready.
+//! process, runs the real controller against them, applies the manifests in `examples/`
+//! (Namespaces, Secrets, accounts, UserBatches — both ways of naming credentials: a Secret
+//! in `spec.credentialsRef`, or an account in `spec.accountRef`), and prints every status
+//! transition until each UserBatch is Ready.
 
 use crate::cli::CliError;
 use crate::controller::{self, Settings};
 use crate::crd::UserBatch;
+use crate::crd::account::{ClusterKooDriveAccount, KooDriveAccount};
 use crate::metrics::Metrics;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use koodrive_simulator::{Account, Simulator, SimulatorConfig};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
@@ -21,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Directory (or file) of manifests to apply: Secrets and UserBatches.
+    /// Directory (or file) of manifests to apply: Namespaces, Secrets, KooDriveAccounts,
+    /// ClusterKooDriveAccounts and UserBatches.
     #[arg(long, default_value = "examples")]
     pub examples: PathBuf,
     /// Give up, with the reason, if not every UserBatch is Ready by then.
@@ -67,10 +71,18 @@ pub enum DemoError {
     Timeout { timeout: Duration, pending: String },
 }
 
+/// The operator's namespace in the demo, as the Helm chart's release namespace: where
+/// ClusterKooDriveAccount Secrets are.
+pub const OPERATOR_NAMESPACE: &str = "koodrive-system";
+
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     crate::telemetry::init(crate::telemetry::LogFormat::Text, &args.log_level)?;
     let documents = load_documents(&args.examples)?;
+    let namespaces: Vec<Namespace> = of_kind(&documents, "Namespace")?;
     let secrets: Vec<Secret> = of_kind(&documents, "Secret")?;
+    let accounts_here: Vec<KooDriveAccount> = of_kind(&documents, "KooDriveAccount")?;
+    let cluster_accounts: Vec<ClusterKooDriveAccount> =
+        of_kind(&documents, "ClusterKooDriveAccount")?;
     let batches: Vec<UserBatch> = of_kind(&documents, "UserBatch")?;
     if batches.is_empty() {
         return Err(DemoError::NoUserBatch {
@@ -108,6 +120,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     settings.poll_interval = Duration::from_millis(500);
     settings.retry_base_delay = Duration::from_millis(500);
     settings.retry_max_delay = Duration::from_secs(5);
+    settings.cluster_account_secret_namespace = Some(OPERATOR_NAMESPACE.into());
     let stop = CancellationToken::new();
     let controller_task = tokio::spawn(controller::run(
         client.clone(),
@@ -117,6 +130,17 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         || {},
     ));
 
+    for namespace in &namespaces {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), namespace)
+            .await
+            .map_err(|source| DemoError::Apply {
+                kind: "Namespace".into(),
+                name: namespace.name_any(),
+                source,
+            })?;
+        println!("applied Namespace {}", namespace.name_any());
+    }
     for secret in &secrets {
         let namespace = secret.namespace().unwrap_or_else(|| "default".into());
         Api::<Secret>::namespaced(client.clone(), &namespace)
@@ -128,6 +152,32 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 source,
             })?;
         println!("applied Secret {namespace}/{}", secret.name_any());
+    }
+    let mut account_keys = Vec::new();
+    for account in &accounts_here {
+        let namespace = account.namespace().unwrap_or_else(|| "default".into());
+        Api::<KooDriveAccount>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), account)
+            .await
+            .map_err(|source| DemoError::Apply {
+                kind: "KooDriveAccount".into(),
+                name: format!("{namespace}/{}", account.name_any()),
+                source,
+            })?;
+        println!("applied KooDriveAccount {namespace}/{}", account.name_any());
+        account_keys.push(AccountKey::Namespaced(namespace, account.name_any()));
+    }
+    for account in &cluster_accounts {
+        Api::<ClusterKooDriveAccount>::all(client.clone())
+            .create(&PostParams::default(), account)
+            .await
+            .map_err(|source| DemoError::Apply {
+                kind: "ClusterKooDriveAccount".into(),
+                name: account.name_any(),
+                source,
+            })?;
+        println!("applied ClusterKooDriveAccount {}", account.name_any());
+        account_keys.push(AccountKey::Cluster(account.name_any()));
     }
     let mut keys = Vec::new();
     for batch in &batches {
@@ -148,7 +198,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         keys.push((namespace, batch.name_any()));
     }
 
-    let outcome = follow_until_ready(&client, &keys, args.timeout).await;
+    let outcome = follow_until_ready(&client, &account_keys, &keys, args.timeout).await;
     if outcome.is_ok()
         && let Some(path) = &args.keep_running
     {
@@ -169,15 +219,58 @@ fn loopback() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// Prints one line per change of (phase, Ready reason, message) until all are Ready.
+/// An account the demo applied.
+enum AccountKey {
+    Namespaced(String, String),
+    Cluster(String),
+}
+
+/// `Ready=… (reason): message` of an account, once the operator wrote one.
+fn account_line(status: Option<&crate::crd::account::AccountStatus>) -> Option<String> {
+    let ready = status?.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some(format!(
+        "Ready={} ({}): {}",
+        ready.status, ready.reason, ready.message
+    ))
+}
+
+/// Prints one line per change of (phase, Ready reason, message) until all UserBatches are
+/// Ready; the accounts' Ready changes too.
 async fn follow_until_ready(
     client: &kube::Client,
+    accounts: &[AccountKey],
     keys: &[(String, String)],
     timeout: Duration,
 ) -> Result<(), DemoError> {
     let started = Instant::now();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     loop {
+        for account in accounts {
+            let (key, line) = match account {
+                AccountKey::Namespaced(namespace, name) => {
+                    let api: Api<KooDriveAccount> = Api::namespaced(client.clone(), namespace);
+                    let status = api.get(name).await.ok().and_then(|a| a.status);
+                    (
+                        format!("KooDriveAccount {namespace}/{name}"),
+                        account_line(status.as_ref()),
+                    )
+                }
+                AccountKey::Cluster(name) => {
+                    let api: Api<ClusterKooDriveAccount> = Api::all(client.clone());
+                    let status = api.get(name).await.ok().and_then(|a| a.status);
+                    (
+                        format!("ClusterKooDriveAccount {name}"),
+                        account_line(status.as_ref()),
+                    )
+                }
+            };
+            if let Some(line) = line
+                && last.get(&key) != Some(&line)
+            {
+                println!("[{:>5.1}s] {key}: {line}", started.elapsed().as_secs_f64());
+                last.insert(key, line);
+            }
+        }
         let mut pending = Vec::new();
         for (namespace, name) in keys {
             let api: Api<UserBatch> = Api::namespaced(client.clone(), namespace);

@@ -20,7 +20,7 @@ pub struct Args {
     /// Where to write a kubeconfig (context `emulator`) pointing at the emulator.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Start without the UserBatch CRD, as a cluster where it was never installed.
+    /// Start without the operator's CRDs, as a cluster where they were never installed.
     #[arg(long)]
     pub no_crd: bool,
     /// How many watch events are kept for resuming watches; older versions get 410 Gone.

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `run`.
 
+pub mod check_credentials;
 pub mod crd;
 #[cfg(feature = "dev-tools")]
 pub mod demo;

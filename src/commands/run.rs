@@ -20,13 +20,16 @@ use tokio_util::sync::CancellationToken;
     after_help = "\
 The Kubernetes connection comes from the pod's service account in a cluster, otherwise from \
 KUBECONFIG or ~/.kube/config. KooDrive credentials come from the Secret each UserBatch names \
-in spec.credentialsRef; the operator never logs them.
+in spec.credentialsRef, or from the account it names in spec.accountRef (a KooDriveAccount in \
+its namespace, or a ClusterKooDriveAccount); the operator never logs them.
 
 Exit status: 0 after SIGTERM/SIGINT once in-flight reconciles finish; non-zero when the CRD \
 is not installed, the cluster is unreachable at start-up, or leadership is lost."
 )]
 pub struct Args {
-    /// Only watch UserBatches (and Secrets) in this namespace. Empty: all namespaces.
+    /// Only watch UserBatches (and Secrets, KooDriveAccounts) in this namespace, with
+    /// namespaced permissions only: ClusterKooDriveAccounts are then not used. Empty: all
+    /// namespaces.
     #[arg(long, env = "KOODRIVE_WATCH_NAMESPACE", default_value = "")]
     pub watch_namespace: String,
     /// KooDrive endpoint for UserBatches that don't set `spec.endpoint`.
@@ -50,11 +53,14 @@ pub struct Args {
     #[arg(long, env = "KOODRIVE_MAX_BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_batch_size: u16,
-    /// Most KooDrive requests in flight at once, across all UserBatches.
+    /// Most KooDrive requests in flight at once, across all UserBatches that name their own
+    /// credentials Secret; also each account's default (`spec.limits.maxInFlight`).
     #[arg(long, env = "KOODRIVE_MAX_IN_FLIGHT", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
-    /// Most KooDrive requests started per second, across all UserBatches (0: unlimited).
+    /// Most KooDrive requests started per second, across all UserBatches that name their own
+    /// credentials Secret (0: unlimited); also each account's default
+    /// (`spec.limits.requestsPerSecond`).
     #[arg(long, env = "KOODRIVE_REQUESTS_PER_SECOND", default_value_t = 5.0)]
     pub requests_per_second: f64,
     /// How often to poll KooDrive for the results of unfinished tasks.
@@ -89,6 +95,20 @@ pub struct Args {
     /// deletion needs confirmation.
     #[arg(long, env = "KOODRIVE_MAX_DELETIONS", default_value_t = 10)]
     pub max_deletions: u32,
+    /// Namespace of the credentials Secrets of ClusterKooDriveAccounts that name none (their
+    /// `spec.credentialsRef.namespace`): the operator's own. Empty: the pod's namespace
+    /// (POD_NAMESPACE).
+    #[arg(
+        long,
+        env = "KOODRIVE_CLUSTER_ACCOUNT_SECRET_NAMESPACE",
+        default_value = ""
+    )]
+    pub cluster_account_secret_namespace: String,
+    /// How often the credentials of an account KooDrive accepted are checked again. A change
+    /// to the account or its Secret checks them at once, and so does a UserBatch that sees
+    /// them refused.
+    #[arg(long, env = "KOODRIVE_ACCOUNT_CHECK_INTERVAL", default_value = "6h", value_parser = parse_duration)]
+    pub account_check_interval: Duration,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "KOODRIVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -143,6 +163,12 @@ impl Args {
         settings.results_timeout = self.results_timeout;
         settings.auth_retry_interval = self.auth_retry_interval;
         settings.max_deletions = usize::try_from(self.max_deletions).unwrap_or(usize::MAX);
+        settings.cluster_account_secret_namespace =
+            Some(self.cluster_account_secret_namespace.trim().to_string())
+                .filter(|ns| !ns.is_empty())
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .filter(|ns| !ns.is_empty());
+        settings.account_check_interval = self.account_check_interval;
         settings.instance = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty());
         settings
     }

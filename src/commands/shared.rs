@@ -36,6 +36,21 @@ pub fn credentials_from_env() -> Result<Credentials, MissingEnv> {
     })
 }
 
+/// For a refused signature, prints KooDrive's canonical request next to this client's (to
+/// standard error) and what their difference means. Neither holds a secret.
+pub fn explain_signature_mismatch(error: &koodrive_client::Error) {
+    if let Some((server, ours)) = error.canonical_requests() {
+        let verdict = if server == ours {
+            "They are identical, so the secret key (KOODRIVE_SECRET_KEY) does not match the access key."
+        } else {
+            "They differ: the request was changed on the way (proxy, Host header) or signed differently."
+        };
+        eprintln!(
+            "KooDrive's canonical request:\n{server}\n\nthis client's canonical request:\n{ours}\n\n{verdict}"
+        );
+    }
+}
+
 /// Parses durations such as `30s`, `5m`, `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     text.parse::<jiff::SignedDuration>()

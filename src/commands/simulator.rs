@@ -24,6 +24,7 @@ Prefer the file to --secret-key: command lines are visible to other users of the
 
 Control endpoints (for tests and experiments):
   GET  /_sim/submissions   JSON object: phone -> times submitted in accepted create requests
+  GET  /_sim/requests      JSON object: access key -> {requests, failedAuthentication, peakInFlight}
   POST /_sim/faults        queue faults, e.g. {\"call\":\"create\",\"times\":2,\"kind\":{\"status5xx\":503}}
                            kinds: {\"status5xx\":N}, {\"too_many_requests\":{\"retry_after_secs\":N}},
                            {\"latency\":MILLIS}, \"drop_connection\", \"drop_after_processing\",

@@ -159,16 +159,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
                 task.trace_id
             ),
             Err(source) => {
-                if let Some((server, ours)) = source.canonical_requests() {
-                    let verdict = if server == ours {
-                        "They are identical, so the secret key (KOODRIVE_SECRET_KEY) does not match the access key."
-                    } else {
-                        "They differ: the request was changed on the way (proxy, Host header) or signed differently."
-                    };
-                    eprintln!(
-                        "KooDrive's canonical request:\n{server}\n\nthis client's canonical request:\n{ours}\n\n{verdict}"
-                    );
-                }
+                crate::commands::shared::explain_signature_mismatch(&source);
                 let later = &chunks[index + 1..];
                 // Stop at the first failure: after an authentication failure, more requests
                 // would only bring the AK/SK closer to Huawei's 5-minute lock.

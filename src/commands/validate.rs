@@ -1,8 +1,8 @@
-//! `koodrive-operator validate`: checks UserBatch manifests offline, before they reach a
-//! cluster, against the same schema and CEL rules the API server enforces, and against a
-//! real cluster's size limits as plain (client-side) `kubectl apply` would meet them: 256
-//! KiB of annotations (kubectl copies the manifest into one), a 3 MiB request body and
-//! etcd's 1.5 MiB per object.
+//! `koodrive-operator validate`: checks UserBatch, KooDriveAccount and ClusterKooDriveAccount
+//! manifests offline, before they reach a cluster, against the same schema and CEL rules the
+//! API server enforces; UserBatches also against a real cluster's size limits as plain
+//! (client-side) `kubectl apply` would meet them: 256 KiB of annotations (kubectl copies the
+//! manifest into one), a 3 MiB request body and etcd's 1.5 MiB per object.
 //!
 //! Every violation goes to standard output as `FILE: <field path>: <problem>`, one per line,
 //! so a pipeline can grep or annotate them; notes (skipped documents, valid objects, the
@@ -20,14 +20,16 @@ use std::process::ExitCode;
 #[command(
     after_help = "Besides the CRD's schema and CEL rules, each UserBatch is checked against a real \
 cluster's size limits as client-side `kubectl apply` would send it: annotations 262144 bytes \
-(kubectl copies the manifest into one), request body 3 MiB, stored object 1.5 MiB.\n\
-Exit status: 0 if every UserBatch is valid, 1 otherwise.\n\
+(kubectl copies the manifest into one), request body 3 MiB, stored object 1.5 MiB. \
+KooDriveAccounts and ClusterKooDriveAccounts are checked against their CRDs' schema and CEL \
+rules.\n\
+Exit status: 0 if every UserBatch and account is valid, 1 otherwise.\n\
 Example:\n  koodrive-operator validate -f examples/ -f team-a/onboarding.yaml"
 )]
 pub struct Args {
     /// Manifest file or directory to check (repeatable). Directories are searched
     /// recursively for `*.yaml` and `*.yml`; `-` reads standard input. Files may hold several
-    /// YAML documents; documents that are not UserBatches are skipped.
+    /// YAML documents; documents that are not UserBatches or accounts are skipped.
     #[arg(
         short = 'f',
         long = "filename",
@@ -43,6 +45,8 @@ pub struct Args {
 struct Tally {
     files: usize,
     userbatches: usize,
+    accounts: usize,
+    /// UserBatches and accounts with violations.
     invalid_userbatches: usize,
     unreadable: usize,
 }
@@ -79,8 +83,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
 
     writeln!(
         stderr,
-        "checked {} UserBatch(es) in {} file(s): {} invalid{}",
+        "checked {} UserBatch(es){} in {} file(s): {} invalid{}",
         tally.userbatches,
+        if tally.accounts > 0 {
+            format!(" and {} account(s)", tally.accounts)
+        } else {
+            String::new()
+        },
         tally.files,
         tally.invalid_userbatches,
         if tally.unreadable > 0 {
@@ -117,6 +126,21 @@ fn report_file(
                 tally.userbatches += 1;
                 if violations.is_empty() {
                     writeln!(stderr, "{shown}: UserBatch {name} is valid")?;
+                } else {
+                    tally.invalid_userbatches += 1;
+                    for violation in violations {
+                        writeln!(stdout, "{shown}: {violation}")?;
+                    }
+                }
+            }
+            Document::Account {
+                kind,
+                name,
+                violations,
+            } => {
+                tally.accounts += 1;
+                if violations.is_empty() {
+                    writeln!(stderr, "{shown}: {kind} {name} is valid")?;
                 } else {
                     tally.invalid_userbatches += 1;
                     for violation in violations {

@@ -1,4 +1,4 @@
-//! Kubernetes Events about UserBatches (`events.k8s.io/v1`).
+//! Kubernetes Events about UserBatches and accounts (`events.k8s.io/v1`).
 //!
 //! Written here rather than with kube-runtime's `Recorder` for two reasons: the Recorder
 //! folds Events with the same reason into one series, so a UserBatch's second task ID and
@@ -50,7 +50,13 @@ impl Publisher {
         if !self.first_in_a_while(regarding, event) {
             return;
         }
-        let namespace = regarding.namespace.clone().unwrap_or_default();
+        // An Event about a cluster-scoped object (a ClusterKooDriveAccount) lives in
+        // `default`, as the API server requires and `kubectl describe` looks for it.
+        let namespace = regarding
+            .namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let object = Event {
             metadata: ObjectMeta {

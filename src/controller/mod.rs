@@ -1,5 +1,6 @@
-//! The UserBatch controller: watches UserBatches and the Secrets they reference, and turns
-//! pending users into KooDrive tasks — each user at most once.
+//! The UserBatch controller: watches UserBatches and the Secrets and accounts they reference,
+//! and turns pending users into KooDrive tasks — each user at most once. Beside it, the
+//! account controllers check the credentials of KooDriveAccounts and ClusterKooDriveAccounts.
 //!
 //! A reconcile is observe → plan → execute:
 //! - [`reconcile`] — the executor: reads what it needs, performs the plan's I/O in the
@@ -8,10 +9,13 @@
 //! - [`status`] — pure status computation (phase, conditions, summary);
 //!   [`conditions`] — the rules for updating conditions.
 //! - [`secrets`] — credentials and passwords from Secrets, read on demand.
+//! - [`accounts`] — KooDriveAccount and ClusterKooDriveAccount: their credential check and
+//!   what a UserBatch naming one sends with.
 //! - [`guard`] — one authentication guard per credential (the AK/SK lockout).
 //! - [`endpoints`] — which KooDrive endpoints the operator may talk to.
 //! - [`backoff`] — per-UserBatch backoff; [`events`] — Kubernetes Events.
 
+pub mod accounts;
 pub mod backoff;
 pub mod conditions;
 pub mod endpoints;
@@ -22,10 +26,11 @@ pub mod reconcile;
 pub mod secrets;
 pub mod status;
 
+use crate::crd::account::{ClusterKooDriveAccount, KooDriveAccount};
 use crate::crd::{Phase, UserBatch};
 use crate::metrics::Metrics;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use koodrive_client::{RequestLimiter, ServerClock};
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -75,6 +80,12 @@ pub struct Settings {
     pub auth_retry_interval: Duration,
     /// Most users one change may delete in KooDrive without `koodrive.io/confirm-deletions`.
     pub max_deletions: usize,
+    /// Where ClusterKooDriveAccount Secrets are when the account names no namespace: the
+    /// operator's own namespace.
+    pub cluster_account_secret_namespace: Option<String>,
+    /// How often an account whose credentials were accepted is checked again (a change to
+    /// the account or its Secret checks it at once).
+    pub account_check_interval: Duration,
     /// How the KooDrive client connects and retries within one call.
     pub koodrive: koodrive_client::ClientConfig,
     /// Reported in Events (`reportingInstance`): the pod name.
@@ -97,6 +108,8 @@ impl Settings {
             results_timeout: Duration::from_secs(60 * 60),
             auth_retry_interval: Duration::from_secs(15 * 60),
             max_deletions: DEFAULT_MAX_DELETIONS,
+            cluster_account_secret_namespace: None,
+            account_check_interval: Duration::from_secs(6 * 3600),
             koodrive: koodrive_client::ClientConfig::default(),
             instance: None,
         }
@@ -116,11 +129,24 @@ impl Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "the UserBatch CRD (userbatches.koodrive.io) is not installed in this cluster; install it with `kubectl apply -f crds/userbatch.yaml` (or `koodrive-operator crd | kubectl apply -f -`)"
+        "the UserBatch CRD (userbatches.koodrive.io) is not installed in this cluster; install the operator's CRDs with `kubectl apply -f crds/` (or `koodrive-operator crd | kubectl apply -f -`)"
     )]
     CrdNotInstalled,
+    #[error(
+        "the {kind} CRD ({plural}.koodrive.io) is not installed in this cluster; install the operator's CRDs with `kubectl apply -f crds/` (or `koodrive-operator crd | kubectl apply -f -`)"
+    )]
+    AccountCrdNotInstalled {
+        kind: &'static str,
+        plural: &'static str,
+    },
     #[error("cannot list UserBatches to check the CRD is installed")]
     CrdCheck(#[source] kube::Error),
+    #[error("cannot list {kind}s to check their CRD is installed")]
+    AccountCrdCheck {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
     #[error("invalid KooDrive endpoint settings")]
     Endpoints(#[source] endpoints::EndpointError),
 }
@@ -139,8 +165,11 @@ pub struct Context {
     pub endpoints: endpoints::Trusted,
     pub events: events::Publisher,
     pub guard: guard::AuthGuard,
-    /// The limit on HTTP requests to KooDrive, across every UserBatch.
+    /// The limit on HTTP requests to KooDrive, across every UserBatch that names its own
+    /// credentials Secret (each account has its own, see [`accounts::Registry::limiter`]).
     pub limiter: Arc<RequestLimiter>,
+    /// The accounts, their limiters, and who uses what.
+    pub accounts: accounts::Registry,
     pub backoff: backoff::Backoff<Key>,
     /// KooDrive clients by endpoint and credentials Secret version, so a reconcile reuses
     /// connections instead of opening new TLS sessions each time.
@@ -183,6 +212,7 @@ impl Context {
             endpoints::Trusted::new(&settings.default_endpoint, &settings.allowed_endpoints)
                 .map_err(StartError::Endpoints)?;
         Ok(Self {
+            accounts: accounts::Registry::unwatched(&settings),
             events: events::Publisher::new(client.clone(), CONTROLLER_NAME, &instance),
             guard: guard::AuthGuard::new(settings.auth_retry_interval),
             limiter: Arc::new(RequestLimiter::new(
@@ -204,6 +234,12 @@ impl Context {
         })
     }
 
+    /// The context with the accounts the watches feed (instead of none).
+    pub fn with_accounts(mut self, accounts: accounts::Registry) -> Self {
+        self.accounts = accounts;
+        self
+    }
+
     /// A KooDrive client for `endpoint` and these credentials, reused while the Secret's
     /// version is unchanged.
     pub fn koodrive_client(
@@ -212,7 +248,25 @@ impl Context {
         secret_version: &str,
         credentials: koodrive_client::Credentials,
     ) -> Result<koodrive_client::Client, koodrive_client::Error> {
-        let key = format!("{endpoint}|{}|{secret_version}", credentials.access_key);
+        self.koodrive_client_limited(endpoint, secret_version, credentials, None)
+    }
+
+    /// [`Context::koodrive_client`] whose requests wait for `limiter` (an account's) instead
+    /// of the operator-wide one.
+    pub fn koodrive_client_limited(
+        &self,
+        endpoint: &str,
+        secret_version: &str,
+        credentials: koodrive_client::Credentials,
+        limiter: Option<Arc<RequestLimiter>>,
+    ) -> Result<koodrive_client::Client, koodrive_client::Error> {
+        let limiter = limiter.unwrap_or_else(|| self.limiter.clone());
+        // The limiter is part of the key: an account whose limits change gets a new one.
+        let key = format!(
+            "{endpoint}|{}|{secret_version}|{:p}",
+            credentials.access_key,
+            Arc::as_ptr(&limiter)
+        );
         if let Ok(clients) = self.clients.lock()
             && let Some(client) = clients.get(&key)
         {
@@ -223,7 +277,7 @@ impl Context {
             clocks.entry(endpoint.to_string()).or_default().clone()
         };
         let config = koodrive_client::ClientConfig {
-            limiter: Some(self.limiter.clone()),
+            limiter: Some(limiter),
             clock: Some(clock),
             observer: Some(self.metrics.clone()),
             ..self.settings.koodrive.clone()
@@ -292,6 +346,7 @@ impl Context {
         };
         self.metrics.object_state(key, previous.as_ref(), None);
         self.set_references(key, Vec::new());
+        self.accounts.set_userbatch_account(key, None);
         self.backoff.succeeded(key);
     }
 }
@@ -316,8 +371,109 @@ fn trigger_predicate(meta: &Meta) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Runs the controller until `shutdown` is cancelled. `on_synced` is called once the watch
-/// caches have their first full list (the readiness signal).
+/// Checks an account CRD is served; the message tells how to install it when it is not.
+async fn check_account_crd_installed<K>(api: &Api<K>) -> Result<(), StartError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let (kind, plural) = if kind == "KooDriveAccount" {
+        ("KooDriveAccount", "koodriveaccounts")
+    } else {
+        ("ClusterKooDriveAccount", "clusterkoodriveaccounts")
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err(StartError::AccountCrdNotInstalled { kind, plural })
+        }
+        Err(source) => Err(StartError::AccountCrdCheck { kind, source }),
+    }
+}
+
+/// What starts an account's check: a change to its spec or annotations (its own status
+/// writes change neither).
+fn account_predicate<K: Resource>(account: &K) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    account.meta().generation.hash(&mut hasher);
+    account.meta().annotations.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Tells the registry about an account event, so the UserBatches that use it follow.
+fn account_event<K: accounts::Account>(registry: &accounts::Registry, event: &watcher::Event<K>) {
+    match event {
+        watcher::Event::Apply(account) | watcher::Event::InitApply(account) => {
+            registry.account_seen(account)
+        }
+        watcher::Event::Delete(account) => registry.account_deleted(account),
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
+}
+
+/// Runs one account kind's controller until `shutdown`.
+async fn run_account_controller<K: accounts::Account>(
+    api: Api<K>,
+    (store, writer): (Store<K>, reflector::store::Writer<K>),
+    pokes: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
+    context: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    let registry = context.clone();
+    let triggers = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| account_event(&registry.accounts, event))
+        .applied_objects()
+        .predicate_filter(account_predicate, Default::default());
+    Controller::for_stream(triggers, store)
+        .with_config(controller::Config::default().concurrency(4))
+        // A changed Secret, or a UserBatch that saw the credentials refused, re-checks it.
+        .reconcile_on(pokes)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(
+            accounts::reconcile::<K>,
+            accounts::error_policy::<K>,
+            context,
+        )
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %crate::report::chain(&err), "account reconcile loop");
+            }
+        })
+        .await;
+}
+
+/// Waits until every store has its first full list, or `shutdown`. The readiness of a
+/// store is a oneshot that wakes only its latest poller, so it is re-polled on a short tick
+/// (which also re-polls the controllers sharing this task, should they be that poller).
+async fn wait_until_synced(
+    stores: Vec<Box<dyn Fn() -> bool + Send>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let started = std::time::Instant::now();
+    let mut warned = Duration::ZERO;
+    loop {
+        if stores.iter().all(|ready| ready()) {
+            return true;
+        }
+        if started.elapsed() > warned + Duration::from_secs(10) {
+            warned = started.elapsed();
+            tracing::warn!(
+                waited = ?warned,
+                "still waiting for the first list of accounts and namespaces; UserBatches are reconciled once it arrives"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = shutdown.cancelled() => return false,
+        }
+    }
+}
+
+/// Runs the controllers (UserBatches, KooDriveAccounts and, cluster-wide, the
+/// ClusterKooDriveAccounts) until `shutdown` is cancelled. `on_synced` is called once the
+/// UserBatch watch cache has its first full list (the readiness signal).
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -336,17 +492,39 @@ pub async fn run(
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
     check_crd_installed(&userbatches).await?;
+    // Accounts are small and hold no secret: watched whole. Cluster accounts and namespace
+    // labels only when the operator watches every namespace (with --watch-namespace it has
+    // no cluster-wide permissions, and does not use ClusterKooDriveAccounts).
+    let cluster_wide = settings.watch_namespace.is_none();
+    let namespaced_accounts: Api<KooDriveAccount> = match &settings.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    check_account_crd_installed(&namespaced_accounts).await?;
+    let cluster_accounts: Option<Api<ClusterKooDriveAccount>> =
+        cluster_wide.then(|| Api::all(client.clone()));
+    if let Some(api) = &cluster_accounts {
+        check_account_crd_installed(api).await?;
+    }
+    let namespaces: Option<Api<PartialObjectMeta<Namespace>>> =
+        cluster_wide.then(|| Api::all(client.clone()));
 
     let concurrency = reconcile_concurrency(&settings);
     let (secret_store, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
     let (store, writer) = reflector::store::<Meta>();
-    let context = Arc::new(Context::new(
-        client,
-        settings,
-        metrics,
-        secret_store,
-        shutdown.clone(),
-    )?);
+    let (namespaced_store, namespaced_writer) = reflector::store::<KooDriveAccount>();
+    let (cluster_store, cluster_writer) = reflector::store::<ClusterKooDriveAccount>();
+    let (namespace_store, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let (registry, receivers) = accounts::Registry::new(
+        namespaced_store.clone(),
+        cluster_wide.then(|| cluster_store.clone()),
+        cluster_wide.then(|| namespace_store.clone()),
+        &settings,
+    );
+    let context = Arc::new(
+        Context::new(client, settings, metrics, secret_store, shutdown.clone())?
+            .with_accounts(registry),
+    );
 
     let forget = context.clone();
     let triggers = watcher(userbatches, watcher::Config::default().any_semantic())
@@ -359,11 +537,40 @@ pub async fn run(
         })
         .applied_objects()
         .predicate_filter(trigger_predicate, Default::default());
-    // Secrets: metadata only. Their data is read when a UserBatch needs it.
+    // Secrets: metadata only. Their data is read when a UserBatch or an account needs it.
+    let secret_notify = context.clone();
     let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(secret_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect_ok(move |secret| {
+            secret_notify
+                .accounts
+                .secret_touched(&secret.namespace().unwrap_or_default(), &secret.name_any());
+        });
+    // Namespaces: metadata only (their labels, for the cluster accounts' selectors). Driven
+    // on its own: UserBatches are reconciled only once this list is in.
+    let namespace_notify = context.clone();
+    let namespace_shutdown = shutdown.clone();
+    let namespace_watch = async move {
+        if let Some(api) = namespaces {
+            watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .reflect(namespace_writer)
+                .touched_objects()
+                .take_until(namespace_shutdown.cancelled_owned())
+                .for_each(|namespace| {
+                    if let Ok(namespace) = namespace {
+                        // New labels may allow (or no longer allow) a cluster account.
+                        namespace_notify
+                            .accounts
+                            .namespace_touched(&namespace.name_any());
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        }
+    };
 
     let ready_store = store.clone();
     tokio::spawn(async move {
@@ -383,23 +590,81 @@ pub async fn run(
         }
     });
 
-    let mapper = context.clone();
-    Controller::for_stream(triggers, store)
-        .with_config(controller::Config::default().concurrency(concurrency))
-        // A created, fixed or rotated Secret re-triggers exactly the UserBatches that use it.
-        .watches_stream(secret_changes, move |secret| {
-            mapper.userbatches_using(&secret)
-        })
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile::reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %crate::report::chain(&err), "reconcile loop");
+    let namespaced_controller = run_account_controller(
+        namespaced_accounts,
+        (namespaced_store.clone(), namespaced_writer),
+        receivers.namespaced,
+        context.clone(),
+        shutdown.clone(),
+    );
+    let cluster_controller = {
+        let context = context.clone();
+        let shutdown = shutdown.clone();
+        let cluster_store = cluster_store.clone();
+        async move {
+            if let Some(api) = cluster_accounts {
+                run_account_controller(
+                    api,
+                    (cluster_store.clone(), cluster_writer),
+                    receivers.cluster,
+                    context,
+                    shutdown,
+                )
+                .await;
             }
-        })
-        .await;
+        }
+    };
+
+    let mapper = context.clone();
+    let userbatch_controller = async move {
+        // A UserBatch resolves its account from these stores: reconciling before their first
+        // list would report accounts as missing that only are not listed yet.
+        let mut synced: Vec<Box<dyn Fn() -> bool + Send>> = vec![Box::new({
+            let store = namespaced_store.clone();
+            move || is_ready(&store)
+        })];
+        if cluster_wide {
+            synced.push(Box::new(move || is_ready(&cluster_store)));
+            synced.push(Box::new(move || is_ready(&namespace_store)));
+        }
+        if !wait_until_synced(synced, &shutdown).await {
+            return;
+        }
+        Controller::for_stream(triggers, store)
+            .with_config(controller::Config::default().concurrency(concurrency))
+            // A created, fixed or rotated Secret re-triggers exactly the UserBatches that use it.
+            .watches_stream(secret_changes, move |secret| {
+                mapper.userbatches_using(&secret)
+            })
+            // A changed account (its status too), or new namespace labels, re-trigger the
+            // UserBatches that use the account.
+            .reconcile_on(receivers.userbatches)
+            .graceful_shutdown_on(shutdown.cancelled_owned())
+            .run(reconcile::reconcile, error_policy, context)
+            .for_each(|result| async move {
+                if let Err(err) = result {
+                    tracing::debug!(error = %crate::report::chain(&err), "reconcile loop");
+                }
+            })
+            .await;
+    };
+    tokio::join!(
+        userbatch_controller,
+        namespaced_controller,
+        cluster_controller,
+        namespace_watch
+    );
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Whether a store has had its first full list (without waiting).
+fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
 
 /// How many UserBatches are reconciled at once. Unbounded, every UserBatch in the cluster

@@ -1585,6 +1585,9 @@ pub fn ready_transition(
         Reason::ResultsOverdue,
         Reason::DeletionGuard,
         Reason::DeletionInDoubt,
+        // AccountNotReady is not: the account announces its own problem, once.
+        Reason::AccountNotFound,
+        Reason::AccountNotAllowed,
     ];
     if !announced_here.contains(&reason) {
         return None;

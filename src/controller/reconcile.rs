@@ -6,6 +6,7 @@
 //! `resourceVersion` precondition) → send → record the answer on a fresh copy until it
 //! sticks (the request is never repeated, only the bookkeeping).
 
+use super::accounts::{AccountId, resolve::as_account_blocker};
 use super::guard::{CredentialKey, Verdict as AuthVerdict};
 use super::plan::{self, Edit, Failure, PlannedEvent, Transition};
 use super::secrets::{SecretProblem, SecretRead, SecretReader};
@@ -121,6 +122,12 @@ struct Target {
     client: koodrive_client::Client,
     credentials: Credentials,
     key: CredentialKey,
+    /// The credentials Secret when it is in the UserBatch's namespace, where a
+    /// `passwordSecretRef` could name it.
+    credentials_ref: Option<CredentialsRef>,
+    /// The endpoint (and, with an account, the account and its Secret version), for the
+    /// fingerprint of a permanent refusal.
+    inputs: String,
 }
 
 struct Reconciler<'a> {
@@ -129,7 +136,7 @@ struct Reconciler<'a> {
     key: Key,
 }
 
-impl Reconciler<'_> {
+impl<'a> Reconciler<'a> {
     async fn run(&self) -> Result<(Action, Outcome), Error> {
         // The watch carries metadata only, and a cache could lag behind our own last write:
         // decisions about what was sent are made on a fresh read only.
@@ -152,6 +159,14 @@ impl Reconciler<'_> {
         }
         self.ctx
             .set_references(&self.key, referenced_secrets(&ub, &self.key.0));
+        let account = ub
+            .spec
+            .account_ref
+            .as_ref()
+            .map(|reference| AccountId::named_by(&self.key.0, reference));
+        self.ctx
+            .accounts
+            .set_userbatch_account(&self.key, account.clone());
         let generation_changed =
             ub.status.as_ref().and_then(|s| s.observed_generation) != ub.meta().generation;
         if generation_changed {
@@ -194,7 +209,6 @@ impl Reconciler<'_> {
         }
 
         let now = Timestamp::now();
-        let endpoint = self.ctx.endpoints.resolve(ub.spec.endpoint.as_deref());
         let plan = plan::plan(&ub, now, self.ctx.settings.limits());
         if let Some(value) = &plan.confirmed {
             // Consumed before the approval is written: if the operator stops in between,
@@ -222,8 +236,7 @@ impl Reconciler<'_> {
                 &self.ctx.secrets,
                 &self.ctx.secret_versions,
             );
-            let endpoint_name = endpoint.clone().unwrap_or_default();
-            match self.target(&ub, endpoint, &mut secrets).await? {
+            match self.target(&ub, &mut secrets).await? {
                 Err(problem) => blocker = Some(problem),
                 Ok(target) => {
                     // What a permanent refusal depends on: the spec, the endpoint and every
@@ -231,7 +244,7 @@ impl Reconciler<'_> {
                     let inputs = if plan.sends.is_empty() {
                         String::new()
                     } else {
-                        self.inputs_digest(&ub, &endpoint_name, &mut secrets)
+                        self.inputs_digest(&ub, &target.inputs, &mut secrets)
                             .await?
                     };
                     if blocker.is_none() && !plan.sends.is_empty() {
@@ -273,6 +286,18 @@ impl Reconciler<'_> {
                     }
                 }
             }
+        }
+
+        // With an account, refused credentials are the account's to report (once, for all
+        // its UserBatches): the UserBatch waits for it, and the account is checked again
+        // (the guard answers that check without a request).
+        if let Some(account) = &account
+            && let Some(held) = blocker.take()
+        {
+            if held.reason == Reason::CredentialsInvalid {
+                self.ctx.accounts.recheck(account);
+            }
+            blocker = Some(as_account_blocker(held, &account.describe()));
         }
 
         let verdict = self
@@ -515,20 +540,66 @@ impl Reconciler<'_> {
         ))
     }
 
-    /// Resolves the endpoint and credentials, or says what blocks them. An untrusted
-    /// endpoint stops everything before any Secret is read.
+    /// Resolves the endpoint and credentials — the UserBatch's own, or its account's — or
+    /// says what blocks them. An untrusted endpoint, or an account the UserBatch may not
+    /// use, stops everything before any Secret is read.
     async fn target(
         &self,
         ub: &UserBatch,
-        endpoint: Result<String, String>,
-        secrets: &mut SecretReader<'_>,
+        secrets: &mut SecretReader<'a>,
     ) -> Result<Result<Target, Blocker>, Error> {
+        let namespace = self.key.0.as_str();
+        let (endpoint, reference, account) = match &ub.spec.account_ref {
+            None => {
+                let Some(reference) = ub.spec.credentials_ref.clone() else {
+                    return Ok(Err(Blocker::new(
+                        Reason::InvalidSpec,
+                        "set spec.credentialsRef or spec.accountRef",
+                    )));
+                };
+                let endpoint = self.ctx.endpoints.resolve(ub.spec.endpoint.as_deref());
+                (endpoint, reference, None)
+            }
+            Some(account_ref) => match self.ctx.accounts.resolve(
+                namespace,
+                account_ref,
+                &self.ctx.endpoints,
+                self.ctx
+                    .settings
+                    .cluster_account_secret_namespace
+                    .as_deref(),
+            ) {
+                Ok(account) => (
+                    account.endpoint.clone(),
+                    account.credentials_ref.clone(),
+                    Some(account),
+                ),
+                Err(blocker) => return Ok(Err(blocker)),
+            },
+        };
         let endpoint = match endpoint {
             Ok(endpoint) => endpoint,
             Err(message) => return Ok(Err(Blocker::new(Reason::EndpointNotAllowed, message))),
         };
-        let reference = &ub.spec.credentials_ref;
-        let credentials = match secrets.credentials(reference).await {
+        let secret_namespace = account
+            .as_ref()
+            .map_or(namespace, |a| a.secret_namespace.as_str())
+            .to_string();
+        // An account's Secret in another namespace (a cluster account's, in the operator's)
+        // is read on its own; one in this namespace counts among the UserBatch's inputs.
+        let mut elsewhere = (secret_namespace != namespace).then(|| {
+            SecretReader::new(
+                self.ctx.client.clone(),
+                &secret_namespace,
+                &self.ctx.secrets,
+                &self.ctx.secret_versions,
+            )
+        });
+        let reader = match elsewhere.as_mut() {
+            Some(reader) => reader,
+            None => secrets,
+        };
+        let credentials = match reader.credentials(&reference).await {
             Ok(credentials) => credentials,
             Err(SecretRead::Api(source)) => {
                 return Err(Error::Kube {
@@ -540,11 +611,14 @@ impl Reconciler<'_> {
                 return Ok(Err(secret_blocker(&problem, Reason::CredentialsNotFound)));
             }
         };
-        let version = secrets.version_of(&reference.name);
-        let client = match self
-            .ctx
-            .koodrive_client(&endpoint, &version, credentials.clone())
-        {
+        let version = reader.version_of(&reference.name);
+        let limiter = account.as_ref().map(|a| a.limiter.clone());
+        let client = match self.ctx.koodrive_client_limited(
+            &endpoint,
+            &version,
+            credentials.clone(),
+            limiter,
+        ) {
             Ok(client) => client,
             Err(e) => {
                 return Ok(Err(Blocker::new(
@@ -553,16 +627,23 @@ impl Reconciler<'_> {
                 )));
             }
         };
+        let secret = format!("{secret_namespace}/{}@{version}", reference.name);
+        let inputs = match &account {
+            None => endpoint.clone(),
+            Some(account) => format!("{endpoint}|{}|{secret}", account.id.describe()),
+        };
         let key = CredentialKey {
             endpoint,
             access_key: credentials.access_key.clone(),
             user_id: credentials.user_id.clone(),
-            secret_version: format!("{}/{}@{version}", self.key.0, reference.name),
+            secret_version: secret,
         };
         Ok(Ok(Target {
             client,
             credentials,
             key,
+            credentials_ref: (secret_namespace == namespace).then_some(reference),
+            inputs,
         }))
     }
 
@@ -580,9 +661,11 @@ impl Reconciler<'_> {
             .iter()
             .filter_map(|phone| ub.spec.users.iter().find(|u| &u.phone == phone))
             .collect();
-        let credentials_ref: &CredentialsRef = &ub.spec.credentials_ref;
         let register = match secrets
-            .register_users(&users, Some((credentials_ref, &target.credentials)))
+            .register_users(
+                &users,
+                Some((target.credentials_ref.as_ref(), &target.credentials)),
+            )
             .await
         {
             Ok(register) => register,
@@ -867,6 +950,8 @@ impl Reconciler<'_> {
                     | Reason::InvalidSpec
                     | Reason::EndpointNotAllowed
                     | Reason::PermissionDenied
+                    | Reason::AccountNotFound
+                    | Reason::AccountNotAllowed
             )
         {
             next.message = Some(blocker.message.clone());
@@ -1030,7 +1115,7 @@ fn blocked(blocker: Blocker) -> Transition {
 }
 
 /// The blocker for a credential the guard holds back.
-fn guard_blocker(held: &super::guard::Blocked) -> Blocker {
+pub(super) fn guard_blocker(held: &super::guard::Blocked) -> Blocker {
     if held.clock {
         Blocker::new(
             Reason::ClockSkew,
@@ -1051,7 +1136,7 @@ fn guard_blocker(held: &super::guard::Blocked) -> Blocker {
 }
 
 /// The blocker for a Secret that cannot be used.
-fn secret_blocker(problem: &SecretProblem, missing: Reason) -> Blocker {
+pub(super) fn secret_blocker(problem: &SecretProblem, missing: Reason) -> Blocker {
     let reason = match problem {
         SecretProblem::Forbidden { .. } => Reason::PermissionDenied,
         SecretProblem::CredentialAsPassword { .. } => Reason::InvalidSpec,
@@ -1066,7 +1151,7 @@ fn secret_blocker(problem: &SecretProblem, missing: Reason) -> Blocker {
 
 /// What an answer says about the credentials. Only an answer from KooDrive itself (its own
 /// envelope, past the gateway's authentication) proves they were accepted.
-fn auth_verdict(err: &koodrive_client::Error) -> AuthVerdict {
+pub(super) fn auth_verdict(err: &koodrive_client::Error) -> AuthVerdict {
     match err.class() {
         ErrorClass::Authentication => AuthVerdict::Refused,
         ErrorClass::ClockSkew => AuthVerdict::ClockRefused,
@@ -1082,7 +1167,7 @@ fn auth_verdict(err: &koodrive_client::Error) -> AuthVerdict {
     }
 }
 
-fn outcome_label(class: ErrorClass) -> &'static str {
+pub(super) fn outcome_label(class: ErrorClass) -> &'static str {
     match class {
         ErrorClass::Transient { .. } => "transient",
         ErrorClass::Authentication => "authentication",
@@ -1093,9 +1178,16 @@ fn outcome_label(class: ErrorClass) -> &'static str {
     }
 }
 
-/// The Secrets a UserBatch reads (credentials and every password), as keys.
+/// The Secrets a UserBatch reads in its namespace (its own credentials and every password),
+/// as keys. An account's Secret is the account's: a change to it re-checks the account,
+/// whose new status re-triggers the UserBatch.
 fn referenced_secrets(ub: &UserBatch, namespace: &str) -> Vec<Key> {
-    let mut names: Vec<Key> = vec![(namespace.to_string(), ub.spec.credentials_ref.name.clone())];
+    let mut names: Vec<Key> = ub
+        .spec
+        .credentials_ref
+        .iter()
+        .map(|reference| (namespace.to_string(), reference.name.clone()))
+        .collect();
     for user in &ub.spec.users {
         if let Some(reference) = &user.password_secret_ref
             && !names.iter().any(|(_, n)| n == &reference.name)

@@ -207,17 +207,19 @@ impl<'a> SecretReader<'a> {
     /// password read from where the credentials live — or equal to the secret key — is
     /// refused: a tenant must not be able to make the operator send the SK to KooDrive (or
     /// anywhere) as somebody's password.
+    /// `credentials` carries the credentials Secret's reference when it is in this reader's
+    /// namespace (where a `passwordSecretRef` could name it).
     pub async fn register_users(
         &mut self,
         users: &[&User],
-        credentials: Option<(&CredentialsRef, &Credentials)>,
+        credentials: Option<(Option<&CredentialsRef>, &Credentials)>,
     ) -> Result<Vec<RegisterUser>, SecretRead> {
         let mut out = Vec::with_capacity(users.len());
         for user in users {
             let password = match (&user.password, &user.password_secret_ref) {
                 (Some(inline), _) => Some(inline.clone()),
                 (None, Some(SecretKeyRef { name, key })) => {
-                    if let Some((reference, _)) = credentials
+                    if let Some((Some(reference), _)) = credentials
                         && reference.name == *name
                         && credential_keys(reference).contains(key)
                     {
@@ -233,12 +235,13 @@ impl<'a> SecretReader<'a> {
             if let (Some(password), Some((reference, credentials))) = (&password, credentials)
                 && credentials.secret_key.matches(password)
             {
+                let holder = match reference {
+                    Some(reference) => format!("Secret {}/{}", self.namespace, reference.name),
+                    None => "the account's credentials Secret".to_string(),
+                };
                 return Err(SecretRead::Problem(SecretProblem::CredentialAsPassword {
                     phone: user.phone.clone(),
-                    source_ref: format!(
-                        "a value equal to the secret key of Secret {}/{}",
-                        self.namespace, reference.name
-                    ),
+                    source_ref: format!("a value equal to the secret key of {holder}"),
                 }));
             }
             out.push(RegisterUser {

@@ -468,6 +468,31 @@ fn workload_grants(scope: &str) -> BTreeSet<Grant> {
             ),
             ("", "secrets", &["get", "list", "watch"], None),
             ("events.k8s.io", "events", &["create", "patch"], None),
+            ("koodrive.io", "koodriveaccounts", &["list", "watch"], None),
+            ("koodrive.io", "koodriveaccounts/status", &["patch"], None),
+        ],
+    )
+}
+
+/// What the controller needs only cluster-wide: the ClusterKooDriveAccounts and the labels
+/// their namespace selectors match.
+fn cluster_grants() -> BTreeSet<Grant> {
+    grants(
+        "cluster",
+        &[
+            (
+                "koodrive.io",
+                "clusterkoodriveaccounts",
+                &["list", "watch"],
+                None,
+            ),
+            (
+                "koodrive.io",
+                "clusterkoodriveaccounts/status",
+                &["patch"],
+                None,
+            ),
+            ("", "namespaces", &["list", "watch"], None),
         ],
     )
 }
@@ -626,6 +651,7 @@ fn default_rbac_is_a_cluster_role_with_exactly_the_needed_permissions() {
     assert_secrets_read_only(&granted, "default values");
 
     let mut expected = workload_grants("cluster");
+    expected.extend(cluster_grants());
     expected.extend(lease_grants(RELEASE));
     let missing: Vec<_> = expected.difference(&granted).collect();
     let extra: Vec<_> = granted.difference(&expected).collect();
@@ -1872,7 +1898,7 @@ fn userbatch_access_is_aggregated_into_the_default_namespace_roles() {
                     .extend(grants.clone());
             }
         }
-        let expected: BTreeMap<String, BTreeSet<Grant>> =
+        let mut expected: BTreeMap<String, BTreeSet<Grant>> =
             [("view", read), ("edit", write), ("admin", write)]
                 .into_iter()
                 .map(|(target, verbs)| {
@@ -1882,6 +1908,14 @@ fn userbatch_access_is_aggregated_into_the_default_namespace_roles() {
                     )
                 })
                 .collect();
+        // Tenants read their namespaces' KooDriveAccounts (view, and through it edit and
+        // admin); they never write them.
+        if let Some(view) = expected.get_mut("view") {
+            view.extend(grants(
+                "cluster",
+                &[("koodrive.io", "koodriveaccounts", read, None)],
+            ));
+        }
         assert_eq!(
             feeds, expected,
             "{variant}: exactly these UserBatch grants reach view, edit and admin"
@@ -2991,4 +3025,330 @@ async fn every_contract_metric_is_exposed_after_an_end_to_end_run() {
         .filter(|m| !samples.contains(m.as_str()))
         .collect();
     assert!(unexposed.is_empty(), "the dashboard queries {unexposed:?}");
+}
+
+// --- Accounts (issue #13) ---------------------------------------------------------------
+
+/// Every permission `subject` (kind, name) gets through the rendered ClusterRoleBindings.
+fn cluster_grants_of(rendered: &Rendered, kind: &str, name: &str) -> BTreeSet<Grant> {
+    let roles: Vec<ClusterRole> = rendered
+        .of_kind("ClusterRole")
+        .iter()
+        .map(|m| m.typed())
+        .collect();
+    let mut all = BTreeSet::new();
+    for binding in rendered.of_kind("ClusterRoleBinding") {
+        let binding: ClusterRoleBinding = binding.typed();
+        let bound = binding
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.kind == kind && s.name == name);
+        if !bound {
+            continue;
+        }
+        let role = roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()))
+            .unwrap_or_else(|| panic!("ClusterRole {} is not rendered", binding.role_ref.name));
+        all.extend(expand("cluster", role.rules.as_deref().unwrap_or_default()));
+    }
+    all
+}
+
+const PLATFORM_TEAM: &str = "\
+rbac:
+  accountAdmins:
+    - {kind: Group, name: platform-team, apiGroup: rbac.authorization.k8s.io}
+  clusterAccountReaders:
+    - {kind: Group, name: system:authenticated, apiGroup: rbac.authorization.k8s.io}
+";
+
+#[test]
+fn the_platform_team_writes_accounts_and_tenants_only_read_them() {
+    let write: &[&str] = &[
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+    // Without the values, only cluster admins write accounts: no role is rendered for it.
+    let default = render(None);
+    assert!(
+        default
+            .of_kind("ClusterRole")
+            .iter()
+            .all(|r| !r.name().contains("account")),
+        "no account role by default"
+    );
+
+    let rendered = render(Some(PLATFORM_TEAM));
+    assert_no_wildcards(&rendered, "platform team");
+    let platform = cluster_grants_of(&rendered, "Group", "platform-team");
+    assert_eq!(
+        platform,
+        grants(
+            "cluster",
+            &[
+                ("koodrive.io", "koodriveaccounts", write, None),
+                ("koodrive.io", "clusterkoodriveaccounts", write, None),
+            ]
+        ),
+        "accounts only: no status, no Secrets, no UserBatches"
+    );
+    let readers = cluster_grants_of(&rendered, "Group", "system:authenticated");
+    assert_eq!(
+        readers,
+        grants(
+            "cluster",
+            &[(
+                "koodrive.io",
+                "clusterkoodriveaccounts",
+                &["get", "list", "watch"],
+                None
+            )]
+        )
+    );
+    // The operator's own permissions do not change with these values.
+    let mut expected = workload_grants("cluster");
+    expected.extend(cluster_grants());
+    expected.extend(lease_grants(RELEASE));
+    assert_eq!(effective_grants(&rendered), expected);
+    // Tenants: whatever reaches the built-in namespace roles writes no account.
+    for (role, _) in aggregated_cluster_roles(&rendered) {
+        for (_, _, resource, verb, _) in
+            expand("cluster", role.rules.as_deref().unwrap_or_default())
+        {
+            if resource.contains("koodriveaccount") {
+                assert!(
+                    ["get", "list", "watch"].contains(&verb.as_str()),
+                    "tenants may not {verb} {resource}"
+                );
+                assert_eq!(
+                    resource, "koodriveaccounts",
+                    "cluster accounts are not theirs"
+                );
+            }
+        }
+    }
+}
+
+const CLUSTER_ACCOUNT: &str = "\
+clusterAccount:
+  create: true
+  name: company
+  endpoint: https://cn.myhuaweicloud-koodrive.com
+  credentialsSecret:
+    name: platform-credentials
+  limits:
+    requestsPerSecond: 2.5
+    maxInFlight: 3
+  allowedNamespaces:
+    names: [team-a, team-b]
+    matchLabels:
+      koodrive.io/tenant: \"true\"
+    matchExpressions:
+      - {key: env, operator: NotIn, values: [sandbox]}
+koodrive:
+  allowedEndpoints: [https://cn.myhuaweicloud-koodrive.com]
+";
+
+#[test]
+fn a_cluster_account_from_values_is_a_valid_hook_pointing_at_the_release_namespace() {
+    use koodrive_operator::crd::CrdKind;
+    use koodrive_operator::validation::validate_object;
+    let rendered = render(Some(CLUSTER_ACCOUNT));
+    let accounts = rendered.of_kind("ClusterKooDriveAccount");
+    assert_eq!(accounts.len(), 1);
+    let account = &accounts[0].value;
+    // Valid against the CRD, as the API server will check it.
+    assert_eq!(
+        validate_object(CrdKind::Clusterkoodriveaccount, account),
+        vec![]
+    );
+    assert_eq!(account["metadata"]["name"], "company");
+    // A hook: Helm maps ordinary templates to kinds before installing the CRDs.
+    assert_eq!(
+        account["metadata"]["annotations"]["helm.sh/hook"],
+        "post-install,post-upgrade"
+    );
+    let spec = &account["spec"];
+    assert_eq!(spec["endpoint"], "https://cn.myhuaweicloud-koodrive.com");
+    assert_eq!(
+        spec["credentialsRef"],
+        serde_json::json!({"name": "platform-credentials", "namespace": RELEASE_NAMESPACE,
+                           "accessKeyKey": "accessKey", "secretKeyKey": "secretKey",
+                           "userIdKey": "userId"})
+    );
+    assert_eq!(
+        spec["limits"],
+        serde_json::json!({"requestsPerSecond": 2.5, "maxInFlight": 3})
+    );
+    assert_eq!(
+        spec["allowedNamespaces"],
+        serde_json::json!({
+            "names": ["team-a", "team-b"],
+            "selector": {
+                "matchLabels": {"koodrive.io/tenant": "true"},
+                "matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["sandbox"]}]
+            }
+        })
+    );
+    // Nothing secret in the chart: the account only names the Secret.
+    assert!(!accounts[0].text.to_lowercase().contains("secretkey:"));
+
+    // Every namespace, explicitly; no limits: the operator's defaults.
+    let everyone = render_with(
+        None,
+        &[
+            "clusterAccount.create=true",
+            "clusterAccount.credentialsSecret.name=platform-credentials",
+            "clusterAccount.credentialsSecret.namespace=secrets",
+            "clusterAccount.allowedNamespaces.allNamespaces=true",
+        ],
+    );
+    let account = &everyone.of_kind("ClusterKooDriveAccount")[0].value;
+    assert_eq!(
+        validate_object(CrdKind::Clusterkoodriveaccount, account),
+        vec![]
+    );
+    assert_eq!(
+        account["spec"]["allowedNamespaces"],
+        serde_json::json!({"selector": {}})
+    );
+    assert_eq!(account["spec"]["credentialsRef"]["namespace"], "secrets");
+    assert!(account["spec"].get("limits").is_none());
+    assert!(account["spec"].get("endpoint").is_none());
+    // Off by default.
+    assert!(render(None).of_kind("ClusterKooDriveAccount").is_empty());
+    run_ok(
+        Command::new(tool("helm"))
+            .args(["lint", "--strict"])
+            .arg(chart_dir())
+            .arg("--values")
+            .arg(values_file(CLUSTER_ACCOUNT).path()),
+    );
+}
+
+#[test]
+fn a_cluster_account_without_a_secret_or_a_namespace_rule_is_refused() {
+    let base = [
+        "clusterAccount.create=true",
+        "clusterAccount.credentialsSecret.name=platform-credentials",
+    ];
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec![
+                "clusterAccount.create=true",
+                "clusterAccount.allowedNamespaces.allNamespaces=true",
+            ],
+            "needs clusterAccount.credentialsSecret.name",
+        ),
+        (base.to_vec(), "needs clusterAccount.allowedNamespaces"),
+        (
+            [
+                &base[..],
+                &[
+                    "clusterAccount.allowedNamespaces.allNamespaces=true",
+                    "watchNamespace=team-a",
+                ],
+            ]
+            .concat(),
+            "needs the operator to watch every namespace",
+        ),
+        (
+            [
+                &base[..],
+                &["clusterAccount.allowedNamespaces.names={Not_A_Namespace}"],
+            ]
+            .concat(),
+            "names",
+        ),
+    ];
+    for (set, expected) in cases {
+        let output = helm_template(None, &set);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{set:?} should be refused");
+        assert!(
+            stderr.contains(expected),
+            "refusing {set:?} should mention {expected:?}, got:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn account_settings_reach_the_operator() {
+    let env_of_render = |rendered: &Rendered| -> BTreeMap<String, EnvVar> {
+        operator_container(&rendered.deployment())
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect()
+    };
+    let default = render(None);
+    let args = parse_run_args_from_env(&env_of_render(&default), "default values");
+    // ClusterKooDriveAccount Secrets live in the release namespace unless told otherwise.
+    assert_eq!(args.cluster_account_secret_namespace, RELEASE_NAMESPACE);
+    assert_eq!(args.account_check_interval, Duration::from_secs(6 * 3600));
+    let tuned = render_with(
+        None,
+        &[
+            "clusterAccounts.secretNamespace=koodrive-secrets",
+            "koodrive.accountCheckInterval=30m",
+        ],
+    );
+    let args = parse_run_args_from_env(&env_of_render(&tuned), "tuned");
+    assert_eq!(args.cluster_account_secret_namespace, "koodrive-secrets");
+    assert_eq!(args.account_check_interval, Duration::from_secs(30 * 60));
+}
+
+#[test]
+fn argocd_health_check_reads_account_statuses_too() {
+    let health_lua = chart_dir().join("argocd/health.lua");
+    let account = |generation: i64, status: Value| {
+        serde_json::json!({
+            "apiVersion": "koodrive.io/v1alpha1",
+            "kind": "ClusterKooDriveAccount",
+            "metadata": {"name": "company", "generation": generation},
+            "spec": {"credentialsRef": {"name": "platform-credentials"},
+                     "allowedNamespaces": {"names": ["team-a"]}},
+            "status": status,
+        })
+    };
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
+                           "observedGeneration": 2, "lastTransitionTime": "2026-11-29T10:00:00Z"})
+    };
+    let ready = account(
+        2,
+        serde_json::json!({"observedGeneration": 2, "conditions": [
+            condition("Ready", "True", "CredentialsVerified", "KooDrive accepted the credentials"),
+            condition("Reconciling", "False", "Idle", "No work in progress"),
+            condition("Stalled", "False", "NotStalled", ""),
+        ]}),
+    );
+    assert_eq!(
+        argo_health(&health_lua, &ready),
+        (
+            "Healthy".to_string(),
+            "KooDrive accepted the credentials".to_string()
+        )
+    );
+    let refused = account(
+        2,
+        serde_json::json!({"observedGeneration": 2, "conditions": [
+            condition("Ready", "False", "CredentialsInvalid", "KooDrive refused the credentials"),
+            condition("Reconciling", "False", "Idle", "Waiting for a human"),
+            condition("Stalled", "True", "CredentialsInvalid", "KooDrive refused the credentials"),
+        ]}),
+    );
+    assert_eq!(argo_health(&health_lua, &refused).0, "Degraded");
+    // Checked for an older generation: the verdict says nothing about the current spec.
+    let stale = account(3, ready["status"].clone());
+    assert_eq!(argo_health(&health_lua, &stale).0, "Progressing");
 }

@@ -578,6 +578,11 @@ fn every_example_is_valid_and_they_reference_each_other() {
                     assert_eq!(violations, vec![], "{}: {name}", path.display());
                     userbatches.push(serde_saphyr::from_str::<Value>(&text).unwrap());
                 }
+                Document::Account {
+                    kind,
+                    name,
+                    violations,
+                } => assert_eq!(violations, vec![], "{}: {kind} {name}", path.display()),
                 Document::Skipped { what } => secrets.push(what),
             }
         }

@@ -86,12 +86,13 @@ fn batch(name: &str, phones: &[&str]) -> UserBatch {
     UserBatch::new(
         name,
         UserBatchSpec {
-            credentials_ref: CredentialsRef {
+            credentials_ref: Some(CredentialsRef {
                 name: "creds".into(),
                 access_key_key: None,
                 secret_key_key: None,
                 user_id_key: None,
-            },
+            }),
+            account_ref: None,
             endpoint: None,
             users: phones.iter().map(|p| user(p, "Ada")).collect(),
             in_doubt_policy: None,
@@ -404,7 +405,7 @@ async fn apply_merges_list_maps_where_merge_patch_replaces() {
         .unwrap();
     let phones: Vec<&str> = merged.spec.users.iter().map(|u| u.phone.as_str()).collect();
     assert_eq!(phones, [phone("1"), phone("2")]);
-    assert_eq!(merged.spec.credentials_ref.name, "creds");
+    assert_eq!(merged.spec.credentials_ref.as_ref().unwrap().name, "creds");
 
     let takeover = json!({
         "apiVersion": "koodrive.io/v1alpha1", "kind": "UserBatch", "metadata": {"name": "b"},

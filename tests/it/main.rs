@@ -1,5 +1,8 @@
 //! The operator's integration and end-to-end tests, in one binary so a change links once.
 //!
+//! - [`accounts`] — KooDriveAccount and ClusterKooDriveAccount (issue #13): who may use a
+//!   cluster account, a wrong SK reported once on the account, per-account limits,
+//!   `check-credentials`, and the accounts' validation.
 //! - [`chart`] — the Helm chart and the Argo CD health check, with the real `helm`, `lua5.1`.
 //! - [`crd_schema`], [`crd_validate`] — the generated CRD and offline validation.
 //! - [`hostile`] — the at-most-once and no-leak promises under hostile gateways, tenants,
@@ -17,6 +20,7 @@
 //! - [`protocol`] — the at-most-once call order, request by request, against a mock API
 //!   server.
 
+mod accounts;
 mod chart;
 mod crd_schema;
 mod crd_validate;

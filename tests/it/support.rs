@@ -336,12 +336,13 @@ pub fn userbatch(name: &str, credentials: &str, users: Vec<User>) -> UserBatch {
     let mut ub = UserBatch::new(
         name,
         UserBatchSpec {
-            credentials_ref: CredentialsRef {
+            credentials_ref: Some(CredentialsRef {
                 name: credentials.into(),
                 access_key_key: None,
                 secret_key_key: None,
                 user_id_key: None,
-            },
+            }),
+            account_ref: None,
             endpoint: None,
             users,
             in_doubt_policy: None,

@@ -90,6 +90,13 @@ ClusterRole, or in the watched namespace by a Role.
 - apiGroups: ["koodrive.io"]
   resources: ["userbatches/status"]
   verbs: ["get", "patch", "update"]
+# Accounts are read from the watch; only their status is written.
+- apiGroups: ["koodrive.io"]
+  resources: ["koodriveaccounts"]
+  verbs: ["list", "watch"]
+- apiGroups: ["koodrive.io"]
+  resources: ["koodriveaccounts/status"]
+  verbs: ["patch"]
 # Credentials and initial passwords; read only.
 - apiGroups: [""]
   resources: ["secrets"]
@@ -97,6 +104,22 @@ ClusterRole, or in the watched namespace by a Role.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Rules on cluster-scoped resources, granted only cluster-wide (without watchNamespace): the
+ClusterKooDriveAccounts, and the namespaces' labels their selectors match.
+*/}}
+{{- define "koodrive-operator.clusterRules" -}}
+- apiGroups: ["koodrive.io"]
+  resources: ["clusterkoodriveaccounts"]
+  verbs: ["list", "watch"]
+- apiGroups: ["koodrive.io"]
+  resources: ["clusterkoodriveaccounts/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/*
@@ -114,6 +137,18 @@ Value checks a JSON schema cannot express.
 {{- end }}
 {{- if and .Values.caBundle.configMap.name .Values.caBundle.secret.name }}
 {{- fail "caBundle: set only one of caBundle.configMap.name and caBundle.secret.name" }}
+{{- end }}
+{{- if .Values.clusterAccount.create }}
+{{- if .Values.watchNamespace }}
+{{- fail "clusterAccount.create=true needs the operator to watch every namespace (watchNamespace empty): with watchNamespace it has no cluster-wide permissions and uses no ClusterKooDriveAccounts" }}
+{{- end }}
+{{- if not .Values.clusterAccount.credentialsSecret.name }}
+{{- fail "clusterAccount.create=true needs clusterAccount.credentialsSecret.name: the Secret (in the release namespace unless clusterAccount.credentialsSecret.namespace) holding accessKey, secretKey and userId. The chart never takes the AK/SK itself" }}
+{{- end }}
+{{- $allowed := .Values.clusterAccount.allowedNamespaces }}
+{{- if not (or $allowed.names $allowed.matchLabels $allowed.matchExpressions $allowed.allNamespaces) }}
+{{- fail "clusterAccount.create=true needs clusterAccount.allowedNamespaces: names, matchLabels, matchExpressions, or allNamespaces=true (no namespace may use the account otherwise)" }}
+{{- end }}
 {{- end }}
 {{- $timeout := include "koodrive-operator.seconds" .Values.koodrive.requestTimeout | float64 }}
 {{- if le (float64 .Values.terminationGracePeriodSeconds) $timeout }}

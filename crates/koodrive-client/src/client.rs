@@ -171,6 +171,19 @@ pub struct UserResult {
     pub reason: Option<String>,
 }
 
+/// The task ID [`Client::check_credentials`] asks about. Real task IDs are 19-digit
+/// decimals; no task is `0`.
+pub const CREDENTIAL_CHECK_TASK_ID: &str = "0";
+
+/// KooDrive's answer to [`Client::check_credentials`]: it got past authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialCheck {
+    /// KooDrive's code (`"0"`, or the code it refused the made-up task ID with).
+    pub code: String,
+    /// What KooDrive said (its `msg`), bounded and secret-free.
+    pub message: String,
+}
+
 /// What `DELETE users/{userId}` achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deletion {
@@ -533,6 +546,37 @@ impl Client {
             status: 200,
             detail: format!("more than {MAX_PAGES} pages"),
         })
+    }
+
+    /// Checks that KooDrive accepts these credentials, with one request that cannot create
+    /// or change anything: `batchRegister/get` for [`CREDENTIAL_CHECK_TASK_ID`], a task ID no
+    /// task has. It is a documented provisioning call signed exactly like a create (same
+    /// headers, same app authentication, scoped to `X-User-Id`), so the gateway and KooDrive
+    /// authenticate it as they would a create: a wrong AK, SK or signature is refused
+    /// (`APIG.0303`, or KooDrive's `13000001`), and any answer in KooDrive's own envelope
+    /// below HTTP 500 — success, or KooDrive saying the made-up task does not exist — got
+    /// past authentication. Reads are retried like any read; an authentication failure is
+    /// never retried (the caller guards the AK/SK against Huawei's lockout).
+    pub async fn check_credentials(&self) -> Result<CredentialCheck, Error> {
+        let query = vec![
+            ("taskId".to_string(), CREDENTIAL_CHECK_TASK_ID.to_string()),
+            ("cursor".to_string(), "0".to_string()),
+            ("pageSize".to_string(), "1".to_string()),
+        ];
+        match self.read(Call::Get, GET_PATH, &query).await {
+            Ok(_) => Ok(CredentialCheck {
+                code: "0".into(),
+                message: "KooDrive answered the credential check".into(),
+            }),
+            Err(err) if err.proves_authenticated() => Ok(CredentialCheck {
+                code: err.code().unwrap_or_default().to_string(),
+                message: match &err {
+                    Error::Rejected { msg: Some(msg), .. } => msg.clone(),
+                    _ => err.message(),
+                },
+            }),
+            Err(err) => Err(err),
+        }
     }
 
     /// Deletes a KooDrive user ("and the corresponding resources": irreversible). Sent

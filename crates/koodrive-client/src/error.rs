@@ -366,6 +366,18 @@ impl Error {
         }
     }
 
+    /// Whether this answer proves the request got past authentication: KooDrive's own
+    /// envelope (a code not from the API gateway) with a status below 500 that is not an
+    /// authentication or clock refusal. Only KooDrive's backend answers like that, and the
+    /// gateway forwards nothing it did not authenticate.
+    pub fn proves_authenticated(&self) -> bool {
+        matches!(self.class(), ErrorClass::Rejected | ErrorClass::InDoubt)
+            && self
+                .code()
+                .is_some_and(|code| !code.is_empty() && !code.starts_with("APIG"))
+            && self.status().is_some_and(|status| status < 500)
+    }
+
     /// The KooDrive or gateway code, if the answer carried one (`"13000102"`, `"APIG.0303"`).
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -13,8 +13,9 @@ pub mod limit;
 pub mod signer;
 
 pub use client::{
-    Client, ClientConfig, CreatedTask, Deletion, HttpObserver, HttpOutcome, PreparedRequest,
-    Reservation, TaskReport, UserInfo, UserResult, normalize_endpoint,
+    CREDENTIAL_CHECK_TASK_ID, Client, ClientConfig, CreatedTask, CredentialCheck, Deletion,
+    HttpObserver, HttpOutcome, PreparedRequest, Reservation, TaskReport, UserInfo, UserResult,
+    normalize_endpoint,
 };
 pub use clock::ServerClock;
 pub use error::{

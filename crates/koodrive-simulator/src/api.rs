@@ -32,6 +32,7 @@ const MAX_PAGE_SIZE: usize = 1000;
 pub(super) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/_sim/submissions", get(submissions))
+        .route("/_sim/requests", get(requests))
         .route("/_sim/faults", post(add_faults))
         .fallback(koodrive_api)
         .with_state(state)
@@ -39,6 +40,15 @@ pub(super) fn router(state: Arc<State>) -> Router {
 
 async fn submissions(Extract(state): Extract<Arc<State>>) -> Json<Value> {
     Json(json!(state.lock().submissions))
+}
+
+async fn requests(Extract(state): Extract<Arc<State>>) -> Json<Value> {
+    let log = state
+        .log
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    Json(json!(super::stats_by_access_key(&log)))
 }
 
 #[derive(Deserialize)]

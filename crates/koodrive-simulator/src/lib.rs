@@ -194,6 +194,74 @@ impl std::fmt::Debug for Simulator {
 struct State {
     inner: Mutex<Inner>,
     requests: AtomicUsize,
+    /// Every KooDrive request, in arrival order (see [`Simulator::request_log`]).
+    log: Mutex<Vec<RequestRecord>>,
+}
+
+/// One KooDrive request as the simulator saw it: whose it was, when it arrived and when its
+/// answer left. KooDrive throttles per AK, so tests measure limits per access key from this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The `AppId` of the `Authorization` header, if it could be read.
+    pub access_key: Option<String>,
+    pub call: Option<Call>,
+    pub arrived: Instant,
+    /// When the answer was ready (or the connection dropped).
+    pub finished: Instant,
+    /// The HTTP status answered; `None` for a dropped connection.
+    pub status: Option<u16>,
+}
+
+/// Per access key: requests received, authentication failures (HTTP 401) and the most
+/// requests in progress at once (what `GET /_sim/requests` reports).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyStats {
+    pub requests: usize,
+    pub failed_authentication: usize,
+    pub peak_in_flight: usize,
+}
+
+/// Summarises a request log per access key (requests without a readable AK count under "").
+pub fn stats_by_access_key(log: &[RequestRecord]) -> HashMap<String, AccessKeyStats> {
+    let mut out: HashMap<String, AccessKeyStats> = HashMap::new();
+    let mut spans: HashMap<String, Vec<(Instant, Instant)>> = HashMap::new();
+    for record in log {
+        let key = record.access_key.clone().unwrap_or_default();
+        let stats = out.entry(key.clone()).or_default();
+        stats.requests += 1;
+        if record.status == Some(401) {
+            stats.failed_authentication += 1;
+        }
+        spans
+            .entry(key)
+            .or_default()
+            .push((record.arrived, record.finished));
+    }
+    for (key, spans) in spans {
+        if let Some(stats) = out.get_mut(&key) {
+            stats.peak_in_flight = peak_overlap(&spans);
+        }
+    }
+    out
+}
+
+/// The most intervals that overlap at one instant (an answer leaving at the instant the next
+/// request arrives does not overlap it).
+fn peak_overlap(spans: &[(Instant, Instant)]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::with_capacity(spans.len() * 2);
+    for (start, end) in spans {
+        edges.push((*start, 1));
+        edges.push((*end, -1));
+    }
+    // Ends sort before starts at the same instant.
+    edges.sort();
+    let (mut current, mut peak) = (0i32, 0i32);
+    for (_, delta) in edges {
+        current += delta;
+        peak = peak.max(current);
+    }
+    usize::try_from(peak).unwrap_or(0)
 }
 
 struct Inner {
@@ -292,6 +360,7 @@ impl Simulator {
                 page_limit: None,
             }),
             requests: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         let router = api::router(state.clone());
@@ -382,6 +451,20 @@ impl Simulator {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// Every KooDrive request received so far, in arrival order.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// [`stats_by_access_key`] of everything received so far.
+    pub fn stats_by_access_key(&self) -> HashMap<String, AccessKeyStats> {
+        stats_by_access_key(&self.request_log())
+    }
+
     /// Stops accepting connections and waits for the server loop to end.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
@@ -452,7 +535,31 @@ async fn handle_with_faults(
     router: &TowerToHyperService<Router>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, SimulatedDrop> {
-    let mut response = handle(state, router, request).await?;
+    let koodrive = !request.uri().path().starts_with("/_sim/");
+    let access_key = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(koodrive_client::signer::parse_authorization)
+        .map(|parsed| parsed.access_key);
+    let call = call_of(request.method(), request.uri().path());
+    let arrived = Instant::now();
+    let result = handle(state, router, request).await;
+    if koodrive {
+        let record = RequestRecord {
+            access_key,
+            call,
+            arrived,
+            finished: Instant::now(),
+            status: result.as_ref().ok().map(|r| r.status().as_u16()),
+        };
+        state
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(record);
+    }
+    let mut response = result?;
     let now = state.lock().now();
     let date = jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&now);
     if let Ok(date) = date
@@ -463,6 +570,19 @@ async fn handle_with_faults(
     Ok(response)
 }
 
+/// Which KooDrive call a request is, by its path.
+fn call_of(method: &http::Method, path: &str) -> Option<Call> {
+    match path {
+        CREATE_PATH => Some(Call::Create),
+        GET_PATH => Some(Call::Get),
+        _ if path.starts_with(USERS_PATH) && method == http::Method::DELETE => {
+            Some(Call::DeleteUser)
+        }
+        _ if path.starts_with(USERS_PATH) => Some(Call::GetUser),
+        _ => None,
+    }
+}
+
 /// Applies an injected fault (if one matches), otherwise hands the request to the API.
 async fn handle(
     state: &State,
@@ -470,16 +590,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, SimulatedDrop> {
     use hyper::service::Service;
-    let path = request.uri().path();
-    let call = match path {
-        CREATE_PATH => Some(Call::Create),
-        GET_PATH => Some(Call::Get),
-        _ if path.starts_with(USERS_PATH) && request.method() == http::Method::DELETE => {
-            Some(Call::DeleteUser)
-        }
-        _ if path.starts_with(USERS_PATH) => Some(Call::GetUser),
-        _ => None,
-    };
+    let call = call_of(request.method(), request.uri().path());
     if !request.uri().path().starts_with("/_sim/") {
         state.requests.fetch_add(1, Ordering::SeqCst);
     }
@@ -558,5 +669,40 @@ async fn handle(
             response.headers_mut().remove(http::header::CONTENT_LENGTH);
             Ok(response)
         }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn peaks_count_overlapping_requests_per_access_key() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let record = |ak: &str, from: u64, to: u64, status: u16| RequestRecord {
+            access_key: Some(ak.into()),
+            call: Some(Call::Get),
+            arrived: at(from),
+            finished: at(to),
+            status: Some(status),
+        };
+        let log = [
+            record("a", 0, 10, 200),
+            record("a", 5, 15, 401),
+            // Arrives as the first answer leaves: not in flight together.
+            record("a", 10, 20, 200),
+            record("b", 0, 100, 200),
+        ];
+        let stats = stats_by_access_key(&log);
+        assert_eq!(
+            stats["a"],
+            AccessKeyStats {
+                requests: 3,
+                failed_authentication: 1,
+                peak_in_flight: 2
+            }
+        );
+        assert_eq!(stats["b"].peak_in_flight, 1);
     }
 }

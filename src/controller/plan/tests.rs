@@ -21,12 +21,13 @@ fn batch(phones: &[&str], policy: Option<InDoubtPolicy>) -> UserBatch {
     let mut ub = UserBatch::new(
         "b",
         UserBatchSpec {
-            credentials_ref: CredentialsRef {
+            credentials_ref: Some(CredentialsRef {
                 name: "c".into(),
                 access_key_key: None,
                 secret_key_key: None,
                 user_id_key: None,
-            },
+            }),
+            account_ref: None,
             endpoint: None,
             users: phones.iter().map(|p| user(p)).collect(),
             in_doubt_policy: policy,

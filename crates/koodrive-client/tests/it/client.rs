@@ -708,3 +708,40 @@ async fn the_rate_limit_counts_every_http_request_retries_included() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_credential_check_creates_nothing_and_tells_good_from_wrong_credentials() {
+    let sim = simulator(Duration::ZERO).await;
+    // KooDrive answers the made-up task ID in its own envelope: past authentication.
+    let checked = client_with(&sim, AK, SK).check_credentials().await.unwrap();
+    assert!(!checked.code.is_empty(), "{checked:?}");
+    assert!(sim.submissions().is_empty() && sim.users().is_empty());
+
+    let before = sim.request_count();
+    let refused = client_with(&sim, AK, "wrong-secret-key")
+        .check_credentials()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.class(), ErrorClass::Authentication);
+    // An authentication failure is never repeated within the call.
+    assert_eq!(sim.request_count(), before + 1);
+    assert!(!refused.message().contains("wrong-secret-key"));
+
+    let unknown = client_with(&sim, "no-such-access-key", SK)
+        .check_credentials()
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.class(), ErrorClass::Authentication);
+
+    // An unavailable KooDrive proves nothing about the credentials.
+    sim.inject(Fault {
+        call: Some(Call::Get),
+        times: 10,
+        kind: FaultKind::Status5xx(503),
+    });
+    let unavailable = client_with(&sim, AK, SK)
+        .check_credentials()
+        .await
+        .unwrap_err();
+    assert!(matches!(unavailable.class(), ErrorClass::Transient { .. }));
+}
