@@ -140,7 +140,7 @@ impl Reason {
 
 words! {
     /// What an Event reports. Events about a condition reuse the condition's reason (see
-    /// [`EventReason::from`]); these are the others.
+    /// [`EventReason::from_condition`]); these are the others.
     EventReason {
         /// KooDrive created a task for some users.
         TaskCreated,

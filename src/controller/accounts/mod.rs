@@ -183,7 +183,7 @@ struct Triggers {
     cluster: UnboundedSender<ObjectRef<ClusterKooDriveAccount>>,
 }
 
-/// The other ends of the [`Triggers`], for the controllers' `reconcile_on`.
+/// The other ends of the triggers, for the controllers' `reconcile_on`.
 pub struct Receivers {
     pub userbatches: UnboundedReceiver<ObjectRef<Meta>>,
     pub namespaced: UnboundedReceiver<ObjectRef<KooDriveAccount>>,

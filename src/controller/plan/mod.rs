@@ -27,7 +27,7 @@
 //!   holds back;
 //! - [`edits`] — every status change as data, and how it applies;
 //! - [`answers`] — what follows an answer to a create or a poll (the at-most-once table);
-//! - [`lifecycle`] — removals, deletions and their answers, the finalizer, the pause;
+//! - [`mod@lifecycle`] — removals, deletions and their answers, the finalizer, the pause;
 //! - [`events`] — the Events, and the fingerprints that reveal edits to sent users.
 
 use super::status::{self, Blocker, GuardHold, Lifecycle, abbreviate};
