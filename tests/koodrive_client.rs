@@ -41,6 +41,7 @@ fn config() -> ClientConfig {
         max_attempts: 4,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        ..ClientConfig::default()
     }
 }
 

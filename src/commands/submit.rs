@@ -4,8 +4,8 @@
 use crate::cli::CliError;
 use crate::crd::UserBatch;
 use crate::koodrive::{
-    self, Client, ClientConfig, Credentials, MAX_USERS_PER_REQUEST, Password, RegisterUser,
-    SecretKey,
+    self, CaBundleError, Client, ClientConfig, Credentials, ExtraRoots, MAX_USERS_PER_REQUEST,
+    Password, RegisterUser, SecretKey,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,10 +37,36 @@ pub struct Args {
         default_value_t = false
     )]
     pub allow_insecure_endpoints: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Most users per request (KooDrive's limit is 1000).
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
+}
+
+/// Trust settings shared by `submit` and `task` (`run` has the same flag).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// PEM file of CA certificates trusted for KooDrive in addition to the built-in roots
+    /// (a private gateway or TLS-inspecting proxy). SSL_CERT_FILE and SSL_CERT_DIR add
+    /// theirs the same way.
+    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client configuration for a one-shot command.
+    pub(crate) fn client_config(
+        &self,
+        allow_insecure_endpoints: bool,
+    ) -> Result<ClientConfig, SubmitError> {
+        Ok(ClientConfig {
+            allow_insecure_endpoints,
+            extra_roots: ExtraRoots::from_environment(self.ca_bundle.as_deref())?,
+            ..ClientConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +98,8 @@ pub enum SubmitError {
     },
     #[error(transparent)]
     Client(Box<koodrive::Error>),
+    #[error(transparent)]
+    CaBundle(#[from] CaBundleError),
     #[error(
         "request {index} of {requests} ({users} users, trace {trace_id}) failed: {source}{}",
         not_sent_note(*not_sent_users, *not_sent_requests)
@@ -166,10 +194,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let client = Client::new(
         &endpoint,
         credentials_from_env()?,
-        ClientConfig {
-            allow_insecure_endpoints: args.allow_insecure_endpoints,
-            ..ClientConfig::default()
-        },
+        args.tls.client_config(args.allow_insecure_endpoints)?,
     )
     .map_err(SubmitError::client)?;
     let batch_size = usize::from(args.batch_size).min(MAX_USERS_PER_REQUEST);

@@ -1,8 +1,8 @@
 //! `koodrive-operator task`: query a batch provisioning task and print its results.
 
 use crate::cli::CliError;
-use crate::commands::submit::{CREDENTIALS_HELP, SubmitError, credentials_from_env};
-use crate::koodrive::{Client, ClientConfig};
+use crate::commands::submit::{CREDENTIALS_HELP, SubmitError, TlsArgs, credentials_from_env};
+use crate::koodrive::Client;
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
@@ -21,16 +21,15 @@ pub struct Args {
         default_value_t = false
     )]
     pub allow_insecure_endpoints: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let client = Client::new(
         &args.endpoint,
         credentials_from_env()?,
-        ClientConfig {
-            allow_insecure_endpoints: args.allow_insecure_endpoints,
-            ..ClientConfig::default()
-        },
+        args.tls.client_config(args.allow_insecure_endpoints)?,
     )
     .map_err(SubmitError::client)?;
     let report = client

@@ -9,7 +9,10 @@ mod client;
 mod error;
 pub mod signer;
 
-pub use client::{Client, ClientConfig, CreatedTask, PreparedRequest, TaskReport, UserResult};
+pub use client::{
+    CaBundleError, Client, ClientConfig, CreatedTask, ExtraRoots, PreparedRequest, TaskReport,
+    UserResult,
+};
 pub use error::{Call, Error, ErrorClass};
 
 use rand::RngExt;
