@@ -1,4 +1,8 @@
-//! Shipping: the binary away from the checkout, and KooDrive behind a private CA.
+//! Shipping: the binary away from the checkout, KooDrive behind a private CA, and the
+//! container image itself, started with runc against the API emulator and the simulator.
+//!
+//! The image test reads the archive `scripts/build-image.sh` writes (`scripts/test` builds
+//! it first and exports its path in `KOODRIVE_IMAGE_ARCHIVE`).
 
 mod support;
 
@@ -10,12 +14,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 const BIN: &str = env!("CARGO_BIN_EXE_koodrive-operator");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Variables that would make the binary trust CAs besides the test's own choice.
 const TRUST_VARIABLES: [&str; 3] = ["SSL_CERT_FILE", "SSL_CERT_DIR", "KOODRIVE_CA_BUNDLE"];
 
@@ -428,4 +434,363 @@ async fn the_operator_reaches_koodrive_behind_a_private_ca_with_ca_bundle() {
         "{}",
         trusting.logs()
     );
+}
+
+// --- the container image --------------------------------------------------------------
+
+/// Host names the container resolves through its /etc/hosts: with no NSS module in the
+/// image, this is what proves the static binary resolves names at all.
+const API_HOST: &str = "kube-api.koodrive.test";
+const SIMULATOR_HOST: &str = "koodrive-simulator.koodrive.test";
+const IMAGE_UID: u32 = 65532;
+
+fn image_archive() -> PathBuf {
+    let path = std::env::var_os("KOODRIVE_IMAGE_ARCHIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/image")
+                .join(format!("koodrive-operator-{VERSION}.oci.tar"))
+        });
+    assert!(
+        path.is_file(),
+        "no image archive at {} (KOODRIVE_IMAGE_ARCHIVE); build it with scripts/build-image.sh, or run the whole suite with scripts/test",
+        path.display()
+    );
+    path
+}
+
+fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not on PATH; install it with scripts/install-test-tools.sh (or run scripts/test)"
+    );
+}
+
+fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    let (algorithm, hex) = digest.split_once(':').unwrap();
+    layout.join("blobs").join(algorithm).join(hex)
+}
+
+/// A container started with runc; killed and deleted on drop.
+struct Container {
+    id: String,
+    /// runc's state directory, private to the test so nothing else's containers are touched.
+    state: PathBuf,
+}
+
+impl Container {
+    fn runc(&self, args: &[&str]) -> std::process::Output {
+        Command::new("runc")
+            .arg("--root")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let out = self.runc(&["state", &self.id]);
+        assert!(
+            out.status.success(),
+            "runc state: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.runc(&["kill", &self.id, "KILL"]);
+        let _ = self.runc(&["delete", "--force", &self.id]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_runs_the_operator_as_non_root_on_a_read_only_root() {
+    let archive = image_archive();
+    require_tool("umoci");
+    require_tool("runc");
+    let env = Env::start().await;
+    let work = env.dir.path();
+
+    // The archive: an OCI layout that containerd imports under the right name, plus the
+    // manifest.json that Docker's classic image store reads.
+    let layout = work.join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    run_tool(
+        "tar",
+        &[
+            "-xf",
+            archive.to_str().unwrap(),
+            "-C",
+            layout.to_str().unwrap(),
+        ],
+    );
+    let index = read_json(&layout.join("index.json"));
+    let descriptor = &index["manifests"][0];
+    assert_eq!(
+        descriptor["annotations"]["io.containerd.image.name"],
+        format!("docker.io/library/koodrive-operator:{VERSION}").as_str()
+    );
+    let tag = descriptor["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap();
+    let manifest = read_json(&blob(&layout, descriptor["digest"].as_str().unwrap()));
+    let config = read_json(&blob(
+        &layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
+    let docker = read_json(&layout.join("manifest.json"));
+    assert_eq!(
+        docker[0]["RepoTags"][0],
+        format!("koodrive-operator:{VERSION}").as_str()
+    );
+    for file in std::iter::once(&docker[0]["Config"]).chain(docker[0]["Layers"].as_array().unwrap())
+    {
+        assert!(layout.join(file.as_str().unwrap()).is_file(), "{file}");
+    }
+    let image = &config["config"];
+    assert_eq!(image["User"], "65532:65532");
+    assert_eq!(
+        image["Entrypoint"],
+        serde_json::json!(["/koodrive-operator"])
+    );
+    assert_eq!(image["Cmd"], serde_json::json!(["run"]));
+    assert!(image["ExposedPorts"].get("8080/tcp").is_some(), "{image}");
+    assert_eq!(image["Labels"]["org.opencontainers.image.version"], VERSION);
+    assert_eq!(config["os"], "linux");
+
+    // Unpacked as runc would run it under Kubernetes: the image's user, no rlimits (this
+    // machine may not set them), a read-only root, the host's loopback, a kubeconfig and an
+    // /etc/hosts mounted read-only.
+    let bundle = work.join("bundle");
+    run_tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{tag}", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let files: Vec<_> = std::fs::read_dir(bundle.join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        ["koodrive-operator"],
+        "the image holds only the binary"
+    );
+
+    let kubeconfig = work.join("container-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        env.emulator
+            .kubeconfig_yaml()
+            .replace("127.0.0.1", API_HOST),
+    )
+    .unwrap();
+    let hosts = work.join("container-hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost {API_HOST} {SIMULATOR_HOST}\n"),
+    )
+    .unwrap();
+    for file in [&kubeconfig, &hosts] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let simulator_port = env.simulator.local_addr().port();
+
+    let spec_path = bundle.join("config.json");
+    let mut spec = read_json(&spec_path);
+    let process = &mut spec["process"];
+    assert_eq!(
+        process["user"]["uid"], IMAGE_UID,
+        "umoci takes the image's USER"
+    );
+    assert_eq!(process["user"]["gid"], IMAGE_UID);
+    assert_eq!(
+        process["args"],
+        serde_json::json!(["/koodrive-operator", "run"])
+    );
+    let args = process["args"].as_array_mut().unwrap();
+    for arg in [
+        "--metrics-addr".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--default-endpoint".to_string(),
+        format!("http://{SIMULATOR_HOST}:{simulator_port}"),
+        "--allow-insecure-endpoints".to_string(),
+        "--poll-interval".to_string(),
+        "300ms".to_string(),
+        "--requests-per-second".to_string(),
+        "0".to_string(),
+    ] {
+        args.push(arg.into());
+    }
+    process["env"].as_array_mut().unwrap().extend([
+        "KUBECONFIG=/etc/koodrive/kubeconfig".into(),
+        "POD_NAME=image-test".into(),
+    ]);
+    process["terminal"] = false.into();
+    process.as_object_mut().unwrap().remove("rlimits");
+    spec["root"]["readonly"] = true.into();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|ns| ns["type"] != "network");
+    for (source, destination) in [
+        (&kubeconfig, "/etc/koodrive/kubeconfig"),
+        (&hosts, "/etc/hosts"),
+    ] {
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": destination,
+                "type": "bind",
+                "source": source,
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            }));
+    }
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+
+    let container = Container {
+        id: format!(
+            "koodrive-image-test-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond()
+        ),
+        state: work.join("runc-state"),
+    };
+    let log = work.join("container.log");
+    // A file, not a pipe: the detached container keeps writing to it after runc exits.
+    let output = std::fs::File::create(&log).unwrap();
+    let started = Command::new("runc")
+        .arg("--root")
+        .arg(&container.state)
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle)
+        .arg(&container.id)
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .status()
+        .unwrap();
+    assert!(started.success(), "runc run: {}", read_to_string(&log));
+
+    let deadline = Instant::now() + DEADLINE;
+    let metrics_addr = loop {
+        let text = read_to_string(&log);
+        let logged = text
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next());
+        if let Some(addr) = logged {
+            break addr.to_string();
+        }
+        assert_eq!(
+            container.state()["status"],
+            "running",
+            "the operator stopped in the container:\n{text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address logged within {DEADLINE:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eventually("/readyz to answer 200", || {
+        let url = format!("http://{metrics_addr}/readyz");
+        async move { http_get(&url).await.filter(|(code, _)| *code == 200) }
+    })
+    .await;
+
+    env.create_credentials("creds", SECRET_KEY).await;
+    env.create_batch("from-the-image", "creds", users("86177", 3, None))
+        .await;
+    let ub = env.wait_for("from-the-image", "Ready", is_ready).await;
+    assert_eq!(ub.status.unwrap().summary.unwrap().succeeded, 3);
+
+    let state = container.state();
+    assert_eq!(state["status"], "running", "{state}");
+    let pid = state["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for field in ["Uid:", "Gid:"] {
+        let ids: Vec<&str> = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .collect();
+        assert_eq!(
+            ids,
+            [IMAGE_UID.to_string().as_str(); 4],
+            "{field} real, effective, saved, filesystem"
+        );
+    }
+    // Root on the host, so no permission check stops this write: only a read-only mount does.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(root.join("koodrive-operator").is_file());
+    let write = std::fs::write(root.join("probe"), b"x");
+    assert_eq!(
+        write.as_ref().map_err(|e| e.raw_os_error()),
+        Err(Some(30)),
+        "writing the container's root must fail with EROFS: {write:?}"
+    );
+
+    // Kubernetes stops a pod with SIGTERM to PID 1, which the operator is here.
+    let out = container.runc(&["kill", &container.id, "TERM"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while container.state()["status"] != "stopped" {
+        assert!(
+            Instant::now() < deadline,
+            "the operator ignored SIGTERM: {}",
+            read_to_string(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = read_to_string(&log);
+    assert!(logs.contains("shutdown signal received"), "{logs}");
+    assert_no_secrets("the container's logs", &logs);
+}
+
+#[test]
+fn the_dockerfile_labels_the_image_with_the_package_version() {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("ARG VERSION={VERSION}\n")),
+        "the Dockerfile's `ARG VERSION=` must be {VERSION}, the version in Cargo.toml"
+    );
+    assert!(dockerfile.contains("USER 65532:65532"));
 }
