@@ -736,6 +736,9 @@ koodrive:
   requestTimeout: 10s
   allowInsecureEndpoints: true
   defaultEndpoint: http://simulator:9000
+  caBundle:
+    configMapName: corporate-ca
+    key: bundle.pem
 retry:
   baseDelay: 1s
   maxDelay: 1h
@@ -770,6 +773,30 @@ metrics:
     );
     assert_eq!(args.log_level, "debug");
     assert_eq!(args.metrics_addr, "[::]:9090".parse().unwrap());
+    // The CA bundle is the ConfigMap's key, mounted read-only where the variable points.
+    let bundle = args.ca_bundle.expect("KOODRIVE_CA_BUNDLE is set");
+    let mount = container
+        .volume_mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| bundle.starts_with(&m.mount_path))
+        .expect("the CA bundle's directory is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(
+        bundle.strip_prefix(&mount.mount_path).unwrap(),
+        "bundle.pem"
+    );
+    let volumes = rendered
+        .deployment()
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.volumes)
+        .unwrap_or_default();
+    let volume = volumes.iter().find(|v| v.name == mount.name).unwrap();
+    assert_eq!(
+        volume.config_map.as_ref().map(|c| c.name.as_str()),
+        Some("corporate-ca")
+    );
 }
 
 #[test]

@@ -85,9 +85,10 @@ pub struct Args {
     )]
     pub allow_insecure_endpoints: bool,
     /// PEM file of CA certificates trusted for KooDrive in addition to the built-in roots
-    /// (a private gateway or TLS-inspecting proxy). SSL_CERT_FILE and SSL_CERT_DIR add
-    /// theirs the same way.
-    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE")]
+    /// (a private gateway or TLS-inspecting proxy); empty: none. SSL_CERT_FILE and
+    /// SSL_CERT_DIR add theirs the same way.
+    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE",
+          value_parser = crate::commands::submit::parse_optional_path)]
     pub ca_bundle: Option<PathBuf>,
 }
 

@@ -49,10 +49,17 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TlsArgs {
     /// PEM file of CA certificates trusted for KooDrive in addition to the built-in roots
-    /// (a private gateway or TLS-inspecting proxy). SSL_CERT_FILE and SSL_CERT_DIR add
-    /// theirs the same way.
-    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE")]
+    /// (a private gateway or TLS-inspecting proxy); empty: none. SSL_CERT_FILE and
+    /// SSL_CERT_DIR add theirs the same way.
+    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE",
+          value_parser = crate::commands::submit::parse_optional_path)]
     pub ca_bundle: Option<PathBuf>,
+}
+
+/// A path that may be empty, meaning "none": clap's own path parser refuses empty values,
+/// and the Helm chart sets `KOODRIVE_CA_BUNDLE=""` when it mounts no bundle.
+pub(crate) fn parse_optional_path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
 }
 
 impl TlsArgs {

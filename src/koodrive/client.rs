@@ -123,11 +123,14 @@ impl ExtraRoots {
     }
 
     /// As [`ExtraRoots::from_environment`], with the variables' values passed in.
-    pub fn load(
-        ca_bundle: Option<&Path>,
-        cert_file: Option<&Path>,
+    pub fn load<'a>(
+        ca_bundle: Option<&'a Path>,
+        cert_file: Option<&'a Path>,
         cert_dirs: Option<&Path>,
     ) -> Result<ExtraRoots, CaBundleError> {
+        // An empty path is no path, as for an empty SSL_CERT_FILE.
+        let given = |path: Option<&'a Path>| path.filter(|p| !p.as_os_str().is_empty());
+        let (ca_bundle, cert_file) = (given(ca_bundle), given(cert_file));
         let mut roots = Collector::default();
         let files = [
             (ca_bundle, "--ca-bundle, KOODRIVE_CA_BUNDLE"),
@@ -1130,6 +1133,9 @@ mod tests {
     #[test]
     fn nothing_configured_trusts_only_the_built_in_roots() {
         let roots = ExtraRoots::load(None, None, None).unwrap();
+        assert!(roots.is_empty());
+        let empty = Path::new("");
+        let roots = ExtraRoots::load(Some(empty), Some(empty), Some(empty)).unwrap();
         assert!(roots.is_empty());
         // A directory of non-certificates (OpenSSL keeps CRLs and READMEs there) is no error.
         let dir = tempfile::tempdir().unwrap();
