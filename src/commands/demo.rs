@@ -1,8 +1,9 @@
 //! `koodrive-operator demo`: the whole product on one machine, with no cluster and no
 //! KooDrive account. It starts the Kubernetes API emulator and the KooDrive simulator in this
-//! process, runs the real controller against them, applies the manifests in `examples/`
-//! (Namespaces, Secrets, accounts, UserBatches — both ways of naming credentials: a Secret
-//! in `spec.credentialsRef`, or an account in `spec.accountRef`), and prints every status
+//! process, runs the real controller against them, applies the example manifests (those of
+//! `examples/`, compiled into the binary, or `--examples DIR`: Namespaces, Secrets, accounts,
+//! UserBatches — both ways of naming credentials: a Secret in `spec.credentialsRef`, or an
+//! account in `spec.accountRef`), and prints every status
 //! transition until each UserBatch is Ready.
 
 use crate::cli::CliError;
@@ -24,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Directory (or file) of manifests to apply: Namespaces, Secrets, KooDriveAccounts,
-    /// ClusterKooDriveAccounts and UserBatches.
-    #[arg(long, default_value = "examples")]
-    pub examples: PathBuf,
+    /// Directory (or file) of manifests to apply (Namespaces, Secrets, KooDriveAccounts,
+    /// ClusterKooDriveAccounts and UserBatches) instead of the built-in copy of the
+    /// repository's examples/.
+    #[arg(long, value_name = "DIR")]
+    pub examples: Option<PathBuf>,
     /// Give up, with the reason, if not every UserBatch is Ready by then.
     #[arg(long, default_value = "60s", value_parser = crate::commands::shared::parse_duration)]
     pub timeout: Duration,
@@ -77,7 +79,10 @@ pub const OPERATOR_NAMESPACE: &str = "koodrive-system";
 
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     crate::telemetry::init(crate::telemetry::LogFormat::Text, &args.log_level)?;
-    let documents = load_documents(&args.examples)?;
+    let (documents, origin) = match &args.examples {
+        Some(path) => (load_documents(path)?, path.clone()),
+        None => (built_in_documents()?, PathBuf::from(BUILT_IN_LABEL)),
+    };
     let namespaces: Vec<Namespace> = of_kind(&documents, "Namespace")?;
     let secrets: Vec<Secret> = of_kind(&documents, "Secret")?;
     let accounts_here: Vec<KooDriveAccount> = of_kind(&documents, "KooDriveAccount")?;
@@ -85,10 +90,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
         of_kind(&documents, "ClusterKooDriveAccount")?;
     let batches: Vec<UserBatch> = of_kind(&documents, "UserBatch")?;
     if batches.is_empty() {
-        return Err(DemoError::NoUserBatch {
-            path: args.examples,
-        }
-        .into());
+        return Err(DemoError::NoUserBatch { path: origin }.into());
     }
 
     // The simulator accepts whatever credentials the example Secrets carry, so the demo
@@ -316,6 +318,40 @@ async fn follow_until_ready(
     }
 }
 
+/// How the built-in examples are named in messages.
+const BUILT_IN_LABEL: &str = "the built-in examples";
+
+/// The repository's `examples/`, compiled in so that `demo` works from any directory and
+/// from the release binary alone. A unit test keeps this list in step with the directory.
+/// Includes each named file of the repository's `examples/`.
+macro_rules! examples {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/", $name)))),*]
+    };
+}
+
+const BUILT_IN_EXAMPLES: &[(&str, &str)] = examples![
+    "all-hands-passwords.yaml",
+    "credentials-secret.yaml",
+    "koodriveaccount.yaml",
+    "passwords-secret.yaml",
+    "platform-account.yaml",
+    "userbatch-1000.yaml",
+    "userbatch-cluster-account.yaml",
+    "userbatch-inline.yaml",
+    "userbatch-namespaced-account.yaml",
+    "userbatch.yaml",
+];
+
+fn built_in_documents() -> Result<Vec<serde_json::Value>, DemoError> {
+    let mut documents = Vec::new();
+    for (name, text) in BUILT_IN_EXAMPLES {
+        let label = PathBuf::from(format!("built-in examples/{name}"));
+        documents.extend(parse_documents(&label, text)?);
+    }
+    Ok(documents)
+}
+
 /// Every YAML document in a file, or in the `*.yaml`/`*.yml` files below a directory.
 fn load_documents(path: &std::path::Path) -> Result<Vec<serde_json::Value>, DemoError> {
     let mut documents = Vec::new();
@@ -328,15 +364,22 @@ fn load_documents(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Demo
             path: file.clone(),
             message: err.to_string(),
         })?;
-        // Only the location is reported: the offending line may hold a password.
-        let docs: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple(&text).map_err(|e| DemoError::Yaml {
-                path: file.clone(),
-                location: crate::manifests::YamlProblem::of(&e).to_string(),
-            })?;
-        documents.extend(docs.into_iter().filter(|d| !d.is_null()));
+        documents.extend(parse_documents(&file, &text)?);
     }
     Ok(documents)
+}
+
+fn parse_documents(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Vec<serde_json::Value>, DemoError> {
+    // Only the location is reported: the offending line may hold a password.
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| DemoError::Yaml {
+            path: path.to_path_buf(),
+            location: crate::manifests::YamlProblem::of(&e).to_string(),
+        })?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(
@@ -380,4 +423,35 @@ fn account_of(secret: &Secret) -> Option<Account> {
         secret_key: koodrive_client::SecretKey::new(value("secretKey")?),
         user_id: value("userId")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_examples_are_exactly_the_examples_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let on_disk: Vec<String> = crate::manifests::expand(&dir)
+            .into_iter()
+            .map(|file| {
+                let file = file.unwrap_or_else(|(path, err)| panic!("{}: {err}", path.display()));
+                file.strip_prefix(&dir).unwrap().display().to_string()
+            })
+            .collect();
+        let built_in: Vec<&str> = BUILT_IN_EXAMPLES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            on_disk, built_in,
+            "examples/ changed: update BUILT_IN_EXAMPLES in src/commands/demo.rs"
+        );
+    }
+
+    #[test]
+    fn built_in_examples_parse_into_credentials_and_userbatches() {
+        let documents = built_in_documents().unwrap();
+        let secrets: Vec<Secret> = of_kind(&documents, "Secret").unwrap();
+        let batches: Vec<UserBatch> = of_kind(&documents, "UserBatch").unwrap();
+        assert!(secrets.iter().any(|s| account_of(s).is_some()));
+        assert_eq!(batches.len(), 2);
+    }
 }

@@ -6,7 +6,9 @@ use crate::controller::{self, Settings};
 use crate::health::{self, Readiness};
 use crate::leader::{self, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
+use koodrive_client::ExtraRoots;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +140,12 @@ pub struct Args {
         default_value_t = false
     )]
     pub allow_insecure_endpoints: bool,
+    /// PEM file of CA certificates trusted for KooDrive in addition to the built-in roots
+    /// (a private gateway or TLS-inspecting proxy); empty: none. SSL_CERT_FILE and
+    /// SSL_CERT_DIR add theirs the same way.
+    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE",
+          value_parser = crate::commands::shared::parse_optional_path)]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Args {
@@ -176,6 +184,15 @@ impl Args {
 
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     crate::telemetry::init(args.log_format, &args.log_level)?;
+    // Before contacting the cluster: a bad bundle is a configuration error to fix first.
+    let extra_roots = ExtraRoots::from_environment(args.ca_bundle.as_deref())?;
+    if !extra_roots.is_empty() {
+        tracing::info!(
+            certificates = extra_roots.len(),
+            files = extra_roots.sources().len(),
+            "trusting extra CA certificates for KooDrive besides the built-in roots"
+        );
+    }
     let client = kube::Client::try_default().await.map_err(|e| {
         format!("cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {e}")
     })?;
@@ -199,7 +216,8 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     })?;
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
 
-    let settings = args.settings();
+    let mut settings = args.settings();
+    settings.koodrive.extra_roots = extra_roots;
     let synced = readiness.clone();
     let on_synced = move || {
         synced.set_synced(true);

@@ -1,7 +1,8 @@
-//! What several subcommands share: duration parsing, KooDrive credentials from the
-//! environment, and the stop signal.
+//! What several subcommands share: duration parsing, KooDrive credentials and trusted CAs
+//! from the environment, and the stop signal.
 
-use koodrive_client::{Credentials, SecretKey};
+use koodrive_client::{CaBundleError, ClientConfig, Credentials, ExtraRoots, SecretKey};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,37 @@ pub fn explain_signature_mismatch(error: &koodrive_client::Error) {
         eprintln!(
             "KooDrive's canonical request:\n{server}\n\nthis client's canonical request:\n{ours}\n\n{verdict}"
         );
+    }
+}
+
+/// Trust settings shared by `submit` and `task` (`run` has the same flag).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// PEM file of CA certificates trusted for KooDrive in addition to the built-in roots
+    /// (a private gateway or TLS-inspecting proxy); empty: none. SSL_CERT_FILE and
+    /// SSL_CERT_DIR add theirs the same way.
+    #[arg(long, env = "KOODRIVE_CA_BUNDLE", value_name = "FILE",
+          value_parser = crate::commands::shared::parse_optional_path)]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// A path that may be empty, meaning "none": clap's own path parser refuses empty values,
+/// and the Helm chart sets `KOODRIVE_CA_BUNDLE=""` when it mounts no bundle.
+pub fn parse_optional_path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
+
+impl TlsArgs {
+    /// The client configuration for a one-shot command.
+    pub fn client_config(
+        &self,
+        allow_insecure_endpoints: bool,
+    ) -> Result<ClientConfig, CaBundleError> {
+        Ok(ClientConfig {
+            allow_insecure_endpoints,
+            extra_roots: ExtraRoots::from_environment(self.ca_bundle.as_deref())?,
+            ..ClientConfig::default()
+        })
     }
 }
 

@@ -2,9 +2,10 @@
 //! KooDrive, to check credentials and endpoint before deploying.
 
 use crate::cli::CliError;
+use crate::commands::shared::TlsArgs;
 use crate::commands::shared::{CREDENTIALS_HELP, MissingEnv, credentials_from_env};
 use crate::crd::UserBatch;
-use koodrive_client::{Client, ClientConfig, MAX_USERS_PER_REQUEST, Password, RegisterUser};
+use koodrive_client::{CaBundleError, Client, MAX_USERS_PER_REQUEST, Password, RegisterUser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ pub struct Args {
         default_value_t = false
     )]
     pub allow_insecure_endpoints: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Most users per request (KooDrive's limit is 1000).
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -61,6 +64,8 @@ pub enum SubmitError {
     MissingEnv(#[from] MissingEnv),
     #[error(transparent)]
     Client(Box<koodrive_client::Error>),
+    #[error(transparent)]
+    CaBundle(#[from] CaBundleError),
     #[error(
         "request {index} of {requests} ({users} users, trace {trace_id}) failed{}",
         not_sent_note(*not_sent_users, *not_sent_requests)
@@ -136,10 +141,7 @@ pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let client = Client::new(
         &endpoint,
         credentials_from_env()?,
-        ClientConfig {
-            allow_insecure_endpoints: args.allow_insecure_endpoints,
-            ..ClientConfig::default()
-        },
+        args.tls.client_config(args.allow_insecure_endpoints)?,
     )
     .map_err(SubmitError::client)?;
     let batch_size = usize::from(args.batch_size).min(MAX_USERS_PER_REQUEST);

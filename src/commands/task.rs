@@ -1,9 +1,9 @@
 //! `koodrive-operator task`: query a batch provisioning task and print its results.
 
 use crate::cli::CliError;
-use crate::commands::shared::{CREDENTIALS_HELP, credentials_from_env};
+use crate::commands::shared::{CREDENTIALS_HELP, TlsArgs, credentials_from_env};
 use crate::commands::submit::SubmitError;
-use koodrive_client::{Client, ClientConfig};
+use koodrive_client::Client;
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
@@ -22,16 +22,17 @@ pub struct Args {
         default_value_t = false
     )]
     pub allow_insecure_endpoints: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode, CliError> {
     let client = Client::new(
         &args.endpoint,
         credentials_from_env().map_err(SubmitError::from)?,
-        ClientConfig {
-            allow_insecure_endpoints: args.allow_insecure_endpoints,
-            ..ClientConfig::default()
-        },
+        args.tls
+            .client_config(args.allow_insecure_endpoints)
+            .map_err(SubmitError::from)?,
     )
     .map_err(SubmitError::client)?;
     let report = client

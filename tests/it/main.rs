@@ -11,6 +11,8 @@
 //!   CRD, with `kubectl`; the API server's limits and status codes.
 //! - [`size_limits`] — the largest UserBatch a real cluster holds, applied with `kubectl`.
 //! - [`operator_rbac`] — the operator under the chart's RBAC; a missing rule surfaces.
+//! - [`image`] — the binary away from the checkout, KooDrive behind a private CA, and the
+//!   container image started with runc.
 //! - [`koodrive_cli`] — `submit`, `task` and `simulator` as processes.
 //! - [`lifecycle`] — the user lifecycle (issue #12): retries, removals, `deletionPolicy`,
 //!   the deletion guard and `suspend`, end to end.
@@ -27,6 +29,7 @@ mod crd_validate;
 mod emulator;
 mod emulator_limits;
 mod hostile;
+mod image;
 mod koodrive_cli;
 mod lifecycle;
 mod operator_e2e;

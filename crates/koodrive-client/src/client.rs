@@ -11,6 +11,7 @@ use super::body::{HashedBody, is_blank};
 use super::clock::{self, ServerClock};
 use super::error::{AUTHENTICATION_FAILED, Call, CanonicalRequests, Error, ErrorClass};
 use super::limit::{Permit, RequestLimiter};
+use super::roots::ExtraRoots;
 use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser, USERS_PATH};
 use backon::{ExponentialBuilder, Retryable};
@@ -83,11 +84,13 @@ pub trait HttpObserver: Send + Sync + fmt::Debug {
     fn http_request(&self, call: Call, outcome: HttpOutcome, elapsed: Duration);
 }
 
-/// Timeouts, retry policy and what clients share.
+/// Timeouts, retry policy, the certificate authorities trusted, and what clients share.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Accept `http://` endpoints (simulator, tests). Never in production.
     pub allow_insecure_endpoints: bool,
+    /// CAs trusted besides the WebPKI roots compiled into the binary.
+    pub extra_roots: ExtraRoots,
     pub connect_timeout: Duration,
     /// Whole-request timeout (connect, send, and read the answer).
     pub request_timeout: Duration,
@@ -109,6 +112,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             allow_insecure_endpoints: false,
+            extra_roots: ExtraRoots::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_attempts: 3,
@@ -278,8 +282,11 @@ impl Client {
                 reason: "the access key contains a comma, which cannot be sent in an Authorization header".into(),
             });
         }
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
+        let mut http = reqwest::Client::builder().use_rustls_tls();
+        for certificate in config.extra_roots.certificates() {
+            http = http.add_root_certificate(certificate.clone());
+        }
+        let http = http
             .https_only(!config.allow_insecure_endpoints)
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)

@@ -210,12 +210,17 @@ pub enum Error {
 /// error text) stays available through `source()` for logs.
 fn transport_cause(error: &reqwest::Error) -> String {
     let mut io_kind = None;
+    let mut certificate = false;
     let mut cause = std::error::Error::source(error);
     while let Some(inner) = cause {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
             io_kind = Some(io.kind());
         }
+        certificate |= inner.to_string().contains("certificate");
         cause = inner.source();
+    }
+    if certificate {
+        return "the server's certificate is not trusted; if KooDrive is reached through a private CA, trust it with --ca-bundle (KOODRIVE_CA_BUNDLE) or SSL_CERT_FILE".into();
     }
     let what = if error.is_timeout() {
         "timed out"

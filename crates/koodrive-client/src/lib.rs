@@ -10,6 +10,7 @@ mod client;
 pub mod clock;
 mod error;
 pub mod limit;
+mod roots;
 pub mod signer;
 
 pub use client::{
@@ -22,6 +23,7 @@ pub use error::{
     AUTHENTICATION_FAILED, Call, CanonicalRequests, Error, ErrorClass, PARAMETER_VALIDATION_FAILED,
 };
 pub use limit::RequestLimiter;
+pub use roots::{CaBundleError, ExtraRoots};
 
 use rand::RngExt;
 use serde::{Serialize, Serializer};
