@@ -396,7 +396,7 @@ async fn the_operator_reaches_koodrive_behind_a_private_ca_with_ca_bundle() {
     let endpoint = ca.serve_in_front_of(env.simulator.local_addr()).await;
     env.create_credentials("creds", SECRET_KEY).await;
     let mut ub = userbatch("private", "creds", users("86176", 2, None));
-    ub.spec.endpoint = Some(endpoint);
+    ub.spec.endpoint = Some(endpoint.clone());
     env.userbatches()
         .create(&PostParams::default(), &ub)
         .await
@@ -407,7 +407,14 @@ async fn the_operator_reaches_koodrive_behind_a_private_ca_with_ca_bundle() {
     let mut untrusting = operator_without_extra_trust(
         &env,
         "untrusting",
-        &["--retry-base-delay", "1h", "--retry-max-delay", "1h"],
+        &[
+            "--allowed-endpoints",
+            &endpoint,
+            "--retry-base-delay",
+            "1h",
+            "--retry-max-delay",
+            "1h",
+        ],
     );
     let ub = env
         .wait_for("private", "KooDriveUnavailable, intent withdrawn", |s| {
@@ -425,7 +432,11 @@ async fn the_operator_reaches_koodrive_behind_a_private_ca_with_ca_bundle() {
     assert!(env.simulator.submissions().is_empty());
 
     let bundle = ca.bundle.to_str().unwrap();
-    let trusting = operator_without_extra_trust(&env, "trusting", &["--ca-bundle", bundle]);
+    let trusting = operator_without_extra_trust(
+        &env,
+        "trusting",
+        &["--allowed-endpoints", &endpoint, "--ca-bundle", bundle],
+    );
     env.wait_for("private", "Ready", is_ready).await;
     assert_eq!(env.simulator.submissions().len(), 2);
     assert!(
