@@ -24,16 +24,23 @@ pub fn crd_json_of(kind: CrdKind) -> serde_json::Value {
     serde_json::to_value(kind.crd()).expect("the CRD serializes to JSON")
 }
 
-/// Admission of one kind's objects against its CRD's schema and CEL rules.
+/// Admission of one kind's objects against its CRD's schema and CEL rules; updates are
+/// checked where they change the object, as the API server's validation ratcheting does.
 pub fn admission_of(kind: CrdKind) -> Admission {
-    Admission::new(GROUP, kind.kind(), move |object| {
-        validation::validate_object(kind, object)
+    fn violations(found: Vec<validation::Violation>) -> Vec<Violation> {
+        found
             .into_iter()
             .map(|v| Violation {
                 path: v.path,
                 problem: v.problem,
             })
             .collect()
+    }
+    Admission::new(GROUP, kind.kind(), move |object| {
+        violations(validation::validate_object(kind, object))
+    })
+    .with_update_check(move |object, old| {
+        violations(validation::validate_update(kind, object, old))
     })
 }
 

@@ -117,6 +117,11 @@ impl Kind {
 struct KindSchema {
     schema: Value,
     rules: CompiledSchema,
+    /// Whether the schema declares any `default`: kube-cel applies defaults before
+    /// evaluating, from the node it is given downwards, so rules may only be evaluated
+    /// subtree by subtree (see [`rule_sites`]) when no default above a rule could add the
+    /// value it checks.
+    has_defaults: bool,
 }
 
 impl KindSchema {
@@ -134,7 +139,12 @@ impl KindSchema {
             .and_then(|schema| serde_json::to_value(schema).ok())
             .unwrap_or(Value::Null);
         let rules = compile_schema(&schema);
-        KindSchema { schema, rules }
+        let has_defaults = contains_key(&schema, "default");
+        KindSchema {
+            schema,
+            rules,
+            has_defaults,
+        }
     }
 }
 
@@ -200,6 +210,27 @@ pub fn validate_userbatch(object: &Value) -> Vec<Violation> {
 /// Validates one object of `kind` (as JSON) the way the API server would at admission: as
 /// [`validate_userbatch`] does for UserBatches.
 pub fn validate_object(kind: CrdKind, object: &Value) -> Vec<Violation> {
+    validate_changed(kind, object, None)
+}
+
+/// Validates an update of the stored object `old` to `object` the way the API server does
+/// since validation ratcheting (Kubernetes 1.30): a top-level field (`spec`, `status`) that
+/// the update leaves unchanged passed when it was stored and is not checked again, schema
+/// nor CEL. A status write to a 1000-user UserBatch thus checks the status only; the spec's
+/// CEL rules were most of the cost of every such write.
+pub fn validate_update(kind: CrdKind, object: &Value, old: &Value) -> Vec<Violation> {
+    validate_changed(kind, object, Some(old))
+}
+
+/// [`validate_update`] for UserBatches.
+pub fn validate_userbatch_update(object: &Value, old: &Value) -> Vec<Violation> {
+    validate_update(CrdKind::Userbatch, object, old)
+}
+
+/// The top-level fields the schemas describe, and that ratcheting may leave unchecked.
+const RATCHETED_FIELDS: [&str; 2] = ["spec", "status"];
+
+fn validate_changed(kind: CrdKind, object: &Value, old: Option<&Value>) -> Vec<Violation> {
     let compiled = kind_schema(kind);
     let mut out = Vec::new();
     let Some(fields) = object.as_object() else {
@@ -223,17 +254,21 @@ pub fn validate_object(kind: CrdKind, object: &Value) -> Vec<Violation> {
         Some(metadata) => check_metadata(metadata, &mut out),
     }
 
+    // Top-level fields an update leaves as stored (never on a create).
+    let unchanged: Vec<&str> = RATCHETED_FIELDS
+        .into_iter()
+        .filter(|field| {
+            old.and_then(|old| old.get(*field))
+                .is_some_and(|before| fields.get(*field) == Some(before))
+        })
+        .collect();
     // The CRD's root schema describes spec and status; the API server owns the other three.
-    check_object_fields(
-        &compiled.schema,
-        fields,
-        "",
-        &["apiVersion", "kind", "metadata"],
-        &mut out,
-    );
+    let mut skipped = vec!["apiVersion", "kind", "metadata"];
+    skipped.extend(&unchanged);
+    check_object_fields(&compiled.schema, fields, "", &skipped, &mut out);
 
     let schema_clean = out.is_empty();
-    check_cel(&compiled.rules, object, schema_clean, &mut out);
+    check_cel(compiled, object, &unchanged, schema_clean, &mut out);
     out
 }
 
@@ -902,15 +937,73 @@ fn check_enum(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation
     }
 }
 
-/// Evaluates the schema's `x-kubernetes-validations`. When the object already broke the
-/// schema, rules may fail to evaluate on ill-typed data; only genuine rule failures are kept
-/// then, so the user sees the cause rather than its echo.
+fn contains_key(value: &Value, key: &str) -> bool {
+    match value {
+        Value::Object(map) => map.contains_key(key) || map.values().any(|v| contains_key(v, key)),
+        Value::Array(items) => items.iter().any(|v| contains_key(v, key)),
+        _ => false,
+    }
+}
+
+/// Where CEL has work to do: the highest nodes, below the root, that carry rules or whose
+/// children kube-cel cannot reach through plain properties (list items, maps, `allOf`…),
+/// with the object path that leads to them. Nodes above them only hold properties.
+///
+/// kube-cel's walk turns the value at every node it visits into a CEL value, the root
+/// included: validating from the root converted a 1000-user object (and copied it for
+/// defaults) once per level on the way down to the rules. Starting at these nodes, each
+/// value is converted where rules need it.
+fn rule_sites<'a>(
+    node: &'a CompiledSchema,
+    value: &'a Value,
+    path: String,
+    out: &mut Vec<(&'a CompiledSchema, &'a Value, String)>,
+) {
+    let leaf_walk = node.validations.is_empty()
+        && node.items.is_none()
+        && node.additional_properties.is_none()
+        && node.all_of.is_empty()
+        && node.one_of.is_empty()
+        && node.any_of.is_empty();
+    match value.as_object() {
+        Some(fields) if leaf_walk => {
+            for (name, child) in &node.properties {
+                if let Some(child_value) = fields.get(name) {
+                    rule_sites(child, child_value, join(&path, name), out);
+                }
+            }
+        }
+        // Without rules or children there is nothing to evaluate below a non-object.
+        _ if leaf_walk && node.properties.is_empty() => {}
+        _ => out.push((node, value, path)),
+    }
+}
+
+/// A kube-cel field path, relative to the node it was validated from, made absolute.
+fn absolute_path(prefix: &str, relative: &str) -> String {
+    if prefix.is_empty() {
+        relative.trim_start_matches('.').to_owned()
+    } else if relative.is_empty() {
+        prefix.to_owned()
+    } else if relative.starts_with('.') || relative.starts_with('[') {
+        format!("{prefix}{relative}")
+    } else {
+        format!("{prefix}.{relative}")
+    }
+}
+
+/// Evaluates the schema's `x-kubernetes-validations`, except on the top-level fields in
+/// `unchanged` (validation ratcheting, see [`validate_update`]). When the object already
+/// broke the schema, rules may fail to evaluate on ill-typed data; only genuine rule
+/// failures are kept then, so the user sees the cause rather than its echo.
 fn check_cel(
-    compiled: &CompiledSchema,
+    kind_schema: &KindSchema,
     object: &Value,
+    unchanged: &[&str],
     schema_clean: bool,
     out: &mut Vec<Violation>,
 ) {
+    let compiled = &kind_schema.rules;
     // The API server runs no rule on a null value (and prunes nulls of non-nullable fields),
     // so neither does this; kube-cel would otherwise fail the rule on the null.
     let pruned;
@@ -920,9 +1013,40 @@ fn check_cel(
     } else {
         object
     };
-    let Err(errors) = CEL.validate_compiled(compiled, object, None) else {
+    let mut errors = Vec::new();
+    let root_has_rules = !compiled.validations.is_empty();
+    if kind_schema.has_defaults || (root_has_rules && unchanged.is_empty()) {
+        // The whole object from the root, as the API server evaluates it.
+        if let Err(found) = CEL.validate_compiled(compiled, object, None) {
+            errors.extend(found);
+        }
+    } else {
+        let mut sites = Vec::new();
+        if root_has_rules {
+            // Rules on the root see every field; nothing can be left out then.
+            sites.push((compiled, object, String::new()));
+        } else if let Some(fields) = object.as_object() {
+            for (name, child) in &compiled.properties {
+                if unchanged.contains(&name.as_str()) {
+                    continue;
+                }
+                if let Some(value) = fields.get(name) {
+                    rule_sites(child, value, name.clone(), &mut sites);
+                }
+            }
+        }
+        for (node, value, prefix) in sites {
+            if let Err(found) = CEL.validate_compiled(node, value, None) {
+                errors.extend(found.into_iter().map(|mut error| {
+                    error.field_path = absolute_path(&prefix, &error.field_path);
+                    error
+                }));
+            }
+        }
+    }
+    if errors.is_empty() {
         return;
-    };
+    }
     let type_violated: Vec<String> = out
         .iter()
         .filter(|v| v.problem.contains("must be of type"))
@@ -1164,6 +1288,32 @@ mod tests {
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert_eq!(violations[0].path, "spec.users[0].phone");
         assert_eq!(violations[0].reason(), "FieldValueRequired");
+    }
+
+    #[test]
+    fn updates_check_what_they_change_as_ratcheting_does() {
+        let stored = valid();
+        // Both password sources: a CEL rule on each user, evaluated below `spec.users`.
+        let mut broken_spec = valid();
+        broken_spec["spec"]["users"][0]["password"] = json!("Secret-1");
+        let cel = validate_userbatch(&broken_spec);
+        assert_eq!(cel.len(), 1, "{cel:?}");
+        assert_eq!(cel[0].path, "spec.users[0]");
+        assert_eq!(validate_userbatch_update(&broken_spec, &stored), cel);
+
+        // A status write leaves the spec alone: it is not checked again, not even a spec a
+        // newer rule would refuse, while the status itself is checked.
+        let mut status_write = broken_spec.clone();
+        status_write["status"] = json!({"phase": "Completed"});
+        assert_eq!(
+            validate_userbatch_update(&status_write, &broken_spec),
+            vec![]
+        );
+        status_write["status"]["phase"] = json!("Done");
+        let found = validate_userbatch_update(&status_write, &broken_spec);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "status.phase");
+        assert!(!validate_userbatch(&status_write).is_empty());
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub async fn reconcile(meta: Arc<Meta>, ctx: Arc<Context>) -> Result<Action, Err
     let reconciler = Reconciler {
         ctx: &ctx,
         api: Api::namespaced(ctx.client.clone(), &namespace),
+        status_api: Api::namespaced(ctx.client.clone(), &namespace),
         key: key.clone(),
     };
     let result = reconciler.run().instrument(span).await;
@@ -133,7 +134,75 @@ struct Target {
 struct Reconciler<'a> {
     ctx: &'a Context,
     api: Api<UserBatch>,
+    /// `/status` reads and writes, which carry no spec (see [`StatusOnly`]).
+    status_api: Api<StatusOnly>,
     key: Key,
+}
+
+/// A UserBatch as a write to `/status` needs it and a read of `/status` is used: identity,
+/// `resourceVersion` (the write's precondition) and status, without the spec.
+///
+/// The API server takes nothing but the status from a `/status` write (everything else is
+/// kept as stored), so sending the whole object, and decoding the whole object it answers
+/// with, cost every status write of a 1000-user UserBatch an encoding and a decoding of its
+/// ~100 KB spec: most of the operator's CPU and in-flight memory at 100 × 1000
+/// (`benches/scale.rs`). The spec in hand is the one stored: any change to it changes the
+/// `resourceVersion`, and the write would have failed with a conflict.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+struct StatusOnly {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    metadata: kube::api::ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<UserBatchStatus>,
+}
+
+impl StatusOnly {
+    /// `ub`'s identity and status (copied; the spec is left out).
+    fn of(ub: &UserBatch) -> StatusOnly {
+        StatusOnly {
+            api_version: UserBatch::api_version(&()).into_owned(),
+            kind: UserBatch::kind(&()).into_owned(),
+            metadata: ub.metadata.clone(),
+            status: ub.status.clone(),
+        }
+    }
+
+    /// Takes what the API server answered into `ub`: metadata and status.
+    fn store_into(self, ub: &mut UserBatch) {
+        ub.metadata = self.metadata;
+        ub.status = self.status;
+    }
+}
+
+impl Resource for StatusOnly {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+        UserBatch::kind(dt)
+    }
+
+    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+        UserBatch::group(dt)
+    }
+
+    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+        UserBatch::version(dt)
+    }
+
+    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+        UserBatch::plural(dt)
+    }
+
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 impl<'a> Reconciler<'a> {
@@ -217,7 +286,7 @@ impl<'a> Reconciler<'a> {
             ub = self.consume_confirmation(&ub).await?;
         }
         if !plan.prepare.is_empty() {
-            ub = self.write_edits(&ub, &plan.prepare).await?;
+            self.write_edits(&mut ub, &plan.prepare).await?;
             for event in &plan.events {
                 self.publish(&ub, event).await;
             }
@@ -402,14 +471,13 @@ impl<'a> Reconciler<'a> {
                     _ = self.ctx.shutdown.cancelled() => return Err(Error::Stopping),
                 };
                 let trace_id = koodrive_client::new_trace_id();
-                *ub = self
-                    .write_intent(
-                        ub,
-                        &Edit::DeleteIntent {
-                            phone: op.phone.clone(),
-                        },
-                    )
-                    .await?;
+                self.write_intent(
+                    ub,
+                    &Edit::DeleteIntent {
+                        phone: op.phone.clone(),
+                    },
+                )
+                .await?;
                 tracing::info!(trace_id = %trace_id, user_id = %op.user_id, "deleting a KooDrive user");
                 let started = Instant::now();
                 let answer = target
@@ -432,7 +500,7 @@ impl<'a> Reconciler<'a> {
                 let answer = answer.map_err(|err| Failure::from(&err));
                 let step = plan::after_delete(op, &trace_id, &answer);
                 if let Some(edit) = &step.transition.edit {
-                    *ub = self.record(edit, &trace_id).await?;
+                    self.record(ub, edit, &trace_id).await?;
                     if matches!(edit, Edit::Deleted { .. }) {
                         self.ctx.metrics.users("deleted", 1);
                         gone.push((op.clone(), found_gone));
@@ -490,7 +558,7 @@ impl<'a> Reconciler<'a> {
         let answer = answer.map_err(|err| Failure::from(&err));
         let transition = plan::after_check(op, &answer);
         if let Some(edit) = &transition.edit {
-            *ub = self.record(edit, "check").await?;
+            self.record(ub, edit, "check").await?;
             self.ctx.metrics.users("deleted", 1);
         }
         Ok(transition)
@@ -691,7 +759,7 @@ impl<'a> Reconciler<'a> {
         };
         let trace_id = koodrive_client::new_trace_id();
         let intent = Edit::Intent(plan::intent(send, &trace_id, Timestamp::now()));
-        *ub = self.write_intent(ub, &intent).await?;
+        self.write_intent(ub, &intent).await?;
 
         let started = Instant::now();
         let answer = target
@@ -727,7 +795,7 @@ impl<'a> Reconciler<'a> {
         let digest = plan::users_digest(&ub.spec.users, &send.phones);
         let transition = plan::after_create(send, &trace_id, &outcome, &digest, inputs);
         if let Some(edit) = &transition.edit {
-            *ub = self.record(edit, &trace_id).await?;
+            self.record(ub, edit, &trace_id).await?;
         }
         if let Some(event) = &transition.event {
             self.publish(ub, event).await;
@@ -814,39 +882,49 @@ impl<'a> Reconciler<'a> {
         last
     }
 
+    /// Writes `status` (conditional on `status`'s `resourceVersion`); returns what the API
+    /// server stored.
+    async fn put_status(&self, status: &StatusOnly) -> Result<StatusOnly, kube::Error> {
+        self.status_api
+            .replace_status(&self.key.1, &PostParams::default(), status)
+            .await
+    }
+
     /// Writes edits made before anything is sent (a human's release of in-doubt requests).
-    async fn write_edits(&self, ub: &UserBatch, edits: &[Edit]) -> Result<UserBatch, Error> {
-        let mut updated = ub.clone();
+    async fn write_edits(&self, ub: &mut UserBatch, edits: &[Edit]) -> Result<(), Error> {
+        let mut updated = StatusOnly::of(ub);
         let status = updated.status.get_or_insert_with(UserBatchStatus::default);
         for edit in edits {
             plan::apply(edit, status);
         }
-        self.api
-            .replace_status(&self.key.1, &PostParams::default(), &updated)
+        self.put_status(&updated)
             .await
-            .map_err(kube_err("releasing in-doubt submissions"))
+            .map_err(kube_err("releasing in-doubt submissions"))?
+            .store_into(ub);
+        Ok(())
     }
 
     /// Rule 1: the intent is on record before anything is sent. The write carries the
     /// `resourceVersion` this pass read, so a stale view (or a second replica) fails with a
     /// conflict instead of sending the same users again.
-    async fn write_intent(&self, ub: &UserBatch, intent: &Edit) -> Result<UserBatch, Error> {
-        let mut updated = ub.clone();
+    async fn write_intent(&self, ub: &mut UserBatch, intent: &Edit) -> Result<(), Error> {
+        let mut updated = StatusOnly::of(ub);
         plan::apply(
             intent,
             updated.status.get_or_insert_with(UserBatchStatus::default),
         );
-        self.api
-            .replace_status(&self.key.1, &PostParams::default(), &updated)
+        self.put_status(&updated)
             .await
-            .map_err(kube_err("recording the intent to submit"))
+            .map_err(kube_err("recording the intent to submit"))?
+            .store_into(ub);
+        Ok(())
     }
 
     /// Rule 2: applies an answer's edit to a fresh copy of the status until the write
     /// succeeds. The request is never repeated; only the bookkeeping is. Gives up only when
     /// the process is stopping (the intent then shows the request as in doubt, which is
     /// safe).
-    async fn record(&self, edit: &Edit, trace_id: &str) -> Result<UserBatch, Error> {
+    async fn record(&self, ub: &mut UserBatch, edit: &Edit, trace_id: &str) -> Result<(), Error> {
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(10))
@@ -856,17 +934,27 @@ impl<'a> Reconciler<'a> {
             .build();
         loop {
             let attempt = async {
-                let mut fresh = self.api.get_status(&self.key.1).await?;
+                let mut fresh = self.status_api.get_status(&self.key.1).await?;
                 plan::apply(
                     edit,
                     fresh.status.get_or_insert_with(UserBatchStatus::default),
                 );
-                self.api
-                    .replace_status(&self.key.1, &PostParams::default(), &fresh)
-                    .await
+                self.put_status(&fresh).await
             };
             let err = match attempt.await {
-                Ok(updated) => return Ok(updated),
+                Ok(updated) => {
+                    let spec_changed = updated.metadata.generation != ub.metadata.generation;
+                    updated.store_into(ub);
+                    if spec_changed {
+                        // The spec was edited since this pass read it: carry on with the
+                        // object as stored now, as a whole read would have.
+                        *ub =
+                            self.api.get(&self.key.1).await.map_err(kube_err(
+                                "reading the UserBatch after its spec changed",
+                            ))?;
+                    }
+                    return Ok(());
+                }
                 Err(err) => err,
             };
             if let kube::Error::Api(status) = &err
@@ -979,11 +1067,10 @@ impl<'a> Reconciler<'a> {
                 .conditions
                 .iter()
                 .find(|c| c.type_ == ConditionType::Ready);
-            let mut updated = ub.clone();
+            let mut updated = StatusOnly::of(ub);
             updated.status = Some(next);
             let updated = self
-                .api
-                .replace_status(&self.key.1, &PostParams::default(), &updated)
+                .put_status(&updated)
                 .await
                 .map_err(kube_err("writing status"))?;
             if let Some(ready) = ready
@@ -1094,7 +1181,8 @@ impl<'a> Reconciler<'a> {
         Ok((Action::await_change(), outcome))
     }
 
-    async fn publish(&self, ub: &UserBatch, event: &PlannedEvent) {
+    /// Publishes `event` about the UserBatch (`ub`, or what a status write answered).
+    async fn publish(&self, ub: &impl Resource<DynamicType = ()>, event: &PlannedEvent) {
         self.ctx.events.publish(&ub.object_ref(&()), event).await;
     }
 }

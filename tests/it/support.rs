@@ -110,9 +110,17 @@ impl Env {
         .await
     }
 
-    pub async fn start_with(
+    pub async fn start_with(emulator_config: EmulatorConfig, sim_config: SimulatorConfig) -> Env {
+        Self::start_on(emulator_config, sim_config, None, None).await
+    }
+
+    /// [`Env::start_with`], serving the emulator and the simulator from the given runtimes
+    /// (the current one when `None`), so that a benchmark can tell their CPU apart.
+    pub async fn start_on(
         emulator_config: EmulatorConfig,
         mut sim_config: SimulatorConfig,
+        emulator_runtime: Option<&tokio::runtime::Handle>,
+        simulator_runtime: Option<&tokio::runtime::Handle>,
     ) -> Env {
         if sim_config.accounts.is_empty() {
             sim_config.accounts.push(Account {
@@ -132,12 +140,18 @@ impl Env {
             .and_then(|r| r.identities.first())
             .map(|i| i.token.clone())
             .unwrap_or(token);
-        let emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), emulator_config)
-            .await
-            .unwrap();
-        let simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), sim_config)
-            .await
-            .unwrap();
+        let start_emulator = Emulator::start("127.0.0.1:0".parse().unwrap(), emulator_config);
+        let emulator = match emulator_runtime {
+            Some(runtime) => runtime.spawn(start_emulator).await.unwrap(),
+            None => start_emulator.await,
+        }
+        .unwrap();
+        let start_simulator = Simulator::start("127.0.0.1:0".parse().unwrap(), sim_config);
+        let simulator = match simulator_runtime {
+            Some(runtime) => runtime.spawn(start_simulator).await.unwrap(),
+            None => start_simulator.await,
+        }
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         emulator.write_kubeconfig(&kubeconfig).unwrap();

@@ -7,8 +7,8 @@
 //! of string fields — so the keys and punctuation are written as literals, and each string
 //! that needs no escaping (nearly all of them) is checked and copied eight bytes at a time.
 //! The SHA-256 the signature needs is fed each user's finished 64-byte blocks while they are
-//! still in L1 cache, which also lets the CPU overlap the hash's long dependency chain with
-//! the encoding work.
+//! still in L1 cache; on Intel (Sapphire Rapids) that also let the CPU overlap the hash's
+//! long dependency chain with the encoding work, on AMD (Zen 3) it neither helps nor hurts.
 //!
 //! The bytes must be exactly what `serde_json::to_vec(&{"userList": users})` produces,
 //! because they are what gets signed and what the tests and the simulator were written
@@ -24,7 +24,6 @@ const CLOSE: &[u8] = b"]}";
 // Each literal closes the previous string value, so one copy does the quote, the separator,
 // the key and the opening quote of the next value.
 const FIRST_USER: &[u8] = br#"{"firstname":""#;
-const NEXT_USER: &[u8] = br#",{"firstname":""#;
 const SURNAME: &[u8] = br#"","surname":""#;
 const PHONE: &[u8] = br#"","phone":""#;
 const EMAIL: &[u8] = br#"","email":""#;
@@ -57,47 +56,54 @@ impl HashedBody {
 /// reports which). Checked here rather than in a separate pass over 1000 users because the
 /// encoder reads those strings anyway, and the check is mostly one byte already in hand.
 pub(super) fn encode_create_body(users: &[RegisterUser]) -> Option<HashedBody> {
-    let mut body = Vec::with_capacity(unescaped_len(users));
+    let mut out = Writer::with_len(unescaped_len(users));
     let mut hasher = Sha256::new();
     let mut hashed = 0;
-    body.extend_from_slice(OPEN);
+    out.put(OPEN);
     for (index, user) in users.iter().enumerate() {
         if is_blank(&user.firstname) || is_blank(&user.phone) {
             return None;
         }
-        body.extend_from_slice(if index == 0 { FIRST_USER } else { NEXT_USER });
-        push_string_contents(&mut body, &user.firstname);
-        if let Some(surname) = &user.surname {
-            body.extend_from_slice(SURNAME);
-            push_string_contents(&mut body, surname);
+        // Two fixed-size copies rather than one copy of either of two lengths, which would
+        // be a call to memcpy per user.
+        if index > 0 {
+            out.put(b",");
         }
-        body.extend_from_slice(PHONE);
-        push_string_contents(&mut body, &user.phone);
+        out.put(FIRST_USER);
+        out.string(&user.firstname);
+        if let Some(surname) = &user.surname {
+            out.put(SURNAME);
+            out.string(surname);
+        }
+        out.put(PHONE);
+        out.string(&user.phone);
         if let Some(email) = &user.email {
-            body.extend_from_slice(EMAIL);
-            push_string_contents(&mut body, email);
+            out.put(EMAIL);
+            out.string(email);
         }
         if let Some(password) = &user.password {
-            body.extend_from_slice(PASSWORD);
-            push_string_contents(&mut body, password.expose());
+            out.put(PASSWORD);
+            out.string(password.expose());
         }
-        body.extend_from_slice(END_USER);
-        let whole_blocks = (body.len() - hashed) / SHA256_BLOCK * SHA256_BLOCK;
+        out.put(END_USER);
+        let whole_blocks = (out.at - hashed) / SHA256_BLOCK * SHA256_BLOCK;
         if whole_blocks > 0 {
-            hasher.update(&body[hashed..hashed + whole_blocks]);
+            hasher.update(&out.buf[hashed..hashed + whole_blocks]);
             hashed += whole_blocks;
         }
     }
-    body.extend_from_slice(CLOSE);
-    hasher.update(&body[hashed..]);
+    out.put(CLOSE);
+    let bytes = out.finish();
+    hasher.update(&bytes[hashed..]);
     Some(HashedBody {
         sha256_hex: hex::encode(hasher.finalize()),
-        bytes: body,
+        bytes,
     })
 }
 
 /// Whether `text` is empty or only whitespace (`text.trim().is_empty()`), deciding on the
 /// first byte when it is visible ASCII, which names and phone numbers start with.
+#[inline]
 pub(super) fn is_blank(text: &str) -> bool {
     match text.as_bytes().first() {
         Some(&first) if first > b' ' && first < 0x7f => false,
@@ -122,7 +128,7 @@ fn unescaped_len(users: &[RegisterUser]) -> usize {
                 + END_USER.len()
         })
         .sum();
-    // `NEXT_USER` is `FIRST_USER` with a leading comma.
+    // A comma between users.
     OPEN.len() + users_len + users.len().saturating_sub(1) + CLOSE.len()
 }
 
@@ -136,97 +142,186 @@ fn needs_escape(byte: u8) -> bool {
 /// ("Bit Twiddling Hacks": `hasless`, `haszero`): a byte's high bit ends up set when it is
 /// below 0x20 or equal to `"` or `\`. A borrow can set bits above a true hit, never
 /// without one, so the yes/no answer is exact.
+#[inline(always)]
 fn word_needs_escape(word: u64) -> bool {
+    escape_bits(word) != 0
+}
+
+/// The high bits [`word_needs_escape`] tests, so that a string's words can be tested once,
+/// together. `haszero(v)` is `(v - 0x01…) & !v & 0x80…`; for `v = word ^ c` with `c`
+/// below 0x80 the high bits of `!v` are those of `!word`, so the three tests share one
+/// mask (the answer is the same, in fewer instructions).
+#[inline(always)]
+fn escape_bits(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
-    let quote = word ^ (ONES * u64::from(b'"'));
-    let backslash = word ^ (ONES * u64::from(b'\\'));
-    let is_quote = quote.wrapping_sub(ONES) & !quote;
-    let is_backslash = backslash.wrapping_sub(ONES) & !backslash;
-    (below_space | is_quote | is_backslash) & HIGH_BITS != 0
+    let below_space = word.wrapping_sub(ONES * 0x20);
+    let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    (below_space | quote | backslash) & !word & HIGH_BITS
 }
 
-/// Appends `bytes` and returns `true` when none needs escaping; otherwise leaves `body` as
-/// it was and returns `false`. Scanning and copying in one pass, in fixed-size words, is
-/// what makes the common case cheap: a variable-length copy of a 10–20 byte string costs
-/// more than the scan. A tail shorter than a word is written as the string's last word,
-/// overlapping bytes already written, after trimming those bytes off `body`.
-fn copy_unless_escaping(body: &mut Vec<u8>, bytes: &[u8]) -> bool {
-    let start = body.len();
-    let needs_escaping = if bytes.len() >= 8 {
-        let word_at = |at: usize| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[at..at + 8]);
-            word
+/// The bytes at `at..at + N` (in bounds: callers check).
+#[inline(always)]
+fn chunk<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
+/// The body being written: a buffer already as long as the body will be when nothing needs
+/// escaping, and the position written up to.
+///
+/// Each store is a bounds-checked write into that buffer at a position the encoder keeps in
+/// a register. Appending with `Vec::extend_from_slice` instead re-read the vector's length
+/// and capacity from memory and stored the length back for every 8-byte word, and that
+/// bookkeeping, not the copying, was most of the encoder's cost on AMD Zen 3 (BENCHMARKS.md).
+/// Zero-filling the buffer up front costs less than it saves.
+struct Writer {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Writer {
+    fn with_len(len: usize) -> Writer {
+        Writer {
+            buf: vec![0; len],
+            at: 0,
+        }
+    }
+
+    /// The body: exactly what was written.
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.truncate(self.at);
+        self.buf
+    }
+
+    /// Makes room for `extra` bytes beyond what the buffer was sized for (escapes).
+    #[cold]
+    fn grow(&mut self, extra: usize) {
+        self.buf.resize(self.buf.len() + extra, 0);
+    }
+
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.at + bytes.len();
+        self.buf[self.at..end].copy_from_slice(bytes);
+        self.at = end;
+    }
+
+    /// Appends `text` as the inside of a JSON string (no surrounding quotes).
+    #[inline(always)]
+    fn string(&mut self, text: &str) {
+        if !self.copy_unless_escaping(text.as_bytes()) {
+            self.escaped(text.as_bytes());
+        }
+    }
+
+    /// Writes `bytes` and returns `true` when none needs escaping; otherwise leaves the
+    /// position where it was (what was written past it gets overwritten) and returns
+    /// `false`. Checking and copying in one pass, in fixed-size words, is what makes the
+    /// common case cheap: a variable-length copy of a 10–20 byte string costs more than the
+    /// scan. A tail shorter than a word is written as the string's last word, overlapping
+    /// bytes already written; strings of 4–7 bytes as two overlapping half-words.
+    #[inline(always)]
+    fn copy_unless_escaping(&mut self, bytes: &[u8]) -> bool {
+        let len = bytes.len();
+        // In bounds: the buffer has room for every string unescaped.
+        let out = &mut self.buf[self.at..self.at + len];
+        let needs_escaping = if len >= 8 {
+            // Whole words, then the last word ending at `len` (overlapping the one before;
+            // written again when `len` is a multiple of 8). Exact-size chunks leave no bounds
+            // to check inside the loop.
+            let mut found = 0;
+            let (words, _) = bytes.as_chunks::<8>();
+            let (slots, _) = out.as_chunks_mut::<8>();
+            for (word, slot) in words.iter().zip(slots) {
+                found |= escape_bits(u64::from_le_bytes(*word));
+                *slot = *word;
+            }
+            if let (Some(word), Some(slot)) = (bytes.last_chunk::<8>(), out.last_chunk_mut::<8>()) {
+                found |= escape_bits(u64::from_le_bytes(*word));
+                *slot = *word;
+            }
+            found != 0
+        } else if len >= 4 {
+            let head = chunk::<4>(bytes, 0);
+            let tail = chunk::<4>(bytes, len - 4);
+            out[..4].copy_from_slice(&head);
+            out[len - 4..].copy_from_slice(&tail);
+            let both =
+                u64::from(u32::from_le_bytes(head)) | u64::from(u32::from_le_bytes(tail)) << 32;
+            word_needs_escape(both)
+        } else {
+            out.copy_from_slice(bytes);
+            bytes.iter().any(|&b| needs_escape(b))
         };
-        let mut found = false;
-        let mut at = 0;
-        while at + 8 <= bytes.len() {
-            let word = word_at(at);
-            found |= word_needs_escape(u64::from_le_bytes(word));
-            body.extend_from_slice(&word);
-            at += 8;
+        if !needs_escaping {
+            self.at += len;
         }
-        let tail = bytes.len() - at;
-        if tail > 0 {
-            let word = word_at(bytes.len() - 8);
-            found |= word_needs_escape(u64::from_le_bytes(word));
-            body.truncate(body.len() - (8 - tail));
-            body.extend_from_slice(&word);
-        }
-        found
-    } else if bytes.len() >= 4 {
-        // Two overlapping half-words cover 4–7 bytes; checked together as one word.
-        let mut head = [0u8; 4];
-        head.copy_from_slice(&bytes[..4]);
-        let mut tail = [0u8; 4];
-        tail.copy_from_slice(&bytes[bytes.len() - 4..]);
-        body.extend_from_slice(&head);
-        body.truncate(start + bytes.len() - 4);
-        body.extend_from_slice(&tail);
-        let both = u64::from(u32::from_le_bytes(head)) | u64::from(u32::from_le_bytes(tail)) << 32;
-        word_needs_escape(both)
-    } else {
-        body.extend_from_slice(bytes);
-        bytes.iter().any(|&b| needs_escape(b))
-    };
-    if needs_escaping {
-        body.truncate(start);
+        !needs_escaping
     }
-    !needs_escaping
-}
 
-/// Appends `text` as the inside of a JSON string (no surrounding quotes).
-fn push_string_contents(body: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    if copy_unless_escaping(body, bytes) {
-        return;
-    }
-    let mut run_start = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
-        if !needs_escape(byte) {
-            continue;
-        }
-        body.extend_from_slice(&bytes[run_start..at]);
-        run_start = at + 1;
-        match byte {
-            b'"' => body.extend_from_slice(br#"\""#),
-            b'\\' => body.extend_from_slice(br"\\"),
-            0x08 => body.extend_from_slice(br"\b"),
-            0x0c => body.extend_from_slice(br"\f"),
-            b'\n' => body.extend_from_slice(br"\n"),
-            b'\r' => body.extend_from_slice(br"\r"),
-            b'\t' => body.extend_from_slice(br"\t"),
-            control => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                body.extend_from_slice(br"\u00");
-                body.push(HEX[usize::from(control >> 4)]);
-                body.push(HEX[usize::from(control & 0x0f)]);
+    /// The slow path: `bytes` with serde_json's escapes, growing the buffer by what the
+    /// escapes add.
+    #[cold]
+    #[inline(never)]
+    fn escaped(&mut self, bytes: &[u8]) {
+        let escaped_len: usize = bytes
+            .iter()
+            .map(|&byte| match byte {
+                b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
+                byte if byte < 0x20 => 6,
+                _ => 1,
+            })
+            .sum();
+        // The buffer has room for this string unescaped and everything after it.
+        self.grow(escaped_len - bytes.len());
+        let mut run_start = 0;
+        for (at, &byte) in bytes.iter().enumerate() {
+            if !needs_escape(byte) {
+                continue;
+            }
+            self.put(&bytes[run_start..at]);
+            run_start = at + 1;
+            match byte {
+                b'"' => self.put(br#"\""#),
+                b'\\' => self.put(br"\\"),
+                0x08 => self.put(br"\b"),
+                0x0c => self.put(br"\f"),
+                b'\n' => self.put(br"\n"),
+                b'\r' => self.put(br"\r"),
+                b'\t' => self.put(br"\t"),
+                control => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    self.put(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(control >> 4)],
+                        HEX[usize::from(control & 0x0f)],
+                    ]);
+                }
             }
         }
+        self.put(&bytes[run_start..]);
     }
-    body.extend_from_slice(&bytes[run_start..]);
+}
+
+/// Appends `bytes` to `body` and returns `true` when none needs escaping; otherwise leaves
+/// `body` as it was and returns `false` ([`Writer::copy_unless_escaping`] on a vector).
+#[cfg(test)]
+fn copy_unless_escaping(body: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    let at = body.len();
+    let mut out = Writer {
+        buf: std::mem::take(body),
+        at,
+    };
+    out.buf.resize(at + bytes.len(), 0);
+    let copied = out.copy_unless_escaping(bytes);
+    *body = out.finish();
+    copied
 }
 
 #[cfg(test)]

@@ -6,21 +6,50 @@ use super::resources::{self, CRD_GROUP, CRD_PLURAL, ResourceDef};
 use super::store::ResourceKey;
 use super::{Shared, lock};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// Every resource type currently served: the built-ins and one per stored CRD.
 pub(super) fn served_resources(shared: &Shared) -> Vec<ResourceDef> {
-    let mut defs = resources::builtins();
+    served(shared).to_vec()
+}
+
+/// The resource type a request names, if served.
+pub(super) fn served_resource(
+    shared: &Shared,
+    group: &str,
+    plural: &str,
+    version: &str,
+) -> Option<ResourceDef> {
+    served(shared)
+        .iter()
+        .find(|d| d.group == group && d.plural == plural && d.versions.iter().any(|v| v == version))
+        .cloned()
+}
+
+/// The served types, rebuilt only when a CRD was written: every request looks its type up,
+/// and reading the CRDs (their schemas included) per request was measurable.
+fn served(shared: &Shared) -> Arc<Vec<ResourceDef>> {
     let crds = ResourceKey {
         group: CRD_GROUP.into(),
         plural: CRD_PLURAL.into(),
     };
     let store = lock(&shared.store);
+    let revision = store.kind_revision(&crds);
+    let mut cache = lock(&shared.served);
+    if let Some((cached_revision, defs)) = cache.as_ref()
+        && *cached_revision == revision
+    {
+        return defs.clone();
+    }
+    let mut defs = resources::builtins();
     defs.extend(
         store
             .list(&crds, None)
             .into_iter()
             .filter_map(ResourceDef::from_crd),
     );
+    let defs = Arc::new(defs);
+    *cache = Some((revision, defs.clone()));
     defs
 }
 

@@ -84,8 +84,8 @@ fn prune(def: &ResourceDef, object: &mut Value, whole: bool) -> Vec<String> {
                 if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                if let Some(child) = schema.pointer(&format!("/properties/{key}")) {
-                    prune_schema(child, value, key, &mut unknown);
+                if let Some(child) = schema.get("properties").and_then(|p| p.get(key)) {
+                    prune_schema(child, value, &mut key.clone(), &mut unknown);
                 }
             }
             let known = schema.get("properties").and_then(Value::as_object);
@@ -109,13 +109,17 @@ fn prune(def: &ResourceDef, object: &mut Value, whole: bool) -> Vec<String> {
     unknown
 }
 
-fn prune_schema(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<String>) {
-    let preserve = schema
-        .get("x-kubernetes-preserve-unknown-fields")
-        .and_then(Value::as_bool)
-        == Some(true);
+/// Drops what `schema` does not declare from `value`, recording each dropped field's path.
+/// `path` is where `value` is (`spec.users[3]`); it is extended in place for the children
+/// and restored, rather than formatted anew for each of the thousands of fields of a large
+/// custom resource, which is checked on every write.
+fn prune_schema(schema: &Value, value: &mut Value, path: &mut String, unknown: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
+            let preserve = schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                == Some(true);
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
             let mut drop = Vec::new();
@@ -124,15 +128,23 @@ fn prune_schema(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec
                 if child.is_null() {
                     continue;
                 }
-                let child_path = format!("{path}.{key}");
-                match (properties.and_then(|p| p.get(key)), additional) {
-                    (Some(sub), _) => prune_schema(sub, child, &child_path, unknown),
-                    (None, Some(sub)) if sub.is_object() => {
-                        prune_schema(sub, child, &child_path, unknown)
+                let sub = match (properties.and_then(|p| p.get(key)), additional) {
+                    (Some(sub), _) => sub,
+                    (None, Some(sub)) if sub.is_object() => sub,
+                    (None, Some(Value::Bool(true))) => continue,
+                    (None, _) if preserve => continue,
+                    (None, _) => {
+                        drop.push(key.clone());
+                        continue;
                     }
-                    (None, Some(Value::Bool(true))) => {}
-                    (None, _) if preserve => {}
-                    (None, _) => drop.push(key.clone()),
+                };
+                // Scalars have nothing to prune below them.
+                if matches!(child, Value::Object(_) | Value::Array(_)) {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(key);
+                    prune_schema(sub, child, path, unknown);
+                    path.truncate(len);
                 }
             }
             for key in drop {
@@ -143,7 +155,15 @@ fn prune_schema(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
-                    prune_schema(item_schema, item, &format!("{path}[{i}]"), unknown);
+                    if !matches!(item, Value::Object(_) | Value::Array(_)) {
+                        continue;
+                    }
+                    let len = path.len();
+                    use std::fmt::Write;
+                    // Writing to a String cannot fail.
+                    let _ = write!(path, "[{i}]");
+                    prune_schema(item_schema, item, path, unknown);
+                    path.truncate(len);
                 }
             }
         }
@@ -282,7 +302,7 @@ mod tests {
         let mut spec =
             json!({"users": [{"phone": "1", "lastname": "x"}], "free": {"any": 1}, "bogus": true});
         let mut unknown = Vec::new();
-        prune_schema(&schema, &mut spec, "spec", &mut unknown);
+        prune_schema(&schema, &mut spec, &mut "spec".to_string(), &mut unknown);
         assert_eq!(unknown, ["spec.users[0].lastname", "spec.bogus"]);
         assert_eq!(spec, json!({"users": [{"phone": "1"}], "free": {"any": 1}}));
     }

@@ -54,6 +54,7 @@ mod selectors;
 mod server;
 mod store;
 mod table;
+mod traffic;
 mod verbs;
 mod watch;
 
@@ -78,12 +79,20 @@ pub struct Violation {
 /// violations become `422 Invalid` with one cause per violation.
 pub type AdmissionFn = Arc<dyn Fn(&Value) -> Vec<Violation> + Send + Sync>;
 
+/// Validates an update: the new object and the stored one it replaces.
+pub type AdmissionUpdateFn = Arc<dyn Fn(&Value, &Value) -> Vec<Violation> + Send + Sync>;
+
 /// An admission check and the kind it applies to.
 #[derive(Clone)]
 pub struct Admission {
     pub group: String,
     pub kind: String,
     pub check: AdmissionFn,
+    /// Used for updates instead of `check` when set: lets a check validate only what an
+    /// update changed, as the API server's validation ratcheting does (since 1.30, an
+    /// unchanged field is not refused again), so that a status write to an object with a
+    /// large spec does not re-run every spec rule.
+    pub update_check: Option<AdmissionUpdateFn>,
 }
 
 impl Admission {
@@ -96,7 +105,17 @@ impl Admission {
             group: group.into(),
             kind: kind.into(),
             check: Arc::new(check),
+            update_check: None,
         }
+    }
+
+    /// Checks updates with `check(new, old)` instead of the create check.
+    pub fn with_update_check(
+        mut self,
+        check: impl Fn(&Value, &Value) -> Vec<Violation> + Send + Sync + 'static,
+    ) -> Admission {
+        self.update_check = Some(Arc::new(check));
+        self
     }
 }
 
@@ -240,6 +259,17 @@ const REQUEST_LOG_LIMIT: usize = 100_000;
 /// One served request: verb, path and HTTP status.
 pub type LoggedRequest = (String, String, u16);
 
+/// One served request and who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub verb: String,
+    pub path: String,
+    pub status: u16,
+    /// The authenticated user in RBAC mode (`system:serviceaccount:ns:name`,
+    /// `emulator-admin`); empty without RBAC or when authentication failed.
+    pub user: String,
+}
+
 /// Errors building a client for the emulator.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -262,7 +292,10 @@ pub(crate) struct Shared {
     pub config: EmulatorConfig,
     pub store: Mutex<store::Store>,
     faults: Mutex<Vec<Fault>>,
-    log: Mutex<VecDeque<LoggedRequest>>,
+    log: Mutex<VecDeque<RequestRecord>>,
+    traffic: Arc<traffic::Traffic>,
+    /// Served resource types and the CRD revision they were read at.
+    served: Mutex<Option<(u64, Arc<Vec<resources::ResourceDef>>)>>,
     shutdown: CancellationToken,
     /// Cancelled (and replaced) by [`Emulator::drop_watches`]; every watch stream holds a clone.
     watches: Mutex<CancellationToken>,
@@ -299,12 +332,17 @@ impl Shared {
         Some(kind)
     }
 
-    pub fn log_request(&self, verb: &str, path: &str, status: u16) {
+    pub fn log_request(&self, verb: &str, path: &str, status: u16, user: &str) {
         let mut log = lock(&self.log);
         if log.len() == REQUEST_LOG_LIMIT {
             log.pop_front();
         }
-        log.push_back((verb.to_string(), path.to_string(), status));
+        log.push_back(RequestRecord {
+            verb: verb.to_string(),
+            path: path.to_string(),
+            status,
+            user: user.to_string(),
+        });
     }
 
     pub fn watch_token(&self) -> CancellationToken {
@@ -338,6 +376,8 @@ impl Emulator {
             config,
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(VecDeque::new()),
+            traffic: Arc::default(),
+            served: Mutex::new(None),
             watches: Mutex::new(shutdown.child_token()),
             shutdown: shutdown.clone(),
             base_url: format!("http://{addr}"),
@@ -356,7 +396,12 @@ impl Emulator {
             server::seed_object(&shared, object)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
-        let app = server::router(shared.clone());
+        let app = server::router(shared.clone())
+            .into_make_service_with_connect_info::<traffic::Connection>();
+        let listener = traffic::CountingListener {
+            inner: listener,
+            traffic: shared.traffic.clone(),
+        };
         let server = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -460,7 +505,22 @@ impl Emulator {
 
     /// The most recent requests served (up to 100 000), oldest first.
     pub fn request_log(&self) -> Vec<LoggedRequest> {
+        lock(&self.shared.log)
+            .iter()
+            .map(|r| (r.verb.clone(), r.path.clone(), r.status))
+            .collect()
+    }
+
+    /// [`Emulator::request_log`] with the user each request was authenticated as.
+    pub fn request_records(&self) -> Vec<RequestRecord> {
         lock(&self.shared.log).iter().cloned().collect()
+    }
+
+    /// Bytes the emulator wrote to the connections of `user` (as in
+    /// [`RequestRecord::user`]; `""` without RBAC): status lines, headers and bodies as
+    /// sent, watch streams included.
+    pub fn bytes_sent_to(&self, user: &str) -> u64 {
+        self.shared.traffic.sent_to(user)
     }
 
     /// Stops serving and waits for the server task to finish.

@@ -10,12 +10,17 @@
 use super::resources::ResourceDef;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Leaf field paths owned by each field manager of one object. A manager writing through the
 /// `status` subresource is a separate entry, as in real `managedFields`.
+///
+/// Each manager's set is shared until it changes: a write copies the object's ownership,
+/// and a 1000-user custom resource has thousands of owned paths that a status write leaves
+/// alone.
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
-    owners: BTreeMap<ManagerKey, BTreeSet<String>>,
+    owners: BTreeMap<ManagerKey, Arc<BTreeSet<String>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -225,7 +230,10 @@ impl Ownership {
     /// Everything in `object` owned by `manager`, as after a create.
     pub fn owned_by(manager: ManagerKey, object: &Value, def: &ResourceDef) -> Ownership {
         let mut owners = BTreeMap::new();
-        owners.insert(manager, managed_leaves(object, def).into_keys().collect());
+        owners.insert(
+            manager,
+            Arc::new(managed_leaves(object, def).into_keys().collect()),
+        );
         Ownership { owners }
     }
 
@@ -264,7 +272,9 @@ impl Ownership {
         let applied: BTreeSet<String> = managed_leaves(config, def).into_keys().collect();
         let previously = self.owners.remove(&manager).unwrap_or_default();
         for fields in self.owners.values_mut() {
-            fields.retain(|p| !applied.contains(p));
+            if fields.iter().any(|p| applied.contains(p)) {
+                Arc::make_mut(fields).retain(|p| !applied.contains(p));
+            }
         }
         let orphaned: BTreeSet<String> = previously
             .difference(&applied)
@@ -273,7 +283,7 @@ impl Ownership {
             .collect();
         remove_leaves(live, &orphaned, def);
         apply_merge(live, config, def);
-        self.owners.insert(manager, applied);
+        self.owners.insert(manager, Arc::new(applied));
         self.owners.retain(|_, f| !f.is_empty());
     }
 
@@ -285,26 +295,197 @@ impl Ownership {
         new: &Value,
         def: &ResourceDef,
     ) {
-        let before = managed_leaves(old, def);
-        let after = managed_leaves(new, def);
-        let all: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-        let changed: Vec<String> = all
-            .into_iter()
-            .filter(|p| before.get(*p) != after.get(*p))
-            .cloned()
-            .collect();
+        let changed = changed_leaves(old, new, def);
+        if changed.is_empty() {
+            return;
+        }
         for fields in self.owners.values_mut() {
-            for p in &changed {
-                fields.remove(p);
+            if changed.iter().any(|(p, _)| fields.contains(p)) {
+                let fields = Arc::make_mut(fields);
+                for (p, _) in &changed {
+                    fields.remove(p);
+                }
             }
         }
-        let mine = self.owners.entry(manager).or_default();
-        for p in changed {
-            if after.contains_key(&p) {
+        let mine = Arc::make_mut(self.owners.entry(manager).or_default());
+        for (p, present) in changed {
+            if present {
                 mine.insert(p);
             }
         }
         self.owners.retain(|_, f| !f.is_empty());
+    }
+}
+
+/// The managed leaf paths whose values differ between `old` and `new`, each with whether it
+/// is present in `new`: exactly the paths where [`managed_leaves`] of the two disagree.
+///
+/// Walks both objects together and skips every subtree that is equal in both, so a status
+/// write to a custom resource with a thousand users compares the spec once instead of
+/// listing its thousands of leaves twice. Where the two sides are not the same kind of
+/// container, it lists the leaves of just that subtree and compares them.
+pub fn changed_leaves(old: &Value, new: &Value, def: &ResourceDef) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    // `managed_leaves` works on a view without apiVersion and kind, whose metadata holds
+    // only the owned keys; an empty view is itself one leaf, which the fallback handles.
+    let view_keys = |object: &serde_json::Map<String, Value>| {
+        object
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "apiVersion" | "kind"))
+            .count()
+    };
+    match (old.as_object(), new.as_object()) {
+        (Some(o), Some(n)) if view_keys(o) > 0 && view_keys(n) > 0 => {
+            let keys: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+            for key in keys {
+                match key.as_str() {
+                    "apiVersion" | "kind" => {}
+                    "metadata" => {
+                        let owned = |object: &serde_json::Map<String, Value>| {
+                            object.get("metadata").map(owned_metadata)
+                        };
+                        diff_at(
+                            owned(o).as_ref(),
+                            owned(n).as_ref(),
+                            &child_path("", key),
+                            key,
+                            def,
+                            &mut out,
+                        );
+                    }
+                    _ => diff_at(
+                        o.get(key),
+                        n.get(key),
+                        &child_path("", key),
+                        key,
+                        def,
+                        &mut out,
+                    ),
+                }
+            }
+        }
+        _ => diff_leaf_maps(managed_leaves(old, def), managed_leaves(new, def), &mut out),
+    }
+    out
+}
+
+/// The part of `metadata` field managers own (what [`managed_leaves`] keeps of it).
+fn owned_metadata(metadata: &Value) -> Value {
+    match metadata.as_object() {
+        Some(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        k.as_str(),
+                        "labels" | "annotations" | "finalizers" | "ownerReferences"
+                    )
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => metadata.clone(),
+    }
+}
+
+fn diff_leaf_maps(
+    before: BTreeMap<String, Value>,
+    mut after: BTreeMap<String, Value>,
+    out: &mut Vec<(String, bool)>,
+) {
+    for (path, value) in before {
+        match after.remove(&path) {
+            Some(now) if now == value => {}
+            Some(_) => out.push((path, true)),
+            None => out.push((path, false)),
+        }
+    }
+    out.extend(after.into_keys().map(|path| (path, true)));
+}
+
+/// The leaves of one subtree at `path`, as [`leaves`] lists them; none when absent.
+fn subtree_leaves(
+    value: Option<&Value>,
+    path: &str,
+    schema_path: &str,
+    def: &ResourceDef,
+) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    if let Some(value) = value {
+        leaves(value, path, schema_path, def, &mut out);
+    }
+    out
+}
+
+/// List-map items by their path (`users[phone="1"]`); `None` when two items share a key, so
+/// that the caller falls back to listing leaves, which merges them as `leaves` does.
+fn items_by_path<'a>(
+    items: &'a [Value],
+    path: &str,
+    keys: &[String],
+) -> Option<BTreeMap<String, &'a Value>> {
+    let mut by_path = BTreeMap::new();
+    for item in items {
+        if by_path.insert(item_path(path, item, keys), item).is_some() {
+            return None;
+        }
+    }
+    Some(by_path)
+}
+
+fn diff_at(
+    old: Option<&Value>,
+    new: Option<&Value>,
+    path: &str,
+    schema_path: &str,
+    def: &ResourceDef,
+    out: &mut Vec<(String, bool)>,
+) {
+    if old == new {
+        return;
+    }
+    match (old, new) {
+        (Some(Value::Object(o)), Some(Value::Object(n))) if !o.is_empty() && !n.is_empty() => {
+            let keys: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+            for key in keys {
+                diff_at(
+                    o.get(key),
+                    n.get(key),
+                    &child_path(path, key),
+                    &child_schema_path(schema_path, key),
+                    def,
+                    out,
+                );
+            }
+        }
+        (Some(Value::Array(o)), Some(Value::Array(n))) if def.list_keys(schema_path).is_some() => {
+            let keys = def.list_keys(schema_path).unwrap_or_default();
+            let item_schema = format!("{schema_path}[]");
+            match (items_by_path(o, path, keys), items_by_path(n, path, keys)) {
+                (Some(o), Some(n)) => {
+                    let paths: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+                    for item in paths {
+                        diff_at(
+                            o.get(item).copied(),
+                            n.get(item).copied(),
+                            item,
+                            &item_schema,
+                            def,
+                            out,
+                        );
+                    }
+                }
+                _ => diff_leaf_maps(
+                    subtree_leaves(old, path, schema_path, def),
+                    subtree_leaves(new, path, schema_path, def),
+                    out,
+                ),
+            }
+        }
+        _ => diff_leaf_maps(
+            subtree_leaves(old, path, schema_path, def),
+            subtree_leaves(new, path, schema_path, def),
+            out,
+        ),
     }
 }
 
@@ -368,6 +549,48 @@ mod tests {
             different.0,
             vec![("a".to_string(), "spec.holder".to_string())]
         );
+    }
+
+    /// What `record_update` used to compute: every leaf of both sides, compared.
+    fn brute_force_changes(old: &Value, new: &Value, def: &ResourceDef) -> Vec<(String, bool)> {
+        let before = managed_leaves(old, def);
+        let after = managed_leaves(new, def);
+        let all: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        all.into_iter()
+            .filter(|p| before.get(*p) != after.get(*p))
+            .map(|p| (p.clone(), after.contains_key(p)))
+            .collect()
+    }
+
+    #[test]
+    fn changed_leaves_agree_with_comparing_every_leaf() {
+        let def = def();
+        let objects = [
+            json!({}),
+            json!({"apiVersion": "v1", "kind": "X"}),
+            json!({"kind": "X", "metadata": {"name": "a", "labels": {"l": "1"}}}),
+            json!({"kind": "X", "metadata": {"name": "b", "labels": {"l": "2"}, "resourceVersion": "9"}}),
+            json!({"metadata": {"annotations": {}}, "spec": {}}),
+            json!({"metadata": "odd", "spec": []}),
+            json!({"spec": {"users": [{"phone": "1", "firstname": "A"}, {"phone": "2"}], "tags": ["x"]}}),
+            json!({"spec": {"users": [{"phone": "2"}, {"phone": "1", "firstname": "B"}], "tags": ["x"]}}),
+            json!({"spec": {"users": [{"phone": "1", "a": 1}, {"phone": "1", "b": 2}]}}),
+            json!({"spec": {"users": [{"phone": "1", "a": 1}]}, "status": {"phase": "Ready"}}),
+            json!({"spec": {"users": [{}], "a.b": {"c": 1}}, "status": {"phase": "Done", "n": [1]}}),
+            json!({"spec": {"users": "none", "a.b": {"c": 2}}, "status": null}),
+            json!({"spec": {"users": [], "e": {}}, "status": {"phase": {"x": 1}}}),
+            json!([1, 2]),
+            json!("text"),
+        ];
+        for old in &objects {
+            for new in &objects {
+                let mut fast = changed_leaves(old, new, &def);
+                fast.sort();
+                let mut slow = brute_force_changes(old, new, &def);
+                slow.sort();
+                assert_eq!(fast, slow, "{old} -> {new}");
+            }
+        }
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn role_rules<'a>(store: &'a Store, binding: &Value, binding_namespace: &str) ->
         "Role" => store.get(&rbac_key("roles"), binding_namespace, name),
         _ => None,
     };
-    role.and_then(|r| r.value.get("rules"))
+    role.and_then(|r| r.value().get("rules"))
         .and_then(Value::as_array)
         .map(|rules| rules.iter().collect())
         .unwrap_or_default()

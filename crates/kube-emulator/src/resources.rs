@@ -46,7 +46,8 @@ pub struct ResourceDef {
     /// unconditional updates, unknown fields pruned by its structural schema.
     pub custom: bool,
     /// The CRD's `openAPIV3Schema` for this kind's storage version.
-    pub schema: Option<Value>,
+    /// Shared: every request's copy of its type would otherwise copy the whole schema.
+    pub schema: Option<std::sync::Arc<Value>>,
 }
 
 /// The storage a view kind reads and writes, and how stored objects are stamped.
@@ -185,7 +186,10 @@ impl ResourceDef {
             printer_columns,
             stored_as: None,
             custom: true,
-            schema: main.pointer("/schema/openAPIV3Schema").cloned(),
+            schema: main
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .map(std::sync::Arc::new),
         })
     }
 }

@@ -2,8 +2,7 @@
 //! and the verbs (get, list, watch, create, update, patch, delete) with API server semantics.
 
 use super::discovery::{
-    group_document, group_list, openapi_group_version, openapi_root, resource_list,
-    served_resources,
+    group_document, group_list, openapi_group_version, openapi_root, resource_list, served_resource,
 };
 use super::error::ApiError;
 use super::resources::{self, CRD_PLURAL};
@@ -42,6 +41,7 @@ fn seed(shared: &Shared, plural: &str, object: serde_json::Value) -> Result<(), 
         version: def.versions.first().cloned().unwrap_or_default(),
         def,
         namespace: String::new(),
+        metadata_only: false,
     };
     let mut store = lock(&shared.store);
     ctx.create_locked(&mut store, object, None, "emulator", false)
@@ -78,6 +78,7 @@ pub fn seed_object(shared: &Shared, object: serde_json::Value) -> Result<(), Api
         version: def.versions.first().cloned().unwrap_or_default(),
         def,
         namespace,
+        metadata_only: false,
     };
     let mut store = lock(&shared.store);
     ctx.create_locked(&mut store, object, None, "emulator", false)
@@ -206,6 +207,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: axum::body::Body,
 ) -> Response {
     let path = uri.path().to_string();
@@ -216,13 +218,29 @@ async fn handle(
         Ok(body) => body,
         Err(_) => {
             let response = ApiError::body_too_large().into_response();
-            shared.log_request(verb, &path, response.status().as_u16());
+            shared.log_request(verb, &path, response.status().as_u16(), "");
             return response;
         }
     };
-    if let Err(err) = authorize(&shared, &route, verb, &path, &query, &headers) {
+    let user = match authenticate(&shared, &headers) {
+        Ok(user) => user,
+        Err(err) => {
+            let response = err.into_response();
+            shared.log_request(verb, &path, response.status().as_u16(), "");
+            return response;
+        }
+    };
+    let user_name = user.as_ref().map_or("", |u| u.name.as_str());
+    if let Some(axum::extract::ConnectInfo(connection)) =
+        extensions.get::<axum::extract::ConnectInfo<crate::traffic::Connection>>()
+    {
+        connection.identify(&shared.traffic, user_name);
+    }
+    if let Some(user) = &user
+        && let Err(err) = authorize(&shared, user, &route, verb, &path, &query)
+    {
         let response = err.into_response();
-        shared.log_request(verb, &path, response.status().as_u16());
+        shared.log_request(verb, &path, response.status().as_u16(), user_name);
         return response;
     }
     let response = match shared.take_fault(verb, &path) {
@@ -237,21 +255,14 @@ async fn handle(
     };
     let status = response.status().as_u16();
     tracing::debug!(verb, path = %path, status, "emulated API request");
-    shared.log_request(verb, &path, status);
+    shared.log_request(verb, &path, status, user_name);
     response
 }
 
-/// RBAC mode: who sent the request (bearer token), and whether they may do it.
-fn authorize(
-    shared: &Shared,
-    route: &Route,
-    verb: &str,
-    path: &str,
-    query: &Query,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
+/// RBAC mode: who sent the request (bearer token); `None` without RBAC.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Option<rbac::User>, ApiError> {
     let Some(config) = &shared.config.rbac else {
-        return Ok(());
+        return Ok(None);
     };
     let token = headers
         .get(header::AUTHORIZATION)
@@ -276,9 +287,21 @@ fn authorize(
             None => return Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
         },
     };
+    Ok(Some(user))
+}
+
+/// RBAC mode: whether `user` may do what the request asks.
+fn authorize(
+    shared: &Shared,
+    user: &rbac::User,
+    route: &Route,
+    verb: &str,
+    path: &str,
+    query: &Query,
+) -> Result<(), ApiError> {
     let store = lock(&shared.store);
     let Route::Resource(rp) = route else {
-        return rbac::authorize_path(&store, &user, verb, path);
+        return rbac::authorize_path(&store, user, verb, path);
     };
     // A list or watch of one object (`metadata.name=` field selector) names it, as the API
     // server's request info does, so `resourceNames` rules apply.
@@ -297,7 +320,7 @@ fn authorize(
         name: if verb == "create" { None } else { name },
         namespace: rp.namespace.as_deref().unwrap_or_default(),
     };
-    rbac::authorize(&store, &user, &attributes)
+    rbac::authorize(&store, user, &attributes)
 }
 
 fn serve(
@@ -352,9 +375,7 @@ fn resource_request(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let def = served_resources(shared)
-        .into_iter()
-        .find(|d| d.group == rp.group && d.plural == rp.plural && d.versions.contains(&rp.version))
+    let def = served_resource(shared, &rp.group, &rp.plural, &rp.version)
         .ok_or_else(|| ApiError::no_route(path))?;
     if !def.namespaced && rp.namespace.is_some() {
         return Err(ApiError::no_route(path));
@@ -378,6 +399,7 @@ fn resource_request(
         def,
         version: rp.version.clone(),
         namespace: rp.namespace.clone().unwrap_or_default(),
+        metadata_only: table::wants_metadata(accept),
     };
     let manager = field_manager(query, headers);
     let scope = rp.namespace.as_deref();

@@ -3,9 +3,10 @@
 //! watches can resume from a `resourceVersion` until it is compacted away (then `410 Gone`).
 
 use super::merge::Ownership;
+use axum::body::Bytes;
 use serde_json::Value;
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 /// How many events a slow watcher may fall behind before its stream is closed (it resumes
@@ -20,11 +21,45 @@ pub struct ResourceKey {
     pub plural: String,
 }
 
+/// One committed version of an object, and its JSON encoding once someone read it.
+///
+/// Shared, never copied, by the store, the watch history, list snapshots and every watcher:
+/// a write of a 100 KB custom resource is encoded at most once, however many GETs, lists
+/// and watches serve it (the encoding used to be redone per reader, after a deep clone).
+#[derive(Debug)]
+pub struct Versioned {
+    pub value: Value,
+    json: OnceLock<Bytes>,
+}
+
+impl Versioned {
+    pub fn new(value: Value) -> Arc<Versioned> {
+        Arc::new(Versioned {
+            value,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// `serde_json::to_vec(&self.value)`, computed on first use.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            // Encoding a `Value` only fails for non-string map keys, which it cannot hold.
+            Bytes::from(serde_json::to_vec(&self.value).unwrap_or_default())
+        })
+    }
+}
+
 /// An object and who owns its fields.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
-    pub value: Value,
+    pub object: Arc<Versioned>,
     pub ownership: Ownership,
+}
+
+impl StoredObject {
+    pub fn value(&self) -> &Value {
+        &self.object.value
+    }
 }
 
 /// What a watch event says happened.
@@ -52,7 +87,7 @@ pub struct WatchRecord {
     pub resource: ResourceKey,
     pub namespace: String,
     pub event: EventType,
-    pub object: Value,
+    pub object: Arc<Versioned>,
 }
 
 /// Why a watch could not start where the client asked.
@@ -73,7 +108,7 @@ pub struct WatchStart {
 pub struct ListSnapshot {
     pub resource_version: u64,
     /// (namespace, name, object), in key order.
-    pub objects: Arc<Vec<(String, String, Value)>>,
+    pub objects: Arc<Vec<(String, String, Arc<Versioned>)>>,
 }
 
 /// Paginated lists in progress; the oldest snapshot goes first beyond this.
@@ -88,6 +123,8 @@ pub struct Store {
     /// Events at or below this version were dropped from the history.
     compacted_through: u64,
     fanout: broadcast::Sender<Arc<WatchRecord>>,
+    /// The `resourceVersion` of each kind's latest write (for caches derived from a kind).
+    kind_revisions: HashMap<ResourceKey, u64>,
 }
 
 impl Store {
@@ -101,7 +138,13 @@ impl Store {
             history_limit,
             compacted_through: 0,
             fanout,
+            kind_revisions: HashMap::new(),
         }
+    }
+
+    /// The `resourceVersion` of the latest write to a kind (0: never written).
+    pub fn kind_revision(&self, resource: &ResourceKey) -> u64 {
+        self.kind_revisions.get(resource).copied().unwrap_or(0)
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -121,16 +164,30 @@ impl Store {
 
     /// Objects of one kind, ordered by namespace then name; all namespaces when `None`.
     pub fn list(&self, resource: &ResourceKey, namespace: Option<&str>) -> Vec<&Value> {
-        self.objects
-            .get(resource)
-            .map(|objects| {
-                objects
-                    .iter()
-                    .filter(|((ns, _), _)| namespace.is_none_or(|want| want == ns))
-                    .map(|(_, stored)| &stored.value)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.list_versions(resource, namespace)
+            .into_iter()
+            .map(|object| &object.value)
+            .collect()
+    }
+
+    /// [`Store::list`], as the shared versions (to serve their cached encodings).
+    pub fn list_versions(
+        &self,
+        resource: &ResourceKey,
+        namespace: Option<&str>,
+    ) -> Vec<&Arc<Versioned>> {
+        let Some(objects) = self.objects.get(resource) else {
+            return Vec::new();
+        };
+        match namespace {
+            // Keys are ordered by namespace first: one range, not a scan of every namespace.
+            Some(namespace) => objects
+                .range((namespace.to_string(), String::new())..)
+                .take_while(|((ns, _), _)| ns == namespace)
+                .map(|(_, stored)| &stored.object)
+                .collect(),
+            None => objects.values().map(|stored| &stored.object).collect(),
+        }
     }
 
     /// Keeps the current objects of a kind for the later pages of a list.
@@ -149,7 +206,7 @@ impl Store {
             .map(|objects| {
                 objects
                     .iter()
-                    .map(|((ns, name), stored)| (ns.clone(), name.clone(), stored.value.clone()))
+                    .map(|((ns, name), stored)| (ns.clone(), name.clone(), stored.object.clone()))
                     .collect()
             })
             .unwrap_or_default();
@@ -193,17 +250,18 @@ impl Store {
         mut value: Value,
         ownership: Ownership,
         event: EventType,
-    ) -> Value {
+    ) -> Arc<Versioned> {
         let rv = self.next_resource_version(&mut value);
+        let object = Versioned::new(value);
         self.objects.entry(resource.clone()).or_default().insert(
             (namespace.to_string(), name.to_string()),
             StoredObject {
-                value: value.clone(),
+                object: object.clone(),
                 ownership,
             },
         );
-        self.record(rv, resource, namespace, event, value.clone());
-        value
+        self.record(rv, resource, namespace, event, object.clone());
+        object
     }
 
     /// Records new field ownership for an unchanged object: ownership is not part of what
@@ -231,19 +289,14 @@ impl Store {
         namespace: &str,
         name: &str,
         mut final_state: Value,
-    ) -> Value {
+    ) -> Arc<Versioned> {
         if let Some(objects) = self.objects.get_mut(resource) {
             objects.remove(&(namespace.to_string(), name.to_string()));
         }
         let rv = self.next_resource_version(&mut final_state);
-        self.record(
-            rv,
-            resource,
-            namespace,
-            EventType::Deleted,
-            final_state.clone(),
-        );
-        final_state
+        let object = Versioned::new(final_state);
+        self.record(rv, resource, namespace, EventType::Deleted, object.clone());
+        object
     }
 
     fn next_resource_version(&mut self, value: &mut Value) -> u64 {
@@ -263,8 +316,9 @@ impl Store {
         resource: &ResourceKey,
         namespace: &str,
         event: EventType,
-        object: Value,
+        object: Arc<Versioned>,
     ) {
+        self.kind_revisions.insert(resource.clone(), rv);
         let record = Arc::new(WatchRecord {
             resource_version: rv,
             resource: resource.clone(),

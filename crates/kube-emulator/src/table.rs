@@ -13,6 +13,20 @@ pub fn wants_table(accept: &str) -> bool {
         .is_some_and(|first| first.split(';').any(|p| p.trim() == "as=Table"))
 }
 
+/// Whether the client asked for metadata only: `as=PartialObjectMetadata` (or its `List`
+/// form), which kube's `Api<PartialObjectMeta<K>>` and client-go's metadata informers send
+/// so that the API server leaves out specs, statuses and Secret data.
+pub fn wants_metadata(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| {
+        first.split(';').any(|p| {
+            matches!(
+                p.trim(),
+                "as=PartialObjectMetadata" | "as=PartialObjectMetadataList"
+            )
+        })
+    })
+}
+
 fn columns(def: &ResourceDef) -> Vec<PrinterColumn> {
     let column = |name: &str, type_: &str, path: &str| PrinterColumn {
         name: name.into(),

@@ -7,12 +7,12 @@ use super::merge::{self, ManagerKey, Ownership};
 use super::resources::{CRD_GROUP, CRD_PLURAL, ResourceDef};
 use super::selectors::Selector;
 use super::server::Query;
-use super::store::{EventType, ResourceKey, Store};
+use super::store::{EventType, ResourceKey, Store, Versioned};
 use super::table;
 use super::watch::{Backlog, WatchFilter, WatchStream, stream_response, watch_line};
 use super::{Shared, event_conversion, event_validation, limits, lock};
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -39,6 +39,11 @@ pub(super) fn ok_json(value: Value) -> Response {
 
 pub(super) fn with_status(code: StatusCode, value: Value) -> Response {
     (code, axum::Json(value)).into_response()
+}
+
+/// A response whose JSON body is already encoded (a stored object's shared encoding).
+pub(super) fn json_bytes(code: StatusCode, body: Bytes) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -130,16 +135,42 @@ pub(super) fn finalizers_empty(object: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
-/// The part of an object whose change bumps `metadata.generation`: all but metadata and status.
-pub(super) fn generation_view(object: &Value) -> Value {
-    let mut view = object.clone();
-    if let Some(map) = view.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
-        map.remove("apiVersion");
-        map.remove("kind");
+/// Whether two objects agree on the part whose change bumps `metadata.generation`: all but
+/// metadata and status (compared in place: copying a large spec twice per write to compare
+/// it was a tenth of a status write's cost).
+pub(super) fn same_generation_view(a: &Value, b: &Value) -> bool {
+    let outside =
+        |key: &String| !matches!(key.as_str(), "metadata" | "status" | "apiVersion" | "kind");
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            a.keys().filter(|k| outside(k)).count() == b.keys().filter(|k| outside(k)).count()
+                && a.iter()
+                    .filter(|(k, _)| outside(k))
+                    .all(|(k, v)| b.get(k) == Some(v))
+        }
+        _ => a == b,
     }
-    view
+}
+
+/// `old` with the status of `written`, as a write to `/status` leaves it: everything but the
+/// status as stored. Built from `written` where it already holds the stored values (clients
+/// send back what they read), so a status write to a large object does not copy its spec;
+/// the result equals `old` with `written`'s status either way.
+fn with_status_of(old: &Value, written: Value) -> Value {
+    let (Some(old_map), Value::Object(mut candidate)) = (old.as_object(), written) else {
+        let mut candidate = old.clone();
+        if let Some(map) = candidate.as_object_mut() {
+            map.remove("status");
+        }
+        return candidate;
+    };
+    candidate.retain(|k, _| k == "status" || old_map.contains_key(k));
+    for (key, value) in old_map {
+        if key != "status" && candidate.get(key) != Some(value) {
+            candidate.insert(key.clone(), value.clone());
+        }
+    }
+    Value::Object(candidate)
 }
 
 pub(super) fn storage_key(def: &ResourceDef) -> ResourceKey {
@@ -153,6 +184,37 @@ pub(super) fn storage_key(def: &ResourceDef) -> ResourceKey {
             plural: def.plural.clone(),
         },
     }
+}
+
+/// Whether clients of `def` at `version` see this stored object exactly as stored (no
+/// conversion; apiVersion and kind already theirs), so its stored encoding can be served
+/// as it is instead of presenting a copy and encoding that.
+pub(super) fn presents_as_stored(def: &ResourceDef, version: &str, object: &Value) -> bool {
+    let converted = def.stored_as.is_some() && def.group.is_empty() && def.plural == "events";
+    !converted
+        && object.get("kind").and_then(Value::as_str) == Some(def.kind.as_str())
+        && object.get("apiVersion").and_then(Value::as_str)
+            == Some(def.api_version(version).as_str())
+}
+
+/// The JSON of a stored object as clients of `def` at `version` see it: `present`
+/// encoded, shared with every other reader when nothing needs presenting.
+pub(super) fn presented_json(def: &ResourceDef, version: &str, object: &Versioned) -> Bytes {
+    if presents_as_stored(def, version, &object.value) {
+        return object.json().clone();
+    }
+    let presented = present(def, version, object.value.clone());
+    Bytes::from(serde_json::to_vec(&presented).unwrap_or_default())
+}
+
+/// What a metadata-only client (`Accept: …;as=PartialObjectMetadata`) gets for an object,
+/// as the API server answers it: `meta.k8s.io/v1` `PartialObjectMetadata`.
+pub(super) fn partial_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or(Value::Null),
+    })
 }
 
 /// A stored object as clients of `def` at `version` see it.
@@ -176,6 +238,9 @@ pub(super) struct Ctx<'a> {
     pub(super) def: ResourceDef,
     pub(super) version: String,
     pub(super) namespace: String,
+    /// The client asked for metadata only (`as=PartialObjectMetadata[List]`), as kube's
+    /// `Api<PartialObjectMeta<K>>` and client-go's metadata informers do.
+    pub(super) metadata_only: bool,
 }
 
 impl Ctx<'_> {
@@ -187,6 +252,26 @@ impl Ctx<'_> {
     /// A stored object as clients of this kind and version see it.
     pub(super) fn present(&self, object: Value) -> Value {
         present(&self.def, &self.version, object)
+    }
+
+    /// The response to a read or write of one object: its presented JSON (the stored
+    /// encoding where nothing needs presenting), or its metadata for a metadata-only client.
+    pub(super) fn object_response(&self, code: StatusCode, object: &Versioned) -> Response {
+        if self.metadata_only {
+            let presented = self.present(object.value.clone());
+            return with_status(code, partial_metadata(&presented));
+        }
+        json_bytes(code, presented_json(&self.def, &self.version, object))
+    }
+
+    /// Whether a stored object passes the selectors, as presented to this client (only
+    /// copied and presented when presenting changes it).
+    fn selected(&self, labels: &Selector, fields: &Selector, object: &Value) -> bool {
+        if presents_as_stored(&self.def, &self.version, object) {
+            return labels.matches(object) && fields.matches(object);
+        }
+        let presented = self.present(object.clone());
+        labels.matches(&presented) && fields.matches(&presented)
     }
 
     /// A client's object in storage shape, stamped with the stored kind.
@@ -221,20 +306,24 @@ impl Ctx<'_> {
         let store = lock(&self.shared.store);
         let stored = store
             .get(&self.key(), &self.namespace, name)
-            .ok_or_else(|| self.not_found(name))?;
-        let object = self.present(stored.value.clone());
-        if as_table {
-            let include = query.get("includeObject").unwrap_or("Metadata");
-            let rv = meta_str(&object, "resourceVersion").map(str::to_string);
-            return Ok(ok_json(table::table(
-                &self.def,
-                &[object],
-                include,
-                rv,
-                true,
-            )));
+            .ok_or_else(|| self.not_found(name))?
+            .object
+            .clone();
+        // Encoding happens after the lock is released, once per stored version.
+        drop(store);
+        if !as_table {
+            return Ok(self.object_response(StatusCode::OK, &stored));
         }
-        Ok(ok_json(object))
+        let object = self.present(stored.value.clone());
+        let include = query.get("includeObject").unwrap_or("Metadata");
+        let rv = meta_str(&object, "resourceVersion").map(str::to_string);
+        Ok(ok_json(table::table(
+            &self.def,
+            &[object],
+            include,
+            rv,
+            true,
+        )))
     }
 
     pub(super) fn selectors(query: &Query) -> Result<(Selector, Selector), ApiError> {
@@ -280,14 +369,14 @@ impl Ctx<'_> {
             None => store.resource_version(),
         };
         let start = token.as_ref().map(|t| t.start.clone());
-        let objects: Vec<&Value> = match &snapshot {
+        let objects: Vec<&Arc<Versioned>> = match &snapshot {
             Some(snapshot) => snapshot
                 .objects
                 .iter()
                 .filter(|(ns, _, _)| scope.is_none_or(|want| want == ns))
                 .map(|(_, _, v)| v)
                 .collect(),
-            None => store.list(&self.key(), scope),
+            None => store.list_versions(&self.key(), scope),
         };
         let position = |o: &Value| {
             format!(
@@ -296,15 +385,16 @@ impl Ctx<'_> {
                 meta_str(o, "name").unwrap_or_default()
             )
         };
-        let mut items: Vec<Value> = objects
+        // Shared versions, not copies: each is presented and encoded after the lock is gone.
+        let mut items: Vec<Arc<Versioned>> = objects
             .into_iter()
             .filter(|o| {
                 start
                     .as_ref()
-                    .is_none_or(|s| position(o).as_str() > s.as_str())
+                    .is_none_or(|s| position(&o.value).as_str() > s.as_str())
             })
-            .map(|o| self.present(o.clone()))
-            .filter(|o| labels.matches(o) && fields.matches(o))
+            .filter(|o| self.selected(&labels, &fields, &o.value))
+            .cloned()
             .collect();
         let mut continue_token = None;
         if let Some(limit) = limit.filter(|l| *l > 0 && items.len() > *l) {
@@ -312,7 +402,7 @@ impl Ctx<'_> {
             continue_token = items.last().map(|o| {
                 ContinueToken {
                     rv: rv as i64,
-                    start: position(o),
+                    start: position(&o.value),
                 }
                 .encode()
             });
@@ -324,7 +414,11 @@ impl Ctx<'_> {
         let rv = rv.to_string();
         if as_table {
             let include = query.get("includeObject").unwrap_or("Metadata");
-            let mut t = table::table(&self.def, &items, include, Some(rv), true);
+            let presented: Vec<Value> = items
+                .iter()
+                .map(|o| self.present(o.value.clone()))
+                .collect();
+            let mut t = table::table(&self.def, &presented, include, Some(rv), true);
             if let Some(token) = continue_token {
                 t["metadata"]["continue"] = Value::String(token);
             }
@@ -334,15 +428,52 @@ impl Ctx<'_> {
         if let Some(token) = continue_token {
             metadata["continue"] = Value::String(token);
         }
-        Ok(ok_json(json!({
-            "apiVersion": self.def.api_version(&self.version),
-            "kind": format!("{}List", self.def.kind),
-            "metadata": metadata,
-            "items": items,
-        })))
+        if self.metadata_only {
+            let items: Vec<Value> = items
+                .iter()
+                .map(|o| partial_metadata(&self.present(o.value.clone())))
+                .collect();
+            return Ok(ok_json(json!({
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadataList",
+                "metadata": metadata,
+                "items": items,
+            })));
+        }
+        // The list's JSON, keys in the order serde_json writes them, around the items'
+        // shared encodings.
+        let encoded: Vec<Bytes> = items
+            .iter()
+            .map(|o| presented_json(&self.def, &self.version, o))
+            .collect();
+        let api_version = Value::String(self.def.api_version(&self.version)).to_string();
+        let kind = Value::String(format!("{}List", self.def.kind)).to_string();
+        let metadata = metadata.to_string();
+        let mut body = Vec::with_capacity(
+            64 + api_version.len()
+                + kind.len()
+                + metadata.len()
+                + encoded.iter().map(|e| e.len() + 1).sum::<usize>(),
+        );
+        body.extend_from_slice(b"{\"apiVersion\":");
+        body.extend_from_slice(api_version.as_bytes());
+        body.extend_from_slice(b",\"items\":[");
+        for (index, item) in encoded.iter().enumerate() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"],\"kind\":");
+        body.extend_from_slice(kind.as_bytes());
+        body.extend_from_slice(b",\"metadata\":");
+        body.extend_from_slice(metadata.as_bytes());
+        body.push(b'}');
+        Ok(json_bytes(StatusCode::OK, Bytes::from(body)))
     }
 
-    pub(super) fn validate(&self, object: &Value) -> Result<(), ApiError> {
+    /// Admission of a create (`old` is `None`) or an update of `old`.
+    pub(super) fn validate(&self, object: &Value, old: Option<&Value>) -> Result<(), ApiError> {
         let Some(admission) = self
             .shared
             .config
@@ -352,7 +483,10 @@ impl Ctx<'_> {
         else {
             return Ok(());
         };
-        let violations = (admission.check)(object);
+        let violations = match (old, &admission.update_check) {
+            (Some(old), Some(update_check)) => update_check(object, old),
+            _ => (admission.check)(object),
+        };
         if violations.is_empty() {
             return Ok(());
         }
@@ -528,7 +662,8 @@ impl Ctx<'_> {
             manager,
             query.get("dryRun").is_some(),
         )?;
-        Ok(with_status(StatusCode::CREATED, self.present(created)))
+        drop(store);
+        Ok(self.object_response(StatusCode::CREATED, &created))
     }
 
     pub(super) fn create_locked(
@@ -538,7 +673,7 @@ impl Ctx<'_> {
         ownership: Option<Ownership>,
         manager: &str,
         dry_run: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Versioned>, ApiError> {
         let generate = meta_str(&object, "generateName")
             .filter(|_| meta_str(&object, "name").is_none_or(str::is_empty))
             .map(str::to_string);
@@ -609,9 +744,9 @@ impl Ctx<'_> {
         }
         self.check_annotations(&object)?;
         self.check_event(&object, None)?;
-        self.validate(&object)?;
+        self.validate(&object, None)?;
         if dry_run {
-            return Ok(object);
+            return Ok(Versioned::new(object));
         }
         self.check_stored_size(&object)?;
         let ownership = ownership.unwrap_or_else(|| {
@@ -634,21 +769,18 @@ impl Ctx<'_> {
         ))
     }
 
-    /// Commits `candidate` as the new state of `name`, keeping the server-owned metadata and
-    /// skipping no-op writes (no new `resourceVersion`, no watch event).
+    /// Commits `candidate` as the new state of `name` (whose stored version is `old`), keeping
+    /// the server-owned metadata and skipping no-op writes (no new `resourceVersion`, no
+    /// watch event).
     pub(super) fn commit_update(
         &self,
         store: &mut Store,
         name: &str,
+        old: &Arc<Versioned>,
         mut candidate: Value,
         ownership: Ownership,
         dry_run: bool,
-    ) -> Result<Value, ApiError> {
-        let old = store
-            .get(&self.key(), &self.namespace, name)
-            .ok_or_else(|| self.not_found(name))?
-            .value
-            .clone();
+    ) -> Result<Arc<Versioned>, ApiError> {
         if let Some(body_name) = meta_str(&candidate, "name")
             && body_name != name
         {
@@ -656,7 +788,7 @@ impl Ctx<'_> {
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
         }
-        let old_meta = meta(&old).cloned().unwrap_or_default();
+        let old_meta = meta(&old.value).cloned().unwrap_or_default();
         let metadata = meta_mut(&mut candidate);
         metadata.remove("managedFields");
         for system in [
@@ -676,7 +808,7 @@ impl Ctx<'_> {
         }
         let mut candidate = self.to_storage(candidate);
         self.normalise(&mut candidate)?;
-        if generation_view(&candidate) != generation_view(&old) {
+        if !same_generation_view(&candidate, &old.value) {
             let next = old_meta
                 .get("generation")
                 .and_then(Value::as_i64)
@@ -685,15 +817,15 @@ impl Ctx<'_> {
             meta_mut(&mut candidate).insert("generation".into(), json!(next));
         }
         self.check_annotations(&candidate)?;
-        self.check_event(&candidate, Some(&old))?;
-        self.validate(&candidate)?;
+        self.check_event(&candidate, Some(&old.value))?;
+        self.validate(&candidate, Some(&old.value))?;
         if dry_run {
-            return Ok(candidate);
+            return Ok(Versioned::new(candidate));
         }
         self.check_stored_size(&candidate)?;
-        if candidate == old {
+        if candidate == old.value {
             store.set_ownership(&self.key(), &self.namespace, name, ownership);
-            return Ok(candidate);
+            return Ok(old.clone());
         }
         if old_meta.contains_key("deletionTimestamp") && finalizers_empty(&candidate) {
             return Ok(store.remove(&self.key(), &self.namespace, name, candidate));
@@ -731,17 +863,9 @@ impl Ctx<'_> {
     /// other's part, as the API server does for kinds with a status subresource.
     pub(super) fn scoped_candidate(&self, old: &Value, written: Value, status: bool) -> Value {
         if status {
-            let mut candidate = old.clone();
-            match written.get("status") {
-                Some(s) => candidate["status"] = s.clone(),
-                None => {
-                    if let Some(map) = candidate.as_object_mut() {
-                        map.remove("status");
-                    }
-                }
-            }
-            candidate
-        } else if self.def.has_status {
+            return with_status_of(old, written);
+        }
+        if self.def.has_status {
             let mut candidate = written;
             if let Some(map) = candidate.as_object_mut() {
                 match old.get("status") {
@@ -779,8 +903,8 @@ impl Ctx<'_> {
                 "Invalid value: 0x0: must be specified for an update",
             ));
         }
-        self.check_precondition(name, &stored.value, &body)?;
-        let (old, ownership) = (stored.value.clone(), stored.ownership.clone());
+        self.check_precondition(name, stored.value(), &body)?;
+        let (old, ownership) = (stored.object.clone(), stored.ownership.clone());
         let dry_run = query.get("dryRun").is_some();
         self.write_over(
             &mut store, name, &old, ownership, body, status, manager, dry_run,
@@ -813,8 +937,8 @@ impl Ctx<'_> {
         let stored = store
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
-        let old = stored.value.clone();
-        let mut patched = self.present(old.clone());
+        let old = stored.object.clone();
+        let mut patched = self.present(old.value.clone());
         match media {
             "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                 let mut patch: Value = serde_json::from_slice(body).map_err(|e| {
@@ -841,7 +965,7 @@ impl Ctx<'_> {
                 ));
             }
         }
-        self.check_precondition(name, &old, &patched)?;
+        self.check_precondition(name, &old.value, &patched)?;
         let patched = self.to_storage(patched);
         let ownership = stored.ownership.clone();
         self.write_over(
@@ -856,25 +980,25 @@ impl Ctx<'_> {
         &self,
         store: &mut Store,
         name: &str,
-        old: &Value,
+        old: &Arc<Versioned>,
         mut ownership: Ownership,
         written: Value,
         status: bool,
         manager: &str,
         dry_run: bool,
     ) -> Result<Response, ApiError> {
-        let candidate = self.scoped_candidate(old, written, status);
+        let candidate = self.scoped_candidate(&old.value, written, status);
         ownership.record_update(
             ManagerKey {
                 manager: manager.into(),
                 status,
             },
-            old,
+            &old.value,
             &candidate,
             &self.def,
         );
-        let updated = self.commit_update(store, name, candidate, ownership, dry_run)?;
-        Ok(ok_json(self.present(updated)))
+        let updated = self.commit_update(store, name, old, candidate, ownership, dry_run)?;
+        Ok(self.object_response(StatusCode::OK, &updated))
     }
 
     pub(super) fn apply(
@@ -929,10 +1053,11 @@ impl Ctx<'_> {
             let ownership = Ownership::owned_by(key, &scoped, &self.def);
             let created =
                 self.create_locked(&mut store, object, Some(ownership), manager, dry_run)?;
-            return Ok(with_status(StatusCode::CREATED, self.present(created)));
+            return Ok(self.object_response(StatusCode::CREATED, &created));
         };
-        self.check_precondition(name, &stored.value, &config)?;
-        let old = stored.value.clone();
+        self.check_precondition(name, stored.value(), &config)?;
+        let old_version = stored.object.clone();
+        let old = old_version.value.clone();
         let mut ownership = stored.ownership.clone();
         if !force {
             let conflicts = ownership.apply_conflicts(&key, &old, &scoped, &self.def);
@@ -945,10 +1070,17 @@ impl Ctx<'_> {
                 ));
             }
         }
-        let mut candidate = old.clone();
+        let mut candidate = old;
         ownership.apply(key, &mut candidate, &scoped, &self.def);
-        let updated = self.commit_update(&mut store, name, candidate, ownership, dry_run)?;
-        Ok(ok_json(self.present(updated)))
+        let updated = self.commit_update(
+            &mut store,
+            name,
+            &old_version,
+            candidate,
+            ownership,
+            dry_run,
+        )?;
+        Ok(self.object_response(StatusCode::OK, &updated))
     }
 
     pub(super) fn delete(
@@ -962,7 +1094,7 @@ impl Ctx<'_> {
         let stored = store
             .get(&self.key(), &self.namespace, name)
             .ok_or_else(|| self.not_found(name))?;
-        let mut object = stored.value.clone();
+        let mut object = stored.value().clone();
         let ownership = stored.ownership.clone();
         self.check_delete_preconditions(name, &object, &options)?;
         if finalizers_empty(&object) {
@@ -995,7 +1127,8 @@ impl Ctx<'_> {
             ownership,
             EventType::Modified,
         );
-        Ok(ok_json(self.present(marked)))
+        drop(store);
+        Ok(self.object_response(StatusCode::OK, &marked))
     }
 
     /// `preconditions` of a DELETE: the API server's storage check, reported as a conflict.
@@ -1084,7 +1217,7 @@ impl Ctx<'_> {
             labels,
             fields,
         };
-        let mut initial: Vec<Value> = Vec::new();
+        let mut initial: Vec<Arc<Versioned>> = Vec::new();
         let store = lock(&shared.store);
         let mut last_rv = store.resource_version();
         let (replay, feed) = match since {
@@ -1107,10 +1240,10 @@ impl Ctx<'_> {
             },
             _ => {
                 initial = store
-                    .list(&filter.key, scope)
+                    .list_versions(&filter.key, scope)
                     .into_iter()
-                    .map(|o| self.present(o.clone()))
-                    .filter(|o| filter.selects(o))
+                    .filter(|o| self.selected(&filter.labels, &filter.fields, &o.value))
+                    .cloned()
                     .collect();
                 (Vec::new(), store.subscribe())
             }
@@ -1125,6 +1258,7 @@ impl Ctx<'_> {
             version: self.version.clone(),
             filter,
             as_table,
+            metadata_only: self.metadata_only,
             include: query.get("includeObject").unwrap_or("Metadata").to_string(),
             bookmarks,
             columns_sent: false,

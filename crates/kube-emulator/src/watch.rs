@@ -4,9 +4,9 @@
 use super::error::ApiError;
 use super::resources::ResourceDef;
 use super::selectors::Selector;
-use super::store::{ResourceKey, WatchRecord};
+use super::store::{ResourceKey, Versioned, WatchRecord};
 use super::table;
-use super::verbs::{meta_str, present};
+use super::verbs::{meta_str, partial_metadata, present, presents_as_stored};
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,17 @@ pub(super) fn watch_line(event: &str, object: Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// [`watch_line`] around an object's existing encoding (same JSON, keys in the same order).
+fn watch_line_encoded(event: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + event.len() + 24);
+    line.extend_from_slice(b"{\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b",\"type\":\"");
+    line.extend_from_slice(event.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    Bytes::from(line)
+}
+
 /// Which writes a watch reports.
 pub(super) struct WatchFilter {
     pub(super) key: ResourceKey,
@@ -65,7 +76,7 @@ impl WatchFilter {
 /// What a watch sends before live events: the current objects (for a watch without a
 /// `resourceVersion`) or the retained events after the requested one.
 pub(super) struct Backlog {
-    pub(super) initial: Vec<Value>,
+    pub(super) initial: Vec<Arc<Versioned>>,
     /// Whether the client asked for a streaming list (`sendInitialEvents=true`).
     pub(super) send_initial: bool,
     pub(super) replay: Vec<Arc<WatchRecord>>,
@@ -77,6 +88,8 @@ pub(super) struct WatchStream {
     pub(super) version: String,
     pub(super) filter: WatchFilter,
     pub(super) as_table: bool,
+    /// Metadata only (`as=PartialObjectMetadata`): events carry `PartialObjectMetadata`.
+    pub(super) metadata_only: bool,
     pub(super) include: String,
     pub(super) bookmarks: bool,
     pub(super) columns_sent: bool,
@@ -86,15 +99,34 @@ pub(super) struct WatchStream {
 }
 
 impl WatchStream {
-    /// The event object for an already presented object: itself, or a one-row Table.
-    fn render(&mut self, object: Value) -> Value {
+    /// The event line for a stored object, `None` when the selectors leave it out. The
+    /// object is copied only where presenting changes it or a Table or metadata is asked
+    /// for; otherwise the line wraps the encoding every other reader shares.
+    fn line(&mut self, event: &str, object: &Versioned, selected: bool) -> Option<Bytes> {
+        if presents_as_stored(&self.def, &self.version, &object.value) && !self.as_table {
+            if !selected && !self.filter.selects(&object.value) {
+                return None;
+            }
+            if self.metadata_only {
+                return Some(watch_line(event, partial_metadata(&object.value)));
+            }
+            return Some(watch_line_encoded(event, object.json()));
+        }
+        let presented = present(&self.def, &self.version, object.value.clone());
+        if !selected && !self.filter.selects(&presented) {
+            return None;
+        }
         if self.as_table {
             let with_columns = !self.columns_sent;
             self.columns_sent = true;
-            let rv = meta_str(&object, "resourceVersion").map(str::to_string);
-            return table::table(&self.def, &[object], &self.include, rv, with_columns);
+            let rv = meta_str(&presented, "resourceVersion").map(str::to_string);
+            let table = table::table(&self.def, &[presented], &self.include, rv, with_columns);
+            return Some(watch_line(event, table));
         }
-        object
+        if self.metadata_only {
+            return Some(watch_line(event, partial_metadata(&presented)));
+        }
+        Some(watch_line(event, presented))
     }
 
     fn bookmark(&self, initial_end: bool) -> Bytes {
@@ -117,8 +149,11 @@ impl WatchStream {
         cancel: tokio_util::sync::CancellationToken,
     ) {
         for object in backlog.initial {
-            let rendered = self.render(object);
-            if tx.send(watch_line("ADDED", rendered)).await.is_err() {
+            // Selected when the backlog was taken.
+            let Some(line) = self.line("ADDED", &object, true) else {
+                continue;
+            };
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
@@ -181,13 +216,9 @@ impl WatchStream {
         if !self.filter.concerns(record) {
             return true;
         }
-        let presented = present(&self.def, &self.version, record.object.clone());
-        if !self.filter.selects(&presented) {
+        let Some(line) = self.line(record.event.as_str(), &record.object, false) else {
             return true;
-        }
-        let rendered = self.render(presented);
-        tx.send(watch_line(record.event.as_str(), rendered))
-            .await
-            .is_ok()
+        };
+        tx.send(line).await.is_ok()
     }
 }
