@@ -363,6 +363,23 @@ pub async fn check_crd_installed(api: &Api<Meta>) -> Result<(), StartError> {
 /// What starts a reconcile: a change to the spec, the annotations or the deletion state.
 /// The operator's own status writes change none of these, so they never cut a backoff
 /// short or wake the controller in a loop.
+/// What `kubectl apply` puts in every object it writes: the whole object as last applied
+/// (for a Secret, its data; for a 1000-user UserBatch, ~100 KB).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the controller never reads from the metadata it caches: managed fields (one
+/// entry per field manager, listing every field it set) and kubectl's last-applied copy.
+/// A metadata-only watch still carries both, so without this the caches would hold about
+/// as much as full objects on a cluster managed with `kubectl apply` or server-side apply,
+/// and Secret data, as applied, would sit in the Secret cache.
+fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 fn trigger_predicate(meta: &Meta) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     meta.meta().generation.hash(&mut hasher);
@@ -529,6 +546,7 @@ pub async fn run(
     let forget = context.clone();
     let triggers = watcher(userbatches, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(meta) = event {
@@ -541,6 +559,7 @@ pub async fn run(
     let secret_notify = context.clone();
     let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(slim)
         .reflect(secret_writer)
         .touched_objects()
         .inspect_ok(move |secret| {
@@ -556,6 +575,7 @@ pub async fn run(
         if let Some(api) = namespaces {
             watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
+                .modify(slim)
                 .reflect(namespace_writer)
                 .touched_objects()
                 .take_until(namespace_shutdown.cancelled_owned())
@@ -694,4 +714,45 @@ fn error_policy(meta: Arc<Meta>, error: &reconcile::Error, ctx: Arc<Context>) ->
 /// The phase a status write left a UserBatch in (for the gauges).
 pub fn phase_label(phase: Phase) -> String {
     format!("{phase:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn cached_metadata_keeps_no_managed_fields_or_last_applied_copy() {
+        let mut secret = PartialObjectMeta::<Secret> {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some("creds".into()),
+                annotations: Some(BTreeMap::from([
+                    (
+                        LAST_APPLIED.to_string(),
+                        r#"{"data":{"secretKey":"c2VjcmV0"}}"#.to_string(),
+                    ),
+                    ("team".to_string(), "platform".to_string()),
+                ])),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    ..Default::default()
+                }]),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        };
+        slim(&mut secret);
+        assert_eq!(secret.metadata.managed_fields, None);
+        assert_eq!(
+            secret.metadata.annotations,
+            Some(BTreeMap::from([(
+                "team".to_string(),
+                "platform".to_string()
+            )]))
+        );
+        assert_eq!(secret.metadata.resource_version.as_deref(), Some("7"));
+    }
 }
