@@ -21,12 +21,14 @@
 //! - the emulator and the simulator are served from their own runtimes (threads `emulator`
 //!   and `simulator`), so their CPU is read per thread from `/proc/self/task`, apart from the
 //!   bench's own watch and clients;
-//! - the operator's CPU and peak RSS come from `/proc/<pid>/stat` and `VmHWM`.
+//! - the operator's CPU and peak RSS come from `/proc/<pid>/stat` and `VmHWM`;
+//! - the operator is the binary the image ships, built by `scripts/build-binary.sh` (static,
+//!   without the dev tools), not the one `cargo bench` builds.
 //!
 //! `cargo bench --bench scale`; `SCALE_ONLY=small|secrets|large` runs one scenario,
 //! `SCALE_RUNS=N` sets the runs per scenario, `SCALE_MAX_IN_FLIGHT=N` the operator's
 //! in-flight limit, `SCALE_BATCHES=N` shrinks a scenario (for profiling), `SCALE_OPERATOR=path`
-//! runs another operator binary, and
+//! runs another operator binary (e.g. `target/release/koodrive-operator`), and
 //! `SCALE_WRAPPER="cmd args"` starts the operator under a profiler.
 
 #[path = "../tests/it/support.rs"]
@@ -44,6 +46,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use kube_emulator::Identity;
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -100,11 +103,35 @@ fn operator_user() -> String {
     Identity::service_account(support::RELEASE_NAMESPACE, support::SERVICE_ACCOUNT, "").user
 }
 
-/// The operator binary: the one cargo built for this bench, or `SCALE_OPERATOR` (to compare
-/// builds, e.g. another release profile).
-fn operator_binary() -> String {
-    std::env::var("SCALE_OPERATOR")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_koodrive-operator").to_string())
+/// The operator binary: the one the image ships (static, release, no dev tools), which
+/// `scripts/build-binary.sh` builds (a no-op when `scripts/test` or `scripts/build-image.sh`
+/// already did), or `SCALE_OPERATOR` (to compare builds). Not `cargo bench`'s own build of
+/// the binary: that one links the emulator and simulator and glibc dynamically, which adds
+/// about 3 MiB of mapped code to every RSS figure.
+fn operator_binary() -> &'static str {
+    static BINARY: OnceLock<String> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(binary) = std::env::var("SCALE_OPERATOR") {
+            return binary;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-binary.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "{} failed ({}); set SCALE_OPERATOR to measure another binary",
+            script.display(),
+            output.status
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    })
 }
 
 /// Starts the operator with the rate limit lifted and a short result poll.

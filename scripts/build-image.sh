@@ -15,15 +15,12 @@
 # from Cargo.toml. Nothing is pulled: buildah starts from scratch, in a private storage
 # directory that is removed afterwards.
 #
-# The binary: `cargo build --release` for the host's target with glibc linked statically
-# (`-C target-feature=+crt-static`, set for that target only, so build scripts and
-# proc-macros still link normally), without the `dev-tools` feature when the manifest has it.
+# The binary is scripts/build-binary.sh's: static, release, without the dev-tools feature.
 # It needs no file from the image at run time:
 #   - TLS: reqwest uses rustls with the WebPKI roots compiled in (no /etc/ssl); private CAs
 #     come from --ca-bundle / SSL_CERT_FILE.
-#   - DNS: since glibc 2.34 the `files` and `dns` NSS modules are part of libc itself, so a
-#     static binary resolves names from the /etc/hosts and /etc/resolv.conf that Kubernetes
-#     mounts, without loading any NSS module. This script refuses an older glibc.
+#   - DNS: glibc >= 2.34 resolves from /etc/hosts and /etc/resolv.conf without NSS modules
+#     (scripts/build-binary.sh checks the version).
 #
 # Why the archive holds two formats: containerd's importer (`kind load image-archive`, and
 # `docker load` with Docker's containerd image store) reads an OCI image layout (`oci-layout`,
@@ -42,18 +39,12 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${repo_root}"
 
 name="koodrive-operator"
-for tool in cargo buildah python3 tar ldd; do
+for tool in cargo buildah python3 tar; do
     if ! command -v "${tool}" >/dev/null 2>&1; then
         echo "build-image: ${tool} is required but was not found on PATH (buildah: scripts/install-test-tools.sh installs it)" >&2
         exit 1
     fi
 done
-
-glibc="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
-if [[ -z "${glibc}" ]] || ! printf '2.34\n%s\n' "${glibc}" | sort -V -C; then
-    echo "build-image: glibc ${glibc:-unknown} is older than 2.34; a static binary linked against it could not resolve host names in a scratch image (its NSS modules are separate libraries there)" >&2
-    exit 1
-fi
 
 # `cargo pkgid` also reads a version inherited from a workspace: `...#name@1.2.3` or `...#1.2.3`.
 pkgid="$(cargo pkgid --quiet -p "${name}")"
@@ -64,39 +55,9 @@ case "${host}" in
     aarch64-*) arch=arm64 ;;
     *) echo "build-image: no image architecture known for ${host}" >&2; exit 1 ;;
 esac
-features=()
-# The dev-tools feature (demo, emulator, simulator) has no place in the shipped image.
-if grep -q 'dev-tools' Cargo.toml; then
-    features=(--no-default-features)
-fi
-
 target_dir="${CARGO_TARGET_DIR:-${repo_root}/target}"
 out="${KOODRIVE_IMAGE_ARCHIVE:-${target_dir}/image/${name}-${version}.oci.tar}"
-binary="${target_dir}/${host}/release/${name}"
-
-echo "build-image: building ${name} ${version} for ${host} (static, release)"
-rustflags_var="CARGO_TARGET_$(echo "${host}" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
-# RUSTFLAGS would override the per-target flags (and could make the binary host-specific).
-started=${SECONDS}
-env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS "${rustflags_var}=-C target-feature=+crt-static" \
-    cargo build --release --locked -p "${name}" --bin "${name}" --target "${host}" "${features[@]}"
-echo "build-image: cargo build took $((SECONDS - started)) s"
-
-# A dynamic binary would start on the build machine and fail in the empty image.
-if ldd "${binary}" 2>&1 | grep -q '=>'; then
-    echo "build-image: ${binary} is dynamically linked:" >&2
-    ldd "${binary}" >&2
-    exit 1
-fi
-if command -v file >/dev/null 2>&1; then
-    description="$(file -b "${binary}")"
-    if [[ "${description}" != *static* ]]; then
-        echo "build-image: ${binary} is not static: ${description}" >&2
-        exit 1
-    fi
-    echo "build-image: ${description}"
-fi
-echo "build-image: binary is $(stat -c %s "${binary}") bytes"
+binary="$(bash scripts/build-binary.sh | tail -n 1)"
 
 # The git commit time makes rebuilding the same commit produce the same image digest.
 created="$(git log -1 --format=%ct 2>/dev/null || echo 0)"

@@ -380,6 +380,20 @@ fn slim<K: Resource>(object: &mut K) {
     }
 }
 
+/// What the Secret cache needs of a Secret: where it is and its version. A cluster holds
+/// Secrets by the thousand (a Helm release is one, with labels and often annotations), and
+/// all but a few are nobody's business here.
+fn only_identity_and_version(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = &mut secret.metadata;
+    *meta = kube::api::ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        ..Default::default()
+    };
+    secret.types = None;
+}
+
 fn trigger_predicate(meta: &Meta) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     meta.meta().generation.hash(&mut hasher);
@@ -559,7 +573,7 @@ pub async fn run(
     let secret_notify = context.clone();
     let secret_changes = watcher(secrets, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(slim)
+        .modify(only_identity_and_version)
         .reflect(secret_writer)
         .touched_objects()
         .inspect_ok(move |secret| {
@@ -754,5 +768,31 @@ mod tests {
             )]))
         );
         assert_eq!(secret.metadata.resource_version.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn cached_secret_metadata_is_its_identity_and_version() {
+        let mut secret = PartialObjectMeta::<Secret> {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some("sh.helm.release.v1.web.v3".into()),
+                namespace: Some("apps".into()),
+                labels: Some(BTreeMap::from([("owner".to_string(), "helm".to_string())])),
+                uid: Some("0b0e5f8e".into()),
+                resource_version: Some("42".into()),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        };
+        only_identity_and_version(&mut secret);
+        assert_eq!(
+            secret.metadata,
+            ObjectMeta {
+                name: Some("sh.helm.release.v1.web.v3".into()),
+                namespace: Some("apps".into()),
+                resource_version: Some("42".into()),
+                ..Default::default()
+            }
+        );
     }
 }
