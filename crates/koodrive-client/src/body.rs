@@ -6,8 +6,8 @@
 //! about as much as the hash (see `BENCHMARKS.md`). The body's shape is fixed — flat objects
 //! of string fields — so the keys and punctuation are written as literals, and each string
 //! that needs no escaping (nearly all of them) is checked and copied eight bytes at a time.
-//! The SHA-256 the signature needs is fed the finished 64-byte blocks after each user, a
-//! kilobyte behind the writing, while they are still in L1 cache; on Intel (Sapphire Rapids) that also let the CPU overlap the hash's
+//! The SHA-256 the signature needs is fed each user's finished 64-byte blocks while they are
+//! still in L1 cache; on Intel (Sapphire Rapids) that also let the CPU overlap the hash's
 //! long dependency chain with the encoding work, on AMD (Zen 3) it neither helps nor hurts.
 //!
 //! The bytes must be exactly what `serde_json::to_vec(&{"userList": users})` produces,
@@ -33,13 +33,6 @@ const END_USER: &[u8] = br#""}"#;
 /// SHA-256 consumes 64-byte blocks; handing it only whole ones means it never copies a
 /// partial block into its own buffer.
 const SHA256_BLOCK: usize = 64;
-
-/// How far the hash stays behind the writing. Hashing bytes the encoder has just stored
-/// makes SHA-256's 16-byte loads wait for the 8-byte stores they span to reach the cache (a
-/// load cannot be forwarded from two stores); a kilobyte behind, they are there. On AMD EPYC
-/// this took the whole request from 1.50× to 1.47× the floor (BENCHMARKS.md); 256 bytes
-/// gave most of that, 4 KB no more.
-const HASH_LAG: usize = 1024;
 
 /// An encoded body and the lower-case hex SHA-256 of exactly those bytes.
 pub(super) struct HashedBody {
@@ -93,8 +86,7 @@ pub(super) fn encode_create_body(users: &[RegisterUser]) -> Option<HashedBody> {
             out.string(password.expose());
         }
         out.put(END_USER);
-        let ready = out.at.saturating_sub(HASH_LAG);
-        let whole_blocks = ready.saturating_sub(hashed) / SHA256_BLOCK * SHA256_BLOCK;
+        let whole_blocks = (out.at - hashed) / SHA256_BLOCK * SHA256_BLOCK;
         if whole_blocks > 0 {
             hasher.update(&out.buf[hashed..hashed + whole_blocks]);
             hashed += whole_blocks;
