@@ -1003,7 +1003,9 @@ impl<'a> Reconciler<'a> {
         now: Timestamp,
         lifecycle: status::Lifecycle,
     ) -> Result<Verdict, Error> {
-        let previous = ub.status.clone().unwrap_or_default();
+        // Borrowed, not copied: for a 1000-user UserBatch the status is as large as the spec.
+        let no_status = UserBatchStatus::default();
+        let previous = ub.status.as_ref().unwrap_or(&no_status);
         let mut next = previous.clone();
         let limits = self.ctx.settings.limits();
         let policy = ub.spec.in_doubt_policy.unwrap_or_default();
@@ -1066,7 +1068,7 @@ impl<'a> Reconciler<'a> {
             *message = plan::bounded(message, MAX_MESSAGE_LEN);
         }
         let state = ObjectState::of(&next);
-        if next != previous {
+        if next != *previous {
             let before = conditions::find(&previous.conditions, ConditionType::Ready)
                 .map(|c| (c.status.clone(), c.reason.clone()));
             let reconciling_before =

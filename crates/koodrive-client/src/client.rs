@@ -17,6 +17,7 @@ use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterU
 use backon::{ExponentialBuilder, Retryable};
 use jiff::Timestamp;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -438,10 +439,7 @@ impl Client {
             };
             let prepared = self.prepare_create(users, trace_id, self.inner.clock.signing_time())?;
             let envelope = self.execute(Call::Create, &prepared, reservation).await?;
-            let task_id = envelope
-                .data
-                .as_ref()
-                .and_then(scalar_from_value)
+            let task_id = scalar_from_value(&envelope.data_value())
                 .filter(|id| !id.is_empty())
                 .ok_or_else(|| Error::BadResponse {
                     call: Call::Create,
@@ -484,10 +482,10 @@ impl Client {
                 .read(Call::Get, GET_PATH, &query)
                 .await
                 .and_then(|data| {
-                    if data.is_null() {
+                    let Some(data) = data.filter(|raw| raw.get() != "null") else {
                         return Ok(TaskPage::default());
-                    }
-                    serde_json::from_value::<TaskPage>(data).map_err(|e| Error::BadResponse {
+                    };
+                    serde_json::from_str::<TaskPage>(data.get()).map_err(|e| Error::BadResponse {
                         call: Call::Get,
                         status: 200,
                         detail: format!("unexpected `data` shape: {e}"),
@@ -627,6 +625,9 @@ impl Client {
         let path = format!("{USERS_PATH}/{user_id}");
         match self.read(Call::GetUser, &path, &[]).await {
             Ok(data) => {
+                let data: serde_json::Value = data
+                    .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                    .unwrap_or_default();
                 let text = |field: &str| {
                     data.get(field)
                         .and_then(scalar_from_value)
@@ -650,7 +651,7 @@ impl Client {
         call: Call,
         path: &str,
         query: &[(String, String)],
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<Option<Box<RawValue>>, Error> {
         let trace_id = super::new_trace_id();
         let trace = trace_id.as_str();
         self.with_retries(call, trace, move || async move {
@@ -664,7 +665,7 @@ impl Client {
                 self.inner.clock.signing_time(),
             );
             let envelope = self.execute(call, &prepared, reservation).await?;
-            Ok(envelope.data.unwrap_or(serde_json::Value::Null))
+            Ok(envelope.data)
         })
         .await
     }
@@ -915,10 +916,22 @@ pub fn normalize_endpoint(endpoint: &str) -> Option<String> {
 struct Envelope {
     code: Option<Scalar>,
     msg: Option<Scalar>,
-    data: Option<serde_json::Value>,
+    /// Kept as text and decoded once into what the call expects: a 1000-user task page
+    /// decoded into a `Value` tree first cost the operator ~1 MB per poll.
+    data: Option<Box<RawValue>>,
     error_code: Option<Scalar>,
     error_msg: Option<Scalar>,
     request_id: Option<Scalar>,
+}
+
+impl Envelope {
+    /// `data` as a JSON value (`null` when absent or not JSON): for the small answers.
+    fn data_value(&self) -> serde_json::Value {
+        self.data
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// KooDrive documents string fields but its examples send numbers: accept both, and keep
@@ -1506,7 +1519,7 @@ mod tests {
             &signed(""),
         )
         .unwrap();
-        assert_eq!(ok.data.unwrap(), serde_json::json!("123"));
+        assert_eq!(ok.data_value(), serde_json::json!("123"));
         let err = classify(
             Call::Create,
             200,
