@@ -17,7 +17,9 @@
 //! including non-ASCII and `/` as is). The tests compare both on random input.
 
 use super::{RegisterUser, signer};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use std::sync::Mutex;
 
 const OPEN: &[u8] = br#"{"userList":["#;
 const CLOSE: &[u8] = b"]}";
@@ -42,6 +44,15 @@ pub(super) struct HashedBody {
 }
 
 impl HashedBody {
+    /// The bytes as a body to send; once the last reference to it is dropped (the request
+    /// is done), the buffer is zeroed and kept for the next body ([`SPARE`]).
+    pub fn into_recycled_bytes(self) -> Bytes {
+        if self.bytes.capacity() == 0 {
+            return Bytes::new();
+        }
+        Bytes::from_owner(Recycled(self.bytes))
+    }
+
     /// No body at all (a `GET`).
     pub fn empty() -> Self {
         Self {
@@ -51,12 +62,67 @@ impl HashedBody {
     }
 }
 
+/// Buffers of bodies already sent, kept for the next ones.
+///
+/// A 1000-user body is ~135 KB. Allocated afresh each time, it is a new mapping wherever
+/// large allocations are mapped on their own (the operator sets that, for its memory:
+/// src/main.rs), and writing it takes ~34 page faults, which cost more than encoding and
+/// signing the body (BENCHMARKS.md). A few buffers, as many as requests are usually in
+/// flight, avoid that without holding on to much.
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const SPARE_BUFFERS: usize = 4;
+/// Larger buffers (escape-heavy bodies) go back to the allocator.
+const LARGEST_SPARE: usize = 1 << 20;
+
+/// A sent body's buffer, on its way back to [`SPARE`].
+struct Recycled(Vec<u8>);
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if let Some(buf) = wiped_for_reuse(std::mem::take(&mut self.0)) {
+            let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        }
+    }
+}
+
+/// `buf` with every byte zeroed (it held users' passwords: nothing of a body outlives its
+/// request), or `None` when it is too large to keep.
+fn wiped_for_reuse(mut buf: Vec<u8>) -> Option<Vec<u8>> {
+    buf.fill(0);
+    (buf.capacity() <= LARGEST_SPARE).then_some(buf)
+}
+
 /// The JSON body of a `batchRegister/create` request for `users`, with its SHA-256, or
 /// `None` when a user's firstname or phone is blank (KooDrive requires both; the caller
 /// reports which). Checked here rather than in a separate pass over 1000 users because the
 /// encoder reads those strings anyway, and the check is mostly one byte already in hand.
+///
+/// Written into a buffer kept from an earlier body when there is one (bodies go back
+/// through [`HashedBody::into_recycled_bytes`]).
+pub(super) fn encode_create_body_reusing(users: &[RegisterUser]) -> Option<HashedBody> {
+    let spare = SPARE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    encode_into(
+        Writer::reusing(spare.unwrap_or_default(), unescaped_len(users)),
+        users,
+    )
+}
+
+/// [`encode_create_body_reusing`] into a new buffer of exactly the body's size.
+#[cfg(test)]
 pub(super) fn encode_create_body(users: &[RegisterUser]) -> Option<HashedBody> {
-    let mut out = Writer::with_len(unescaped_len(users));
+    encode_into(Writer::with_len(unescaped_len(users)), users)
+}
+
+fn encode_into(mut out: Writer, users: &[RegisterUser]) -> Option<HashedBody> {
     let mut hasher = Sha256::new();
     let mut hashed = 0;
     out.put(OPEN);
@@ -183,11 +249,19 @@ struct Writer {
 }
 
 impl Writer {
+    #[cfg(test)]
     fn with_len(len: usize) -> Writer {
         Writer {
             buf: vec![0; len],
             at: 0,
         }
+    }
+
+    /// [`Writer::with_len`] in `buf`'s memory (reallocated only if it is too small).
+    fn reusing(mut buf: Vec<u8>, len: usize) -> Writer {
+        buf.clear();
+        buf.resize(len, 0);
+        Writer { buf, at: 0 }
     }
 
     /// The body: exactly what was written.
@@ -437,6 +511,36 @@ mod tests {
             );
             assert_eq!(ours, expected, "round {round}");
         }
+    }
+
+    #[test]
+    fn reused_buffers_give_the_same_bodies_as_new_ones() {
+        let mut rng = StdRng::seed_from_u64(0x7265_7573);
+        for round in 0..200 {
+            // Bodies of other sizes are sent and dropped in between, so their buffers
+            // (larger, smaller) are what the next body is written into.
+            let count = rng.random_range(0..40);
+            let users: Vec<RegisterUser> = (0..count).map(|_| random_user(&mut rng)).collect();
+            let fresh = encode_create_body(&users).unwrap();
+            let reused = encode_create_body_reusing(&users).unwrap();
+            assert_eq!(reused.bytes, fresh.bytes, "round {round}");
+            assert_eq!(reused.sha256_hex, fresh.sha256_hex, "round {round}");
+            let sent = reused.into_recycled_bytes();
+            assert_eq!(&sent[..], &fresh.bytes[..], "round {round}");
+            drop(sent);
+        }
+    }
+
+    #[test]
+    fn a_buffer_is_kept_for_reuse_only_wiped_and_only_when_small() {
+        let body = br#"{"userList":[{"firstname":"A","phone":"1","password":"Initial-Passw0rd"}]}"#;
+        let buf = body.to_vec();
+        let pointer = buf.as_ptr();
+        let kept = wiped_for_reuse(buf).expect("a small buffer is kept");
+        assert_eq!(kept.as_ptr(), pointer, "the same memory, not a copy");
+        assert_eq!(kept.len(), body.len());
+        assert!(kept.iter().all(|&b| b == 0), "{kept:?}");
+        assert!(wiped_for_reuse(vec![1; LARGEST_SPARE + 1]).is_none());
     }
 
     #[test]

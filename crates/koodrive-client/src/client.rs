@@ -15,6 +15,7 @@ use super::roots::ExtraRoots;
 use super::signer::{self, Signature, SigningInput};
 use super::{CREATE_PATH, Credentials, GET_PATH, MAX_USERS_PER_REQUEST, RegisterUser, USERS_PATH};
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -218,8 +219,8 @@ pub struct PreparedRequest {
     /// Every header sent besides `Host` and `Content-Length`.
     pub headers: Vec<(String, String)>,
     pub signature: Signature,
-    /// May hold users' passwords: never print it.
-    body: Vec<u8>,
+    /// May hold users' passwords: never print it. Shared, not copied, by each send.
+    body: Bytes,
 }
 
 impl PreparedRequest {
@@ -343,7 +344,7 @@ impl Client {
     ) -> Result<PreparedRequest, Error> {
         check_user_count(users)?;
         check_trace_id(trace_id)?;
-        let Some(body) = super::body::encode_create_body(users) else {
+        let Some(body) = super::body::encode_create_body_reusing(users) else {
             // The encoder only notices that a required field is blank; say which.
             return Err(validate_users(users)
                 .err()
@@ -401,7 +402,7 @@ impl Client {
             host: inner.host.clone(),
             headers,
             signature,
-            body: body.bytes,
+            body: body.into_recycled_bytes(),
         }
     }
 
