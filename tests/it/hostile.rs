@@ -463,6 +463,62 @@ async fn an_untrusted_endpoint_receives_nothing_and_no_secret_is_read() {
     assert_no_secrets("the operator's logs", &operator.logs());
 }
 
+/// Need to know: the Secrets watch carries names and versions, never data. Unrelated
+/// Secrets (here 1 MB of them, in the UserBatch's own namespace) cost the operator their
+/// metadata only; the one referenced Secret is read on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_never_receives_the_data_of_secrets_it_does_not_use() {
+    const UNRELATED: usize = 5;
+    const BYTES: usize = 200 * 1000;
+    let env = Env::start().await;
+    env.create_credentials("creds", SECRET_KEY).await;
+    for i in 0..UNRELATED {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("helm-release-{i}")),
+                ..Default::default()
+            },
+            string_data: Some(BTreeMap::from([("blob".to_string(), "x".repeat(BYTES))])),
+            ..Default::default()
+        };
+        env.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    create(
+        &env,
+        &userbatch("need-to-know", "creds", users("86221", 2, None)),
+    )
+    .await;
+    let _operator = env.operator("op", &[]);
+    env.wait_for("need-to-know", "Ready", is_ready).await;
+    let operator_user =
+        kube_emulator::Identity::service_account(RELEASE_NAMESPACE, SERVICE_ACCOUNT, "").user;
+    let received = env.emulator.bytes_sent_to(&operator_user);
+    assert!(
+        received > 0,
+        "the operator's traffic was not attributed to it"
+    );
+    // Less than one unrelated Secret's data (base64 in JSON: a third more than its bytes).
+    assert!(
+        received < BYTES as u64,
+        "the operator received {received} bytes; the unrelated Secrets hold {} bytes",
+        UNRELATED * BYTES
+    );
+    let reads: Vec<_> = env
+        .emulator
+        .request_log()
+        .into_iter()
+        .filter(|(verb, path, _)| verb == "get" && path.contains("/secrets/"))
+        .map(|(_, path, _)| path)
+        .collect();
+    assert!(
+        reads.iter().all(|path| path.ends_with("/secrets/creds")),
+        "{reads:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_key_is_never_sent_as_a_password() {
     let env = Env::start().await;
