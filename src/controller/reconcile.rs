@@ -788,18 +788,7 @@ impl<'a> Reconciler<'a> {
             }
         };
         self.ctx.metrics.koodrive_call("create", outcome, seconds);
-        self.ctx.guard.report(
-            ticket,
-            verdict,
-            &answer
-                .as_ref()
-                .err()
-                .map(|e| e.message())
-                .unwrap_or_default(),
-        );
-        self.ctx
-            .metrics
-            .credential_verdict(&target.key.access_key, verdict);
+        self.report_auth(ticket, target, verdict, &answer);
         let outcome = answer.map_err(|err| Failure::from(&err));
         let digest = plan::users_digest(&ub.spec.users, &send.phones);
         let transition = plan::after_create(send, &trace_id, &outcome, &digest, inputs);
