@@ -1,59 +1,22 @@
 //! Cost of building and signing a full 1000-user `batchRegister/create` request, next to
 //! the floor: hashing the same body bytes once with SHA-256 (the body must be hashed).
 
+#[path = "fixture.rs"]
+mod fixture;
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use koodrive_client::{
-    Client, ClientConfig, Credentials, Password, RegisterUser, SecretKey, signer,
-};
+use fixture::{CreateBody, Fixture};
+use koodrive_client::{SecretKey, signer};
 use std::hint::black_box;
 
-/// The create body as serde_json encodes it; the client's own encoder produces the same
-/// bytes (unit-tested in `koodrive::body`), asserted again below on the bench's users.
-#[derive(serde::Serialize)]
-struct CreateBody<'a> {
-    #[serde(rename = "userList")]
-    user_list: &'a [RegisterUser],
-}
-
-fn users() -> Vec<RegisterUser> {
-    (0..1000)
-        .map(|i| RegisterUser {
-            firstname: format!("First{i}"),
-            surname: Some(format!("Surname{i}")),
-            phone: format!("86138{i:08}"),
-            email: Some(format!("user{i}@example.com")),
-            password: Some(Password::new(format!("Initial-Passw0rd-{i}"))),
-        })
-        .collect()
-}
-
 fn bench_signing(c: &mut Criterion) {
-    let client = Client::new(
-        "https://intl.myhuaweicloud-koodrive.com",
-        Credentials {
-            access_key: "a378331eca141163119eb602adb67b7802cc79cd33ba44c7d2fe61d1586c96a1".into(),
-            secret_key: SecretKey::new("bench-secret-key".into()),
-            user_id: "1505084218764547200".into(),
-        },
-        ClientConfig::default(),
-    )
-    .expect("valid endpoint");
-    let users = users();
-    let trace_id = koodrive_client::new_trace_id();
-    let now = jiff::Timestamp::now();
-    let body = serde_json::to_vec(&CreateBody { user_list: &users }).expect("json");
-    // The floor must hash the very bytes the client signs.
-    let prepared = client
-        .prepare_create(&users, &trace_id, now)
-        .expect("valid request");
-    assert_eq!(prepared.body_len(), body.len());
-    assert!(
-        prepared
-            .signature
-            .canonical_request
-            .ends_with(&signer::sha256_hex(&body)),
-        "the client signs other bytes than serde_json's encoding"
-    );
+    let Fixture {
+        client,
+        users,
+        trace_id,
+        now,
+        body,
+    } = fixture::fixture();
 
     let mut group = c.benchmark_group("create_1000_users");
     group.throughput(criterion::Throughput::Bytes(body.len() as u64));

@@ -17,34 +17,16 @@
 //! `cargo bench -p koodrive-client --bench signing_ratio` (criterion's `signing` bench gives
 //! the same figures one after the other, which a shared machine's load can tilt).
 
-use koodrive_client::{
-    Client, ClientConfig, Credentials, Password, RegisterUser, SecretKey, signer,
-};
+#[path = "fixture.rs"]
+mod fixture;
+
+use fixture::Fixture;
+use koodrive_client::signer;
 use std::hint::black_box;
 use std::time::Instant;
 
 const ROUNDS: usize = 1000;
-
-/// The create body as serde_json encodes it (a `json!` value would sort the keys).
-#[derive(serde::Serialize)]
-struct CreateBody<'a> {
-    #[serde(rename = "userList")]
-    user_list: &'a [RegisterUser],
-}
 const CALLS_PER_ROUND: u32 = 5;
-
-/// The same users as the `signing` bench: every field set, 135 KB of JSON.
-fn users() -> Vec<RegisterUser> {
-    (0..1000)
-        .map(|i| RegisterUser {
-            firstname: format!("First{i}"),
-            surname: Some(format!("Surname{i}")),
-            phone: format!("86138{i:08}"),
-            email: Some(format!("user{i}@example.com")),
-            password: Some(Password::new(format!("Initial-Passw0rd-{i}"))),
-        })
-        .collect()
-}
 
 /// Microseconds per call of `f`, over one round.
 fn time(mut f: impl FnMut()) -> f64 {
@@ -81,33 +63,13 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let client = Client::new(
-        "https://intl.myhuaweicloud-koodrive.com",
-        Credentials {
-            access_key: "a378331eca141163119eb602adb67b7802cc79cd33ba44c7d2fe61d1586c96a1".into(),
-            secret_key: SecretKey::new("bench-secret-key".into()),
-            user_id: "1505084218764547200".into(),
-        },
-        ClientConfig::default(),
-    )
-    .expect("valid endpoint");
-    let users = users();
-    let trace_id = koodrive_client::new_trace_id();
-    let now = jiff::Timestamp::now();
-    // The floor hashes the very bytes the client signs.
-    let body = serde_json::to_vec(&CreateBody { user_list: &users }).expect("json");
-    let prepared = client
-        .prepare_create(&users, &trace_id, now)
-        .expect("valid request");
-    assert_eq!(prepared.body_len(), body.len());
-    assert!(
-        prepared
-            .signature
-            .canonical_request
-            .ends_with(&signer::sha256_hex(&body)),
-        "the client signs other bytes than serde_json's encoding"
-    );
-
+    let Fixture {
+        client,
+        users,
+        trace_id,
+        now,
+        body,
+    } = fixture::fixture();
     println!(
         "CPU: {cpu}; load average: {}",
         load.split_whitespace()
